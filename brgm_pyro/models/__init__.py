@@ -1,0 +1,1 @@
+"""Model components: generators, priors, corruptions, likelihoods and the BRGM Pyro model."""
