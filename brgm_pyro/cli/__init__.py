@@ -1,0 +1,15 @@
+"""Command-line interface: ``brgm <command>``.
+
+Each command module registers itself on :data:`brgm_pyro.cli.app.app`; import it here (one line).
+"""
+
+from brgm_pyro.cli.app import app
+
+# Command modules (one import per module; the import registers the commands).
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]
