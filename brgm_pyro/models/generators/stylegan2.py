@@ -1,0 +1,380 @@
+"""StyleGAN2 generator ("skip" architecture, config-e/f of StyleGAN2-ADA), written for brgm-pyro.
+
+One readable file: the mapping network ``z -> w`` and the synthesis network ``W+ -> image`` with
+the formulas of NVIDIA's stylegan2-ada-pytorch (``training/networks.py``), so that the weights of
+an NVIDIA network pickle (mapped by :mod:`brgm_pyro.models.generators.nvidia_pickle`) give the
+same images. See ``docs/stylegan2.md`` for how each formula was checked.
+
+Conventions (all NVIDIA's):
+
+* Equalized learning rate. A fully connected layer stores ``weight ~ N(0, 1) / lr_multiplier``
+  and uses ``weight * lr_multiplier / sqrt(in_features)`` and ``bias * lr_multiplier``; the
+  mapping network uses ``lr_multiplier = 0.01``.
+* ``lrelu`` is ``leaky_relu(x + b, 0.2) * sqrt(2)``, then clamped to ``+-conv_clamp * gain``
+  when ``conv_clamp`` is set.
+* Modulated convolution: styles ``s = affine(w)`` (affine bias initialised to 1) scale the input
+  channels, the output channels are demodulated by ``1 / sqrt(sum_{i,k} (W_oik s_i)^2 + 1e-8)``.
+  ToRGB uses ``s * 1/sqrt(C_in)`` and no demodulation.
+* Upsampling by 2 uses the [1,3,3,1] filter (outer product, normalised to sum 1, times 4):
+  ``upsample2d`` for the skip images, a stride-2 transposed convolution followed by the same
+  filter (padding 1) for the first convolution of each block.
+* Noise: ``noise_const * noise_strength`` (mode ``'const'``, the default: fixed per generator,
+  as BRGM needs), fresh ``N(0, 1) * noise_strength`` per call (``'random'``), or none (``'none'``).
+* Skip architecture: ``img = upsample2d(img) + torgb_r(x)`` at every resolution r.
+* ``num_ws = 2 * log2(res) - 2``: block r uses ``ws[:, i : i + num_conv + num_torgb]`` and then
+  advances ``i`` by ``num_conv`` only, so a block's ToRGB shares its latent with the next block's
+  first convolution (NVIDIA's counting).
+
+Images come out in float32, nominally in [-1, 1] but NOT clamped (NVIDIA's raw output, which is
+what BRGM optimises through). Parameter names below the two sub-networks follow NVIDIA
+(``b{res}.conv0|conv1|torgb``, ``fc{i}``), so checkpoints map one to one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from brgm_pyro.errors import BRGMError
+from brgm_pyro.models.generators.base import Generator
+
+NOISE_MODES = ("const", "random", "none")
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_SQRT2 = math.sqrt(2.0)
+
+
+def setup_filter(taps=(1, 3, 3, 1)) -> Tensor:
+    """The 2-D resampling filter: outer product of ``taps`` normalised to sum 1, shape (k, k)."""
+    f = torch.as_tensor(taps, dtype=torch.float32)
+    f = torch.outer(f, f)
+    return f / f.sum()
+
+
+def _lrelu(x: Tensor, gain: float, clamp: Optional[float]) -> Tensor:
+    # NVIDIA's bias_act order: act, then gain, then clamp (bias is added by the caller).
+    x = F.leaky_relu(x, 0.2) * gain
+    if clamp is not None:
+        x = x.clamp(-clamp, clamp)
+    return x
+
+
+class FullyConnectedLayer(nn.Module):
+    """Equalized-lr dense layer: (..., in_features) -> (..., out_features).
+
+    Stored weight ~ N(0, 1) / lr_multiplier, used as weight * lr_multiplier / sqrt(in_features);
+    stored bias = bias_init, used as bias * lr_multiplier.
+    """
+
+    def __init__(self, in_features: int, out_features: int, activation: str = "linear",
+                 lr_multiplier: float = 1.0, bias_init: float = 0.0,
+                 generator: Optional[torch.Generator] = None) -> None:
+        super().__init__()
+        if activation not in ("linear", "lrelu"):
+            raise ValueError(f"unknown activation {activation!r}")
+        self.in_features, self.out_features = in_features, out_features
+        self.activation = activation
+        self.weight = nn.Parameter(
+            torch.randn(out_features, in_features, generator=generator) / lr_multiplier)
+        self.bias = nn.Parameter(torch.full((out_features,), float(bias_init)))
+        self.weight_gain = lr_multiplier / math.sqrt(in_features)
+        self.bias_gain = lr_multiplier
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight.to(x.dtype) * self.weight_gain
+        b = self.bias.to(x.dtype)
+        if self.bias_gain != 1:
+            b = b * self.bias_gain
+        x = F.linear(x, w, b)
+        if self.activation == "lrelu":
+            x = _lrelu(x, _SQRT2, None)
+        return x
+
+
+class MappingNetwork(nn.Module):
+    """z (B, z_dim) -> w (B, w_dim): 2nd-moment normalisation of z, then ``num_layers`` lrelu
+    dense layers with learning-rate multiplier ``lr_multiplier`` (unconditional: c_dim = 0)."""
+
+    def __init__(self, z_dim: int, w_dim: int, num_layers: int = 8, lr_multiplier: float = 0.01,
+                 generator: Optional[torch.Generator] = None) -> None:
+        super().__init__()
+        self.z_dim, self.w_dim, self.num_layers = z_dim, w_dim, num_layers
+        features = [z_dim] + [w_dim] * num_layers
+        for i in range(num_layers):
+            setattr(self, f"fc{i}", FullyConnectedLayer(features[i], features[i + 1], "lrelu",
+                                                        lr_multiplier, generator=generator))
+
+    def forward(self, z: Tensor) -> Tensor:
+        x = z.to(self.fc0.weight.dtype)  # float32, as NVIDIA (float64 after .double())
+        x = x * (x.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()
+        for i in range(self.num_layers):
+            x = getattr(self, f"fc{i}")(x)
+        return x
+
+
+class SynthesisLayer(nn.Module):
+    """Modulated 3x3 convolution with demodulation, optional 2x upsampling, noise, bias, lrelu.
+
+    (B, C_in, r/up, r/up) and w (B, w_dim) -> (B, C_out, r, r).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int,
+                 up: int = 1, conv_clamp: Optional[float] = None,
+                 generator: Optional[torch.Generator] = None) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.resolution, self.up, self.conv_clamp = resolution, up, conv_clamp
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1.0, generator=generator)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3, generator=generator))
+        self.register_buffer("noise_const", torch.randn(resolution, resolution, generator=generator))
+        self.noise_strength = nn.Parameter(torch.zeros([]))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+
+    def forward(self, x: Tensor, w: Tensor, noise_mode: str, up_filter: Tensor) -> Tensor:
+        B = x.shape[0]
+        styles = self.affine(w)  # (B, C_in), in the parameters' dtype (float32)
+        weight = self.weight
+        if x.dtype in (torch.float16, torch.bfloat16):
+            # NVIDIA's pre-normalisation against fp16 overflow; demodulation cancels it exactly.
+            weight = weight * (1 / math.sqrt(weight[0].numel())
+                               / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
+            styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
+        # Demodulation: sum_{i,k} (W_oik s_i)^2 = sum_i s_i^2 sum_k W_oik^2 (no (B,O,I,k,k) tensor).
+        dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()  # (B, C_out)
+        # Non-fused modulation (scale activations before and after one shared convolution):
+        # identical to NVIDIA's fused grouped convolution, and faster for batches on CPU.
+        x = x * styles.to(x.dtype).reshape(B, -1, 1, 1)
+        wt = weight.to(x.dtype)
+        if self.up == 1:
+            x = F.conv2d(x, wt, padding=1)
+        else:
+            # Transposed stride-2 convolution (no weight flip, as NVIDIA's flip_weight=False path),
+            # (H -> 2H+1), then the [1,3,3,1] low-pass with padding 1 (2H+1 -> 2H).
+            x = F.conv_transpose2d(x, wt.transpose(0, 1), stride=2)
+            x = _filter2d(x, up_filter.to(x.dtype), pad=1)
+        x = x * dcoefs.to(x.dtype).reshape(B, -1, 1, 1)
+        if noise_mode == "const":
+            x = x + (self.noise_const * self.noise_strength).to(x.dtype)
+        elif noise_mode == "random":
+            noise = torch.randn(B, 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
+            x = x + noise * self.noise_strength.to(x.dtype)
+        x = x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
+        clamp = self.conv_clamp * _SQRT2 if self.conv_clamp is not None else None
+        return _lrelu(x, _SQRT2, clamp)
+
+
+class ToRGBLayer(nn.Module):
+    """Modulated 1x1 convolution without demodulation, linear: (B, C_in, r, r) -> (B, C_img, r, r)."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int,
+                 conv_clamp: Optional[float] = None, generator: Optional[torch.Generator] = None) -> None:
+        super().__init__()
+        self.conv_clamp = conv_clamp
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1.0, generator=generator)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 1, 1, generator=generator))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.weight_gain = 1 / math.sqrt(in_channels)  # 1 / sqrt(C_in * k^2), k = 1
+
+    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+        styles = self.affine(w) * self.weight_gain
+        x = x * styles.to(x.dtype).reshape(x.shape[0], -1, 1, 1)
+        x = F.conv2d(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
+        if self.conv_clamp is not None:
+            x = x.clamp(-self.conv_clamp, self.conv_clamp)
+        return x
+
+
+def _filter2d(x: Tensor, f: Tensor, pad: int) -> Tensor:
+    """Depthwise 2-D FIR filter of every channel: (B, C, H, W), f (1, 1, k, k) -> (B, C, H', W')."""
+    B, C, H, W = x.shape
+    y = F.conv2d(F.pad(x.reshape(B * C, 1, H, W), [pad] * 4), f)
+    return y.reshape(B, C, y.shape[-2], y.shape[-1])
+
+
+def upsample2d(x: Tensor, up_filter: Tensor) -> Tensor:
+    """NVIDIA's ``upfirdn2d.upsample2d`` with the [1,3,3,1] filter: (B, C, H, W) -> (B, C, 2H, 2W).
+
+    Zero insertion, padding (2, 1) and the 4x4 filter times 4 equal a stride-2 transposed
+    convolution with padding 1 (the filter is symmetric, so its flip does not matter).
+    """
+    B, C, H, W = x.shape
+    y = F.conv_transpose2d(x.reshape(B * C, 1, H, W), up_filter.to(x.dtype), stride=2, padding=1)
+    return y.reshape(B, C, 2 * H, 2 * W)
+
+
+class SynthesisBlock(nn.Module):
+    """One resolution r: [const | conv0 (up)] -> conv1 -> torgb; returns (x, img)."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int,
+                 img_channels: int, conv_clamp: Optional[float] = None, use_fp16: bool = False,
+                 generator: Optional[torch.Generator] = None) -> None:
+        super().__init__()
+        self.in_channels, self.resolution, self.use_fp16 = in_channels, resolution, use_fp16
+        self.num_conv, self.num_torgb = 0, 0
+        if in_channels == 0:
+            self.const = nn.Parameter(torch.randn(out_channels, resolution, resolution, generator=generator))
+        else:
+            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2,
+                                        conv_clamp=conv_clamp, generator=generator)
+            self.num_conv += 1
+        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution,
+                                    conv_clamp=conv_clamp, generator=generator)
+        self.num_conv += 1
+        self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, conv_clamp=conv_clamp,
+                                generator=generator)
+        self.num_torgb += 1
+
+    def forward(self, x: Optional[Tensor], img: Optional[Tensor], ws: Tensor, noise_mode: str,
+                up_filter: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        if self.in_channels == 0:
+            x = self.const.to(dtype).unsqueeze(0).expand(ws.shape[0], -1, -1, -1)
+            x = self.conv1(x, ws[:, 0], noise_mode, up_filter)
+        else:
+            x = self.conv0(x.to(dtype), ws[:, 0], noise_mode, up_filter)
+            x = self.conv1(x, ws[:, 1], noise_mode, up_filter)
+        y = self.torgb(x, ws[:, self.num_conv]).to(ws.dtype)
+        img = y if img is None else upsample2d(img, up_filter) + y
+        return x, img
+
+
+class SynthesisNetwork(nn.Module):
+    """W+ (B, num_ws, w_dim) -> image (B, img_channels, R, R), skip architecture.
+
+    Channels at resolution r: ``min(channel_base // r, channel_max)``.
+    """
+
+    def __init__(self, w_dim: int, img_resolution: int, img_channels: int,
+                 channel_base: int = 32768, channel_max: int = 512, num_fp16_res: int = 0,
+                 conv_clamp: Optional[float] = None, generator: Optional[torch.Generator] = None) -> None:
+        super().__init__()
+        log2 = int(math.log2(img_resolution))
+        self.block_resolutions = [2 ** i for i in range(2, log2 + 1)]
+        channels = {r: min(channel_base // r, channel_max) for r in self.block_resolutions}
+        fp16_resolution = max(2 ** (log2 + 1 - num_fp16_res), 8)
+        self.num_ws = 0
+        for r in self.block_resolutions:
+            block = SynthesisBlock(channels[r // 2] if r > 4 else 0, channels[r], w_dim, r, img_channels,
+                                   conv_clamp=conv_clamp, use_fp16=r >= fp16_resolution,
+                                   generator=generator)
+            self.num_ws += block.num_conv
+            setattr(self, f"b{r}", block)
+        self.num_ws += 1  # the last block's ToRGB has its own latent
+        self.register_buffer("up_filter", (setup_filter() * 4).reshape(1, 1, 4, 4), persistent=False)
+
+    def forward(self, ws: Tensor, noise_mode: str = "const",
+                half_dtype: Optional[torch.dtype] = None) -> Tensor:
+        base = self.up_filter.dtype  # float32 (float64 after .double(), used by the tests)
+        ws = ws.to(base)
+        x = img = None
+        i = 0
+        for r in self.block_resolutions:
+            block = getattr(self, f"b{r}")
+            n = block.num_conv + block.num_torgb
+            dtype = half_dtype if (half_dtype is not None and block.use_fp16) else base
+            x, img = block(x, img, ws[:, i:i + n], noise_mode, self.up_filter, dtype)
+            i += block.num_conv
+        return img
+
+
+class StyleGAN2Generator(Generator):
+    """StyleGAN2 (skip architecture) satisfying the :class:`Generator` interface.
+
+    Args (NVIDIA's names and defaults):
+        z_dim: mapping input size. w_dim: latent size d.
+        img_resolution: output H = W, a power of two in 4..1024 (larger works, untested).
+        img_channels: 1 or 3 (any positive number works).
+        mapping_layers: depth of the mapping MLP (8).
+        channel_base, channel_max: channels at resolution r are min(channel_base // r, channel_max).
+        conv_clamp: clamp of every conv output (NVIDIA's trained models use 256; None = off).
+        num_fp16_res: number of highest resolutions that run in reduced precision on CUDA
+            (only when ``precision`` is 'fp16' or 'bf16'; always fp32 on CPU).
+        noise_mode: 'const' (stored noise, fixed), 'random' (fresh per call) or 'none'.
+        lr_multiplier: learning-rate multiplier of the mapping network (0.01).
+        precision: 'fp32' (default), 'fp16' or 'bf16'.
+        seed: initialisation seed of the random weights (None: torch's global RNG).
+
+    Attributes: ``mapping_network``, ``synthesis_network``, buffer ``w_avg`` (w_dim,) (the
+    running mean of w that NVIDIA keeps; update it in training with :meth:`update_w_avg`).
+    """
+
+    def __init__(self, z_dim: int = 512, w_dim: int = 512, img_resolution: int = 1024,
+                 img_channels: int = 3, mapping_layers: int = 8, channel_base: int = 32768,
+                 channel_max: int = 512, conv_clamp: Optional[float] = None, num_fp16_res: int = 0,
+                 noise_mode: str = "const", lr_multiplier: float = 0.01, precision: str = "fp32",
+                 seed: Optional[int] = 0) -> None:
+        super().__init__()
+        if img_resolution < 4 or img_resolution & (img_resolution - 1):
+            raise BRGMError(f"StyleGAN2 img_resolution must be a power of two >= 4, got {img_resolution}")
+        if min(z_dim, w_dim, img_channels, mapping_layers, channel_base, channel_max) < 1:
+            raise BRGMError("StyleGAN2 sizes (z_dim, w_dim, img_channels, mapping_layers, "
+                            "channel_base, channel_max) must all be >= 1")
+        if channel_base // img_resolution < 1:
+            raise BRGMError(f"channel_base {channel_base} gives 0 channels at {img_resolution}px; "
+                            f"use channel_base >= {img_resolution}")
+        self.z_dim, self.w_dim = z_dim, w_dim
+        self.img_resolution, self.img_channels = img_resolution, img_channels
+        self._cfg = dict(z_dim=z_dim, w_dim=w_dim, img_resolution=img_resolution,
+                         img_channels=img_channels, mapping_layers=mapping_layers,
+                         channel_base=channel_base, channel_max=channel_max,
+                         conv_clamp=None if conv_clamp is None else float(conv_clamp),
+                         num_fp16_res=num_fp16_res, lr_multiplier=lr_multiplier, seed=seed)
+        gen = None if seed is None else torch.Generator().manual_seed(int(seed))
+        self.mapping_network = MappingNetwork(z_dim, w_dim, mapping_layers, lr_multiplier, generator=gen)
+        self.synthesis_network = SynthesisNetwork(w_dim, img_resolution, img_channels, channel_base,
+                                                  channel_max, num_fp16_res, conv_clamp, generator=gen)
+        self.num_ws = self.synthesis_network.num_ws
+        self.register_buffer("w_avg", torch.zeros(w_dim))
+        self.noise_mode = noise_mode
+        self.precision = precision
+
+    # -- settings ---------------------------------------------------------------------------
+    @property
+    def noise_mode(self) -> str:
+        return self._noise_mode
+
+    @noise_mode.setter
+    def noise_mode(self, mode: str) -> None:
+        if mode not in NOISE_MODES:
+            raise BRGMError(f"unknown noise_mode {mode!r}; use one of {', '.join(NOISE_MODES)}")
+        self._noise_mode = mode
+
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    @precision.setter
+    def precision(self, p: str) -> None:
+        if p not in PRECISIONS:
+            raise BRGMError(f"unknown precision {p!r}; use one of {', '.join(PRECISIONS)}")
+        self._precision = p
+
+    # -- interface ----------------------------------------------------------------------------
+    def synthesis(self, ws: Tensor) -> Tensor:
+        """ws (B, num_ws, w_dim) -> images (B, img_channels, R, R), float32, nominal [-1, 1]."""
+        half = None
+        if self._precision != "fp32" and ws.device.type == "cuda":
+            half = PRECISIONS[self._precision]
+        return self.synthesis_network(ws, self._noise_mode, half)
+
+    def mapping(self, z: Tensor) -> Tensor:
+        """z (B, z_dim) -> w (B, w_dim) (no truncation, no broadcast to W+)."""
+        return self.mapping_network(z)
+
+    @torch.no_grad()
+    def update_w_avg(self, w: Tensor, beta: float = 0.995) -> None:
+        """NVIDIA's training update ``w_avg <- lerp(mean(w), w_avg, beta)``; w (B, w_dim)."""
+        self.w_avg.copy_(w.detach().float().mean(0).lerp(self.w_avg, beta))
+
+    def config(self) -> dict:
+        cfg = dict(self._cfg)
+        cfg["noise_mode"] = self._noise_mode
+        cfg["precision"] = self._precision
+        return cfg
+
+    def extra_repr(self) -> str:
+        c = self._cfg
+        return (f"res={c['img_resolution']}, channels={c['img_channels']}, w_dim={c['w_dim']}, "
+                f"num_ws={self.num_ws}, noise_mode={self._noise_mode!r}")

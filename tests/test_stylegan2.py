@@ -1,0 +1,276 @@
+"""StyleGAN2Generator against an independent, literal re-statement of NVIDIA's formulas.
+
+``reference_generate`` below works on a flat dict of tensors under NVIDIA's names
+(``synthesis.b{r}.conv0.weight``, ``mapping.fc{i}.bias``, ...). It follows stylegan2-ada-pytorch
+step by step where our model takes shortcuts: fused per-sample (grouped) modulated convolution
+with the demodulation computed on the full (B, O, I, k, k) weight, transposed convolution written as
+zero insertion + flipped correlation, and ``upfirdn2d`` written as NVIDIA's reference
+implementation (zero insertion, pad, flip filter, depthwise convolution). ``tests/test_nvidia_pickle.py``
+loads this module by path and reuses it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from brgm_pyro.errors import BRGMError
+from brgm_pyro.models.generators.stylegan2 import StyleGAN2Generator
+
+torch.set_num_threads(1)
+SQRT2 = math.sqrt(2.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference (NVIDIA's formulas, restated independently)
+# ----------------------------------------------------------------------------------------------
+def ref_filter():
+    f = torch.tensor([1.0, 3.0, 3.0, 1.0], dtype=torch.float64)
+    f = f[:, None] * f[None, :]
+    return f / f.sum()
+
+
+def ref_upfirdn2d(x, f, up=1, pad=(0, 0, 0, 0), gain=1.0):
+    """NVIDIA's _upfirdn2d_ref for 2-D f, down = 1; pad = (x0, x1, y0, y1) >= 0."""
+    B, C, H, W = x.shape
+    x = x.reshape(B, C, H, 1, W, 1)
+    x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
+    x = x.reshape(B, C, H * up, W * up)
+    x = F.pad(x, list(pad))
+    f = (f * gain ** (f.ndim / 2)).to(x.dtype).flip([0, 1])
+    f = f[None, None].repeat(C, 1, 1, 1)
+    return F.conv2d(x, f, groups=C)
+
+
+def ref_fc(x, st, name, lr=1.0, act="linear"):
+    w, b = st[name + ".weight"], st[name + ".bias"]
+    x = x @ (w * (lr / math.sqrt(w.shape[1]))).t() + b * lr
+    if act == "lrelu":
+        x = F.leaky_relu(x, 0.2) * SQRT2
+    return x
+
+
+def ref_modconv(x, weight, styles, demod, up):
+    B = x.shape[0]
+    O, I, k, _ = weight.shape
+    w = weight[None] * styles[:, None, :, None, None]  # (B, O, I, k, k)
+    if demod:
+        w = w * (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()[:, :, None, None, None]
+    xg = x.reshape(1, B * I, *x.shape[2:])
+    wg = w.reshape(B * O, I, k, k)
+    if up == 1:
+        y = F.conv2d(xg, wg, padding=k // 2, groups=B)
+    else:
+        # transposed stride-2 convolution == zero insertion (H -> 2H-1) + correlation with the
+        # spatially flipped kernel, padding k-1; then the [1,3,3,1] filter with padding 1, gain 4.
+        H, W = xg.shape[2:]
+        z = xg.new_zeros(1, B * I, 2 * H - 1, 2 * W - 1)
+        z[:, :, ::2, ::2] = xg
+        y = F.conv2d(z, wg.flip([2, 3]), padding=k - 1, groups=B)
+        y = ref_upfirdn2d(y, ref_filter(), pad=(1, 1, 1, 1), gain=4)
+    return y.reshape(B, O, *y.shape[2:])
+
+
+def ref_layer(x, w, st, name, up, noise_mode, conv_clamp):
+    styles = ref_fc(w, st, name + ".affine")
+    x = ref_modconv(x, st[name + ".weight"], styles, True, up)
+    if noise_mode == "const":
+        x = x + st[name + ".noise_const"] * st[name + ".noise_strength"]
+    x = x + st[name + ".bias"].reshape(1, -1, 1, 1)
+    x = F.leaky_relu(x, 0.2) * SQRT2
+    if conv_clamp is not None:
+        x = x.clamp(-conv_clamp * SQRT2, conv_clamp * SQRT2)
+    return x
+
+
+def ref_torgb(x, w, st, name, conv_clamp):
+    weight = st[name + ".weight"]
+    styles = ref_fc(w, st, name + ".affine") / math.sqrt(weight.shape[1] * weight.shape[2] ** 2)
+    x = ref_modconv(x, weight, styles, False, 1) + st[name + ".bias"].reshape(1, -1, 1, 1)
+    if conv_clamp is not None:
+        x = x.clamp(-conv_clamp, conv_clamp)
+    return x
+
+
+def reference_synthesis(st, ws, resolution, noise_mode="const", conv_clamp=None):
+    """ws (B, L, d) -> image, from NVIDIA-named tensors ``st`` (prefix ``synthesis.``)."""
+    res = [2 ** i for i in range(2, int(math.log2(resolution)) + 1)]
+    x = img = None
+    idx = 0
+    for r in res:
+        p = f"synthesis.b{r}"
+        if r == 4:
+            x = st[p + ".const"][None].repeat(ws.shape[0], 1, 1, 1)
+            x = ref_layer(x, ws[:, idx], st, p + ".conv1", 1, noise_mode, conv_clamp)
+            n_conv = 1
+        else:
+            x = ref_layer(x, ws[:, idx], st, p + ".conv0", 2, noise_mode, conv_clamp)
+            x = ref_layer(x, ws[:, idx + 1], st, p + ".conv1", 1, noise_mode, conv_clamp)
+            n_conv = 2
+        y = ref_torgb(x, ws[:, idx + n_conv], st, p + ".torgb", conv_clamp)
+        if img is not None:
+            img = ref_upfirdn2d(img, ref_filter(), up=2, pad=(2, 1, 2, 1), gain=4)
+        img = y if img is None else img + y
+        idx += n_conv
+    return img
+
+
+def reference_mapping(st, z, num_layers, lr=0.01):
+    x = z * (z.square().mean(1, keepdim=True) + 1e-8).rsqrt()
+    for i in range(num_layers):
+        x = ref_fc(x, st, f"mapping.fc{i}", lr, "lrelu")
+    return x
+
+
+def to_nvidia_names(state):
+    """Our state dict -> NVIDIA's names (only the two prefixes and w_avg differ)."""
+    out = {}
+    for k, v in state.items():
+        k = k.replace("synthesis_network.", "synthesis.").replace("mapping_network.", "mapping.")
+        out["mapping.w_avg" if k == "w_avg" else k] = v.detach().clone()
+    return out
+
+
+def randomize(G, seed=1):
+    """Give every parameter and buffer non-trivial values (biases, noise strengths non-zero)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in list(G.named_parameters()) + list(G.named_buffers()):
+            if name.endswith("up_filter"):
+                continue
+            scale = 1.0 if name.endswith(("weight", "const", "noise_const")) else 0.3
+            p.copy_(p + scale * torch.randn(p.shape, generator=g) if name.endswith("affine.bias")
+                    else scale * torch.randn(p.shape, generator=g) / (0.01 if "mapping" in name else 1))
+    return G
+
+
+def small(res=16, ch=3, **kw):
+    kw = dict(dict(z_dim=8, w_dim=8, img_resolution=res, img_channels=ch, mapping_layers=2,
+                   channel_base=64, channel_max=8), **kw)
+    return StyleGAN2Generator(**kw)
+
+
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("res,ch,clamp", [(4, 3, None), (16, 3, None), (32, 1, 0.5)])
+def test_synthesis_matches_reference(res, ch, clamp):
+    G = randomize(small(res, ch, conv_clamp=clamp)).double()
+    ws = torch.randn(3, G.num_ws, G.w_dim, generator=torch.Generator().manual_seed(2)).double()
+    st = to_nvidia_names(G.state_dict())
+    for mode in ("const", "none"):
+        G.noise_mode = mode
+        ours = G(ws)
+        ref = reference_synthesis(st, ws, res, mode, clamp)
+        assert ours.shape == (3, ch, res, res)
+        assert ref.abs().max() > 0.1  # a non-trivial image
+        assert (ours - ref).abs().max().item() < 1e-9
+    if clamp is not None:  # the clamp is active, so its placement was tested
+        assert (ref.abs() >= clamp - 1e-9).any()
+
+
+def test_float32_matches_reference_closely():
+    G = randomize(small(32, 3))
+    ws = torch.randn(2, G.num_ws, G.w_dim, generator=torch.Generator().manual_seed(3))
+    ref = reference_synthesis(to_nvidia_names(G.double().state_dict()), ws.double(), 32)
+    G.float()
+    assert (G(ws).double() - ref).abs().max().item() < 1e-4
+
+
+def test_mapping_matches_reference():
+    G = randomize(small(8)).double()
+    z = torch.randn(5, G.z_dim, generator=torch.Generator().manual_seed(4)).double()
+    ref = reference_mapping(to_nvidia_names(G.state_dict()), z, 2)
+    # mapping runs in float32 (as NVIDIA's, which casts z to float32)
+    assert (G.mapping(z).double() - ref).abs().max().item() < 1e-4 * ref.abs().max().item()
+
+
+@pytest.mark.parametrize("res", [4, 8, 64, 256, 1024])
+def test_num_ws_and_shapes(res):
+    G = StyleGAN2Generator(z_dim=4, w_dim=4, img_resolution=res, img_channels=1, mapping_layers=1,
+                           channel_base=res * 2, channel_max=4)
+    assert G.num_ws == 2 * int(math.log2(res)) - 2
+    assert G.synthesis_network.__getattr__(f"b{res}").conv1.noise_const.shape == (res, res)
+
+
+def test_config_f_parameter_count():
+    # Parameter count of NVIDIA's FFHQ 1024 generator (config-f, 18 x 512): 30,370,060
+    # (28,268,812 synthesis + 2,101,248 mapping). Built on the meta device: no memory, no time.
+    with torch.device("meta"):
+        G = StyleGAN2Generator(img_resolution=1024, seed=None)
+    assert G.num_ws == 18
+    assert sum(p.numel() for p in G.synthesis_network.parameters()) == 28_268_812
+    assert sum(p.numel() for p in G.mapping_network.parameters()) == 2_101_248
+
+
+def test_noise_modes():
+    G = randomize(small(8))
+    ws = torch.randn(2, G.num_ws, G.w_dim, generator=torch.Generator().manual_seed(5))
+    a, b = G(ws), G(ws)
+    assert torch.equal(a, b)  # const noise: deterministic
+    G.noise_mode = "random"
+    c, d = G(ws), G(ws)
+    assert (c - d).abs().max() > 1e-3  # fresh noise each call
+    G.noise_mode = "none"
+    e = G(ws)
+    with torch.no_grad():
+        for m in G.modules():
+            if hasattr(m, "noise_strength"):
+                m.noise_strength.zero_()
+    G.noise_mode = "const"
+    assert torch.allclose(G(ws), e, atol=1e-6)
+    assert (a - e).abs().max() > 1e-3
+    with pytest.raises(BRGMError, match="noise_mode"):
+        G.noise_mode = "fixed"
+
+
+def test_leading_dims_gradients_and_training():
+    G = randomize(small(16))
+    ws = torch.randn(2, 3, G.num_ws, G.w_dim, requires_grad=True)
+    img = G(ws)
+    assert img.shape == (2, 3, 3, 16, 16)
+    flat = G(ws.detach().reshape(6, G.num_ws, G.w_dim)).reshape(2, 3, 3, 16, 16)
+    assert torch.allclose(img, flat, atol=1e-6)
+    img.square().mean().backward()
+    assert ws.grad is not None and ws.grad.abs().sum() > 0
+    G.mapping(torch.randn(4, G.z_dim)).square().mean().backward()
+    for name, p in G.named_parameters():
+        assert p.requires_grad, name
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    # a few SGD steps reduce a simple loss: the parameters are trainable normally
+    G2 = small(8, seed=3)
+    opt = torch.optim.Adam(G2.parameters(), lr=1e-2)
+    w = torch.randn(4, G2.num_ws, G2.w_dim, generator=torch.Generator().manual_seed(0))
+    target = torch.zeros(4, 3, 8, 8)
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss = (G2(w) - target).square().mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_seed_and_config_roundtrip():
+    a, b, c = small(8, seed=7), small(8, seed=7), small(8, seed=8)
+    assert torch.equal(a.synthesis_network.b8.conv0.weight, b.synthesis_network.b8.conv0.weight)
+    assert not torch.equal(a.synthesis_network.b8.conv0.weight, c.synthesis_network.b8.conv0.weight)
+    cfg = a.config()
+    d = StyleGAN2Generator(**cfg)
+    assert d.config() == cfg
+    assert "up_filter" not in "".join(a.state_dict())  # derived buffer, not saved
+
+
+def test_w_avg_update():
+    G = small(8)
+    w = torch.ones(3, G.w_dim)
+    G.update_w_avg(w, beta=0.5)
+    assert torch.allclose(G.w_avg, torch.full((G.w_dim,), 0.5))
+
+
+@pytest.mark.parametrize("bad", [dict(img_resolution=12), dict(img_resolution=2), dict(channel_base=8)])
+def test_bad_config(bad):
+    with pytest.raises(BRGMError):
+        small(**bad)
