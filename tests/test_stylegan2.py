@@ -82,7 +82,7 @@ def ref_layer(x, w, st, name, up, noise_mode, conv_clamp):
     x = x + st[name + ".bias"].reshape(1, -1, 1, 1)
     x = F.leaky_relu(x, 0.2) * SQRT2
     if conv_clamp is not None:
-        x = x.clamp(-conv_clamp * SQRT2, conv_clamp * SQRT2)
+        x = x.clamp(-conv_clamp, conv_clamp)  # NVIDIA: conv_clamp * gain, gain = 1 (not act_gain)
     return x
 
 

@@ -10,8 +10,9 @@ Conventions (all NVIDIA's):
 * Equalized learning rate. A fully connected layer stores ``weight ~ N(0, 1) / lr_multiplier``
   and uses ``weight * lr_multiplier / sqrt(in_features)`` and ``bias * lr_multiplier``; the
   mapping network uses ``lr_multiplier = 0.01``.
-* ``lrelu`` is ``leaky_relu(x + b, 0.2) * sqrt(2)``, then clamped to ``+-conv_clamp * gain``
-  when ``conv_clamp`` is set.
+* ``lrelu`` is ``leaky_relu(x + b, 0.2) * sqrt(2)``, then clamped to ``+-conv_clamp`` when
+  ``conv_clamp`` is set (NVIDIA's ``conv_clamp * gain`` with the residual gain 1 of the skip
+  architecture); ToRGB output is clamped to ``+-conv_clamp`` as well.
 * Modulated convolution: styles ``s = affine(w)`` (affine bias initialised to 1) scale the input
   channels, the output channels are demodulated by ``1 / sqrt(sum_{i,k} (W_oik s_i)^2 + 1e-8)``.
   ToRGB uses ``s * 1/sqrt(C_in)`` and no demodulation.
@@ -162,8 +163,9 @@ class SynthesisLayer(nn.Module):
             noise = torch.randn(B, 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
             x = x + noise * self.noise_strength.to(x.dtype)
         x = x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
-        clamp = self.conv_clamp * _SQRT2 if self.conv_clamp is not None else None
-        return _lrelu(x, _SQRT2, clamp)
+        # NVIDIA clamps at conv_clamp * gain where gain is the block's residual gain (1 in the skip
+        # architecture), not the activation gain sqrt(2): so the clamp is +-conv_clamp.
+        return _lrelu(x, _SQRT2, self.conv_clamp)
 
 
 class ToRGBLayer(nn.Module):
