@@ -1,0 +1,247 @@
+"""The optimisation loop shared by MAP and VI, and the ELBO with its terms.
+
+For a guide q and the model p(w, y), with P reparameterised particles w^(p) ~ q:
+
+    ELBO = (1/P) sum_p [ log p(w^(p)) + log p(y | w^(p)) ] + H[q]            (entropy included)
+    loss = -ELBO - sum_j log InvGamma(sigma_v,j | alpha, beta)                (optional hyperprior)
+
+Each term is tracked separately (prior, colinearity, pixel, perceptual, entropy, hyperprior), as
+the negative of its log density, so the histories add up to ``loss``. H[q] is exact when the
+guide has a closed form (AutoNormal, AutoDiagonalNormal, AutoMultivariateNormal,
+AutoLowRankMultivariateNormal) and a Monte-Carlo estimate ``-(1/P) sum_p log q(w^(p))``
+otherwise. For MAP (AutoDelta) there is no entropy and the loss is ``-log p(w_MAP, y)``.
+
+The model and the guide run once per step (traces are replayed, never re-run), so the per-step
+cost is one generator forward and backward plus Pyro's bookkeeping.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Optional
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.distributions.util import scale_and_mask
+from pyro.infer.autoguide import AutoContinuous, AutoNormal
+from torch import Tensor
+
+from brgm_pyro.models.brgm import BRGMModel
+
+ENTROPY, HYPERPRIOR, LOSS = "entropy", "hyperprior", "loss"
+
+
+def _particles(fn: Callable, num: int) -> Callable:
+    """Run ``fn`` inside a vectorised particle plate (left of the images plate)."""
+    if num == 1:
+        return fn
+
+    def wrapped(*args, **kwargs):
+        with pyro.plate("particles", num, dim=-2):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def guide_marginal_std(guide) -> Optional[Tensor]:
+    """sigma_v: the marginal standard deviations of a Gaussian guide (flattened), or None."""
+    if isinstance(guide, AutoNormal):
+        return torch.cat([guide._get_loc_and_scale(n)[1].reshape(-1) for n in guide.locs._pyro_params])
+    if isinstance(guide, AutoContinuous):
+        post = guide.get_posterior()
+        if hasattr(post, "scale_tril"):
+            return post.scale_tril.pow(2).sum(-1).sqrt()
+        if hasattr(post, "variance"):
+            try:
+                return post.variance.sqrt()
+            except NotImplementedError:
+                return None
+    return None
+
+
+def analytic_entropy(guide) -> Optional[Tensor]:
+    """H[q] in closed form for Gaussian autoguides; None when there is none."""
+    if isinstance(guide, AutoNormal):
+        scales = torch.cat([guide._get_loc_and_scale(n)[1].reshape(-1) for n in guide.locs._pyro_params])
+        return scales.log().sum() + 0.5 * scales.numel() * (1.0 + math.log(2 * math.pi))
+    if isinstance(guide, AutoContinuous):
+        try:
+            return guide.get_posterior().entropy()
+        except NotImplementedError:
+            return None
+    return None
+
+
+class ELBOTerms:
+    """Computes the loss and its named terms in one pass of guide and model.
+
+    Args:
+        model: the BRGM model.
+        guide: any Pyro guide over the site ``w`` (AutoDelta for MAP).
+        num_particles: P, vectorised.
+        entropy: include H[q] (False for MAP / point-mass guides).
+        hyperprior: (alpha, beta) of an inverse-gamma prior on the guide's sigma_v, or None.
+        hyperprior_units: ``"prior"`` (default): the inverse-gamma is on sigma_v / sigma_prior, the
+            guide's std in units of the prior std of the same coordinate, so the paper's (0.1, 0.95)
+            means the same thing for every generator (the paper's StyleGAN2 W has std near 1);
+            ``"absolute"``: on sigma_v itself, as in the paper's formula.
+    """
+
+    def __init__(self, model: BRGMModel, guide, num_particles: int = 1, entropy: bool = True,
+                 hyperprior: Optional[tuple[float, float]] = None, hyperprior_units: str = "prior") -> None:
+        self.model, self.guide = model, guide
+        self.num_particles = int(num_particles)
+        self.entropy = entropy
+        self.hyperprior = hyperprior
+        self.site_terms = model.site_terms()
+        self.names = list(dict.fromkeys(self.site_terms.values()))
+        if entropy:
+            self.names.append(ENTROPY)
+        if hyperprior is not None:
+            self.names.append(HYPERPRIOR)
+        self._m = _particles(model, self.num_particles)
+        self._g = _particles(guide, self.num_particles)
+        self._analytic: Optional[bool] = None
+        if hyperprior_units not in ("prior", "absolute"):
+            raise ValueError("hyperprior_units must be 'prior' or 'absolute'")
+        self.hyperprior_units = hyperprior_units
+        self._ref_scale: Optional[Tensor] = None
+
+    def _reference_scale(self, y: Tensor, n: int) -> Tensor | float:
+        """The prior std of every guide coordinate (flattened like sigma_v), or 1."""
+        if self.hyperprior_units == "absolute":
+            return 1.0
+        if self._ref_scale is None or self._ref_scale.numel() != n:
+            try:
+                scale = self.model.prior.distribution().base_dist.scale
+                self._ref_scale = scale.expand(y.shape[0], *scale.shape[-2:]).reshape(-1).to(y)
+            except AttributeError:
+                self._ref_scale = torch.ones(n, dtype=y.dtype, device=y.device)
+            if self._ref_scale.numel() != n:
+                self._ref_scale = torch.ones(n, dtype=y.dtype, device=y.device)
+        return self._ref_scale
+
+    def __call__(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Return (loss, terms) with terms a 1-D tensor aligned with ``self.names`` (losses)."""
+        g_tr = poutine.trace(self._g).get_trace(y)
+        m_tr = poutine.trace(poutine.replay(self._m, trace=g_tr)).get_trace(y)
+        P = self.num_particles
+        terms: dict[str, Tensor] = {}
+        for name, site in m_tr.nodes.items():
+            term = self.site_terms.get(name)
+            if term is None or site["type"] != "sample":
+                continue
+            lp = site["fn"].log_prob(site["value"])
+            lp = scale_and_mask(lp, site["scale"], site["mask"]).sum() / P
+            terms[term] = terms.get(term, 0.0) - lp
+        if self.entropy:
+            if self._analytic is None:
+                self._analytic = analytic_entropy(self.guide) is not None
+            if self._analytic:
+                terms[ENTROPY] = -analytic_entropy(self.guide)
+            else:
+                g_tr.compute_log_prob()
+                logq = sum(s["log_prob_sum"] for s in g_tr.nodes.values()
+                           if s["type"] == "sample" and not s["is_observed"] and "log_prob_sum" in s)
+                terms[ENTROPY] = logq / P
+        if self.hyperprior is not None:
+            alpha, beta = self.hyperprior
+            s = guide_marginal_std(self.guide)
+            if s is None:
+                raise ValueError("the hyperprior needs a Gaussian guide with marginal scales")
+            s = s / self._reference_scale(y, s.numel())
+            # log InvGamma(s | a, b) = a log b - lgamma(a) - (a + 1) log s - b / s
+            logp = (alpha * math.log(beta) - math.lgamma(alpha) - (alpha + 1) * s.log() - beta / s).sum()
+            terms[HYPERPRIOR] = -logp
+        vec = torch.stack([torch.as_tensor(terms[n]) for n in self.names])
+        return vec.sum(), vec
+
+
+def optimise(
+    params_fn: Callable[[], list[Tensor]],
+    loss_fn: Callable[[], tuple[Tensor, Tensor]],
+    names: list[str],
+    *,
+    steps: int,
+    lr: float,
+    desc: str,
+    progress: bool = True,
+    callback: Optional[Callable[[int, dict[str, float]], Optional[bool]]] = None,
+    lr_decay: float = 1.0,
+    checkpoint: Optional[Callable[[int], None]] = None,
+    checkpoint_every: int = 100,
+) -> dict:
+    """Adam on ``params_fn()`` minimising ``loss_fn()``, with NaN safety and Ctrl-C handling.
+
+    ``checkpoint(step)`` is called every ``checkpoint_every`` steps to save progress of long runs.
+    Stops early (keeping the last finite parameters) when the loss or a gradient is not finite,
+    when ``callback`` returns False, or on KeyboardInterrupt. Returns history, timing, ``stopped``.
+    """
+    from tqdm.auto import tqdm
+
+    params = params_fn()
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=lr_decay ** (1.0 / max(steps, 1))) \
+        if lr_decay != 1.0 else None
+    history: dict[str, list[float]] = {n: [] for n in [LOSS, *names]}
+    step_times: list[float] = []
+    stopped: Optional[str] = None
+    good = [p.detach().clone() for p in params]
+    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    t_start = time.perf_counter()
+    try:
+        for step in bar:
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss, vec = loss_fn()
+            if not torch.isfinite(loss):
+                stopped = f"non-finite loss at step {step}: kept the parameters of step {step - 1}"
+                break
+            loss.backward()
+            if not all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
+                stopped = f"non-finite gradient at step {step}: kept the parameters of step {step - 1}"
+                break
+            for g, p in zip(good, params):
+                g.copy_(p.detach())
+            opt.step()
+            if sched is not None:
+                sched.step()
+            vals = [float(loss.detach()), *vec.detach().tolist()]
+            for n, v in zip(history, vals):
+                history[n].append(v)
+            step_times.append(time.perf_counter() - t0)
+            if progress and (step % 10 == 0 or step == steps - 1):
+                bar.set_postfix({n[:6]: f"{v:.4g}" for n, v in zip(history, vals)}, refresh=False)
+            if checkpoint is not None and (step + 1) % checkpoint_every == 0:
+                checkpoint(step + 1)
+            if callback is not None and callback(step, dict(zip(history, vals))) is False:
+                stopped = f"stopped by callback at step {step}"
+                break
+    except KeyboardInterrupt:
+        stopped = "interrupted (Ctrl-C): kept the last completed step"
+    finally:
+        bar.close()
+    if stopped is not None and "non-finite" in stopped:
+        with torch.no_grad():
+            for g, p in zip(good, params):
+                p.copy_(g)
+    total = time.perf_counter() - t_start
+    per = sorted(step_times)[len(step_times) // 2] if step_times else float("nan")
+    return {"history": history, "timing": {"total_s": total, "per_step_s": per, "steps": len(step_times)},
+            "stopped": stopped}
+
+
+def save_checkpoint(path, tensors: dict[str, Tensor], meta: Optional[dict] = None) -> None:
+    """Write tensors to a safetensors file atomically (temp file + rename)."""
+    import os
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+              metadata={k: str(v) for k, v in (meta or {}).items()})
+    os.replace(tmp, path)

@@ -1,0 +1,119 @@
+"""Super-resolution corruption: blur with a kernel and sub-sample by an integer factor."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from brgm_pyro.errors import BRGMError
+from brgm_pyro.models.corruptions.base import Corruption
+from brgm_pyro.models.corruptions.kernels import KERNELS, default_gauss_sigma, downsample_matrix, make_gaussian
+
+
+class SuperResolution(Corruption):
+    """f(x) = (k * x) sub-sampled by ``factor``.
+
+    Args:
+        factor: integer down-sampling factor s; must divide the image resolution.
+        kernel: ``"box"`` (block mean), ``"bicubic"`` (anti-aliased, as Pillow's BICUBIC reduce),
+            ``"gauss"`` (Gaussian of ``gauss_sigma`` input pixels, default s/2), or a user array:
+            1-D (separable, applied to rows and columns) or 2-D (k x k, applied as a convolution
+            centred on each output pixel's block centre, weights renormalised at the borders).
+        gauss_sigma: width of the Gaussian kernel in input pixels.
+
+    Shapes: (..., C, H, W) -> (..., C, H/s, W/s). Units are unchanged (a weighted mean).
+    """
+
+    name = "superres"
+
+    def __init__(self, factor: int, kernel: Union[str, np.ndarray, Tensor] = "box",
+                 gauss_sigma: Optional[float] = None) -> None:
+        super().__init__()
+        if int(factor) != factor or factor < 1:
+            raise BRGMError(f"super-resolution factor must be a positive integer, got {factor!r}")
+        self.factor = int(factor)
+        self.kernel_name = kernel if isinstance(kernel, str) else "custom"
+        self.gauss_sigma = gauss_sigma
+        self._kernel_fn = None
+        self._kernel2d: Optional[Tensor] = None
+        if isinstance(kernel, str):
+            if kernel == "gauss":
+                self.gauss_sigma = float(gauss_sigma or default_gauss_sigma(self.factor))
+                self._kernel_fn = make_gaussian(self.gauss_sigma)
+            elif kernel in KERNELS:
+                self._kernel_fn = KERNELS[kernel]
+            else:
+                raise BRGMError(f"unknown kernel {kernel!r}; use box, bicubic, gauss or an array")
+        else:
+            k = torch.as_tensor(np.asarray(kernel), dtype=torch.float64)
+            if not torch.isfinite(k).all() or k.sum() <= 0 or k.ndim not in (1, 2):
+                raise BRGMError("a user kernel must be a finite 1-D or 2-D array with a positive sum")
+            if k.ndim == 1:
+                taps = k / k.sum()
+                n = taps.numel()
+                offsets = torch.arange(n, dtype=torch.float64) - (n - 1) / 2
+
+                def user_kernel(t: Tensor, s: int, taps=taps, offsets=offsets) -> Tensor:
+                    # nearest tap for each (input - centre) offset; zero outside the kernel
+                    idx = torch.round(t - offsets[0]).long()
+                    inside = (idx >= 0) & (idx < n) & ((t - offsets[0] - idx).abs() < 1e-6)
+                    return torch.where(inside, taps[idx.clamp(0, n - 1)], torch.zeros_like(t))
+
+                self._kernel_fn = user_kernel
+            else:
+                if k.shape[0] != k.shape[1]:
+                    raise BRGMError("a 2-D user kernel must be square (k x k)")
+                self._kernel2d = (k / k.sum()).float()
+        self._mats: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    def out_shape(self, in_shape):
+        c, h, w = in_shape
+        return (c, h // self.factor, w // self.factor)
+
+    def check_input(self, in_shape) -> None:
+        _, h, w = in_shape
+        if h % self.factor or w % self.factor:
+            ok = [s for s in range(2, h + 1) if h % s == 0 and w % s == 0]
+            raise BRGMError(
+                f"factor {self.factor} does not divide the {h}x{w} resolution; use one of {ok}")
+
+    def _matrices(self, h: int, w: int, dtype, device) -> tuple[Tensor, Tensor]:
+        key = (h, w, dtype, device)
+        if key not in self._mats:
+            self._mats[key] = (
+                downsample_matrix(h, self.factor, self._kernel_fn).to(device=device, dtype=dtype),
+                downsample_matrix(w, self.factor, self._kernel_fn).to(device=device, dtype=dtype),
+            )
+        return self._mats[key]
+
+    def apply(self, x: Tensor) -> Tensor:
+        self.check_input(tuple(x.shape[-3:]))
+        h, w = x.shape[-2:]
+        s = self.factor
+        if self._kernel2d is None and self.kernel_name == "box":
+            return F.avg_pool2d(x, s)  # the exact block mean, and the fastest path
+        if self._kernel2d is None:
+            dh, dw = self._matrices(h, w, x.dtype, x.device)
+            return dh @ x @ dw.T
+        # 2-D kernel: convolution centred on block centres, normalised over in-image taps
+        k = self._kernel2d.to(device=x.device, dtype=x.dtype)
+        n = k.shape[0]
+        # centre of the kernel sits at input coordinate j*s + (s-1)/2; pad so a stride-s conv lands there
+        lo = (n - s) // 2 if n >= s else 0
+        pad_lo = max(lo, 0)
+        pad_hi = max(n - s - lo, 0)
+        c = x.shape[1]
+        xp = F.pad(x, (pad_lo, pad_hi, pad_lo, pad_hi))
+        ones = F.pad(torch.ones(1, 1, h, w, dtype=x.dtype, device=x.device), (pad_lo, pad_hi, pad_lo, pad_hi))
+        weight = k.expand(c, 1, n, n)
+        num = F.conv2d(xp, weight, stride=s, groups=c)
+        den = F.conv2d(ones, k[None, None], stride=s)
+        return num / den
+
+    def config(self) -> dict:
+        return {"name": self.name, "factor": self.factor, "kernel": self.kernel_name,
+                "gauss_sigma": self.gauss_sigma}

@@ -1,0 +1,60 @@
+"""Priors on W+. Add one: a new file with a Prior/Factor and one ``@PRIORS.register`` factory here.
+
+Every factory takes ``(generator, stats, **options)``, where ``stats`` is the generator's
+:class:`~brgm_pyro.models.generators.LatentStats`.
+"""
+
+from __future__ import annotations
+
+from brgm_pyro.models.priors.base import Factor, Prior, ProductPrior, pairwise_cosines
+from brgm_pyro.models.priors.colinearity import ColinearityFactor
+from brgm_pyro.models.priors.gaussian import GaussianPrior, StandardNormalPrior
+from brgm_pyro.models.priors.geocross import GeocrossFactor
+from brgm_pyro.registry import Registry
+
+PRIORS: Registry[Prior] = Registry("prior")
+
+DEFAULT_KAPPA = 2.0
+
+
+def _gaussian(generator, stats, scalar_sigma: bool = False) -> GaussianPrior:
+    sigma = stats.sigma_scalar if scalar_sigma else stats.sigma
+    return GaussianPrior(stats.mu, sigma, generator.num_ws, generator.w_dim)
+
+
+@PRIORS.register("brgm")
+def brgm_prior(generator, stats, kappa: float = DEFAULT_KAPPA, scalar_sigma: bool = False, **_) -> Prior:
+    """The paper's prior: prod_i N(w_i | mu, sigma^2) prod_{i<j} vonMises(angle(w_i, w_j) | 0, kappa)."""
+    return ProductPrior(_gaussian(generator, stats, scalar_sigma), [ColinearityFactor(kappa)])
+
+
+@PRIORS.register("gaussian")
+def gaussian_prior(generator, stats, scalar_sigma: bool = False, **_) -> Prior:
+    """prod_i N(w_i | mu, sigma^2) alone (the ablation without the colinearity term)."""
+    return _gaussian(generator, stats, scalar_sigma)
+
+
+@PRIORS.register("standard_normal")
+def standard_normal_prior(generator, stats=None, **_) -> Prior:
+    """N(0, I) on each w_i, ignoring W's statistics."""
+    return StandardNormalPrior(generator.num_ws, generator.w_dim)
+
+
+@PRIORS.register("geocross")
+def geocross_prior(generator, stats, geocross_weight: float = 1.0, scalar_sigma: bool = False, **_) -> Prior:
+    """The Gaussian prior times PULSE's GEOCROSS factor instead of the von Mises one."""
+    return ProductPrior(_gaussian(generator, stats, scalar_sigma), [GeocrossFactor(geocross_weight)])
+
+
+@PRIORS.register("flat")
+def flat_prior(generator, stats, **_) -> Prior:
+    """An (improper-in-spirit) very wide Gaussian around mu: 'no prior' for ablations (sigma = 1e3)."""
+    return GaussianPrior(stats.mu, 1e3, generator.num_ws, generator.w_dim)
+
+
+def make_prior(name: str, generator, stats, **options) -> Prior:
+    return PRIORS.build(name, generator, stats, **options)
+
+
+__all__ = ["Prior", "Factor", "ProductPrior", "GaussianPrior", "StandardNormalPrior", "ColinearityFactor",
+           "GeocrossFactor", "PRIORS", "make_prior", "pairwise_cosines", "DEFAULT_KAPPA"]
