@@ -104,6 +104,7 @@ class ELBOTerms:
         self._m = _particles(model, self.num_particles)
         self._g = _particles(guide, self.num_particles)
         self._analytic: Optional[bool] = None
+        self._first = True
         if hyperprior_units not in ("prior", "absolute"):
             raise ValueError("hyperprior_units must be 'prior' or 'absolute'")
         self.hyperprior_units = hyperprior_units
@@ -124,9 +125,15 @@ class ELBOTerms:
         return self._ref_scale
 
     def __call__(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Return (loss, terms) with terms a 1-D tensor aligned with ``self.names`` (losses)."""
-        g_tr = poutine.trace(self._g).get_trace(y)
-        m_tr = poutine.trace(poutine.replay(self._m, trace=g_tr)).get_trace(y)
+        """Return (loss, terms) with terms a 1-D tensor aligned with ``self.names`` (losses).
+
+        Pyro's argument validation runs on the first call only: it would turn a NaN into an
+        exception instead of a clean stop, and it costs time on every step of the hot loop.
+        """
+        with pyro.validation_enabled(self._first):
+            self._first = False
+            g_tr = poutine.trace(self._g).get_trace(y)
+            m_tr = poutine.trace(poutine.replay(self._m, trace=g_tr)).get_trace(y)
         P = self.num_particles
         terms: dict[str, Tensor] = {}
         for name, site in m_tr.nodes.items():

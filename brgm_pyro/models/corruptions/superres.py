@@ -21,8 +21,9 @@ class SuperResolution(Corruption):
         factor: integer down-sampling factor s; must divide the image resolution.
         kernel: ``"box"`` (block mean), ``"bicubic"`` (anti-aliased, as Pillow's BICUBIC reduce),
             ``"gauss"`` (Gaussian of ``gauss_sigma`` input pixels, default s/2), or a user array:
-            1-D (separable, applied to rows and columns) or 2-D (k x k, applied as a convolution
-            centred on each output pixel's block centre, weights renormalised at the borders).
+            1-D (separable, applied to rows and columns) or 2-D (k x k, applied as a stride-s
+            convolution centred on each output pixel's block as closely as the parities of k and s
+            allow, weights renormalised over the taps inside the image).
         gauss_sigma: width of the Gaussian kernel in input pixels.
 
     Shapes: (..., C, H, W) -> (..., C, H/s, W/s). Units are unchanged (a weighted mean).
@@ -52,22 +53,11 @@ class SuperResolution(Corruption):
             k = torch.as_tensor(np.asarray(kernel), dtype=torch.float64)
             if not torch.isfinite(k).all() or k.sum() <= 0 or k.ndim not in (1, 2):
                 raise BRGMError("a user kernel must be a finite 1-D or 2-D array with a positive sum")
-            if k.ndim == 1:
-                taps = k / k.sum()
-                n = taps.numel()
-                offsets = torch.arange(n, dtype=torch.float64) - (n - 1) / 2
-
-                def user_kernel(t: Tensor, s: int, taps=taps, offsets=offsets) -> Tensor:
-                    # nearest tap for each (input - centre) offset; zero outside the kernel
-                    idx = torch.round(t - offsets[0]).long()
-                    inside = (idx >= 0) & (idx < n) & ((t - offsets[0] - idx).abs() < 1e-6)
-                    return torch.where(inside, taps[idx.clamp(0, n - 1)], torch.zeros_like(t))
-
-                self._kernel_fn = user_kernel
-            else:
-                if k.shape[0] != k.shape[1]:
-                    raise BRGMError("a 2-D user kernel must be square (k x k)")
-                self._kernel2d = (k / k.sum()).float()
+            if k.ndim == 1:  # separable: the outer product is the 2-D kernel
+                k = torch.outer(k, k)
+            if k.shape[0] != k.shape[1]:
+                raise BRGMError("a 2-D user kernel must be square (k x k)")
+            self._kernel2d = (k / k.sum()).float()
         self._mats: dict[tuple, tuple[Tensor, Tensor]] = {}
 
     def out_shape(self, in_shape):
