@@ -6,6 +6,7 @@ Each command module registers itself on :data:`brgm_pyro.cli.app.app`; import it
 from brgm_pyro.cli.app import app
 
 # Command modules (one import per module; the import registers the commands).
+from brgm_pyro.cli import convert  # noqa: F401,E402
 
 
 def main() -> None:

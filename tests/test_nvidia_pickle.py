@@ -1,0 +1,363 @@
+"""The safe NVIDIA pickle loader, on pickles built here with exactly NVIDIA's structure.
+
+``nvidia_pickle_bytes`` builds stand-ins of NVIDIA's network classes (same class names, attribute
+names, parameters and buffers, numpy-scalar gains, ``dnnlib.util.EasyDict`` constructor kwargs) and
+pickles them the way ``torch_utils.persistence`` does: each module reduces to
+``torch_utils.persistence._reconstruct_persistent_obj(meta)`` with ``meta = {type, version,
+module_src, class_name, state=<the module's __dict__>}``. Tensors are pickled by torch itself.
+The ``module_src`` would create a marker file if anything executed it.
+
+The expected images come from the independent reference in ``tests/test_stylegan2.py`` (loaded by
+path), evaluated in float64 on the same NVIDIA-named tensors.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+import math
+import os
+import pickle
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from brgm_pyro.errors import BRGMError
+from brgm_pyro.models.generators.loading import load_generator
+from brgm_pyro.models.generators.nvidia_pickle import PersistentRecord, safe_load_pickle
+from brgm_pyro.models.generators.stylegan2 import StyleGAN2Generator
+
+torch.set_num_threads(1)
+
+_spec = importlib.util.spec_from_file_location("_sg2_reference", Path(__file__).with_name("test_stylegan2.py"))
+ref = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ref)
+
+
+# -- stand-ins for NVIDIA's modules, pickled the way NVIDIA pickles them --------------------------------
+def _fake_reconstruct(meta):  # never called: only its name is pickled
+    raise AssertionError("the fake reconstruct function must not run")
+
+
+class EasyDict(dict):
+    pass
+
+
+_persistence = types.ModuleType("torch_utils.persistence")
+_persistence._reconstruct_persistent_obj = _fake_reconstruct
+_fake_reconstruct.__module__, _fake_reconstruct.__qualname__ = "torch_utils.persistence", "_reconstruct_persistent_obj"
+_dnnlib_util = types.ModuleType("dnnlib.util")
+_dnnlib_util.EasyDict = EasyDict
+EasyDict.__module__, EasyDict.__qualname__ = "dnnlib.util", "EasyDict"
+FAKE_MODULES = {"torch_utils": types.ModuleType("torch_utils"), "torch_utils.persistence": _persistence,
+                "dnnlib": types.ModuleType("dnnlib"), "dnnlib.util": _dnnlib_util}
+
+
+def module_src(marker: Path) -> str:
+    # What NVIDIA's loader would exec. If anything runs it, the marker file appears.
+    return f"import pathlib\npathlib.Path({str(marker)!r}).write_text('executed')\nclass Generator: pass\n"
+
+
+class NV(nn.Module):
+    """A module that pickles like an NVIDIA @persistent_class instance."""
+
+    MODULE_SRC = ""
+
+    def __init__(self, class_name, init_kwargs=None):
+        super().__init__()
+        self._class_name_for_pickle = class_name
+        self._init_args = ()
+        self._init_kwargs = EasyDict(init_kwargs or {})
+
+    def __reduce__(self):
+        state = dict(self.__dict__)
+        name = state.pop("_class_name_for_pickle")
+        meta = dict(type="class", version=6, module_src=NV.MODULE_SRC, class_name=name, state=state)
+        return (_fake_reconstruct, (meta,))
+
+
+def _filter():
+    f = torch.tensor([1.0, 3.0, 3.0, 1.0])
+    return torch.outer(f, f) / 64
+
+
+def build_nvidia_generator(res, ch, w_dim=8, z_dim=8, layers=2, base=64, cmax=8, clamp=None, seed=0,
+                           extra_kwargs=None, synthesis_extra=None):
+    """NVIDIA-structured generator with random weights; returns (module, {NVIDIA name: tensor})."""
+    g = torch.Generator().manual_seed(seed)
+    flat = {}
+
+    def param(mod, prefix, name, shape, scale=1.0, offset=0.0):
+        t = torch.randn(shape, generator=g) * scale + offset
+        mod.register_parameter(name, nn.Parameter(t))
+        flat[f"{prefix}.{name}"] = t.clone()
+
+    def buffer(mod, prefix, name, t):
+        mod.register_buffer(name, t)
+        flat[f"{prefix}.{name}"] = t.clone()
+
+    def fc(prefix, cin, cout, lr=1.0, act="linear", bias_init=0.0):
+        m = NV("FullyConnectedLayer", dict(in_features=cin, out_features=cout, activation=act,
+                                           lr_multiplier=lr, bias_init=bias_init))
+        m.activation = act
+        param(m, prefix, "weight", (cout, cin), 1.0 / lr)
+        param(m, prefix, "bias", (cout,), 0.2 / lr, bias_init / lr)
+        m.weight_gain = np.float64(lr / np.sqrt(cin))  # numpy scalar, as NVIDIA
+        m.bias_gain = lr
+        return m
+
+    def layer(prefix, cin, cout, r, up):
+        m = NV("SynthesisLayer", dict(in_channels=cin, out_channels=cout, w_dim=w_dim, resolution=r, up=up,
+                                      resample_filter=[1, 3, 3, 1], conv_clamp=clamp, channels_last=False))
+        m.resolution, m.up, m.use_noise, m.activation, m.conv_clamp = r, up, True, "lrelu", clamp
+        buffer(m, prefix, "resample_filter", _filter())
+        m.padding = 1
+        m.act_gain = np.float64(np.sqrt(2))
+        m.affine = fc(prefix + ".affine", w_dim, cin, bias_init=1.0)
+        param(m, prefix, "weight", (cout, cin, 3, 3))
+        buffer(m, prefix, "noise_const", torch.randn((r, r), generator=g))
+        param(m, prefix, "noise_strength", (), 0.3)
+        param(m, prefix, "bias", (cout,), 0.2)
+        return m
+
+    chans = {r: min(base // r, cmax) for r in [2 ** i for i in range(2, int(math.log2(res)) + 1)]}
+    syn_kw = EasyDict(dict(dict(channel_base=base, channel_max=cmax, num_fp16_res=0, conv_clamp=clamp,
+                                architecture="skip"), **(synthesis_extra or {})))
+    G = NV("Generator", dict(z_dim=z_dim, c_dim=0, w_dim=w_dim, img_resolution=res, img_channels=ch,
+                             mapping_kwargs=EasyDict(num_layers=layers), synthesis_kwargs=syn_kw,
+                             **(extra_kwargs or {})))
+    G.z_dim, G.c_dim, G.w_dim, G.img_resolution, G.img_channels = z_dim, 0, w_dim, res, ch
+    S = NV("SynthesisNetwork", dict(w_dim=w_dim, img_resolution=res, img_channels=ch, **syn_kw))
+    S.block_resolutions = list(chans)
+    S.num_ws = 0
+    for r, c in chans.items():
+        p = f"synthesis.b{r}"
+        cin = chans[r // 2] if r > 4 else 0
+        B = NV("SynthesisBlock", dict(in_channels=cin, out_channels=c, w_dim=w_dim, resolution=r,
+                                      img_channels=ch, is_last=r == res, use_fp16=False))
+        B.in_channels, B.resolution, B.is_last, B.architecture, B.use_fp16 = cin, r, r == res, "skip", False
+        buffer(B, p, "resample_filter", _filter())
+        B.num_conv = 0
+        if cin == 0:
+            param(B, p, "const", (c, r, r))
+        else:
+            B.conv0 = layer(p + ".conv0", cin, c, r, 2)
+            B.num_conv += 1
+        B.conv1 = layer(p + ".conv1", c, c, r, 1)
+        B.num_conv += 1
+        T = NV("ToRGBLayer", dict(in_channels=c, out_channels=ch, w_dim=w_dim, conv_clamp=clamp))
+        T.conv_clamp = clamp
+        T.affine = fc(p + ".torgb.affine", w_dim, c, bias_init=1.0)
+        param(T, p + ".torgb", "weight", (ch, c, 1, 1))
+        param(T, p + ".torgb", "bias", (ch,), 0.2)
+        T.weight_gain = np.float64(1 / np.sqrt(c))
+        B.torgb = T
+        B.num_torgb = 1
+        S.num_ws += B.num_conv
+        setattr(S, f"b{r}", B)
+    S.num_ws += 1
+    G.synthesis = S
+    G.num_ws = S.num_ws
+    M = NV("MappingNetwork", dict(z_dim=z_dim, c_dim=0, w_dim=w_dim, num_ws=S.num_ws, num_layers=layers))
+    M.z_dim, M.c_dim, M.w_dim, M.num_ws, M.num_layers, M.w_avg_beta = z_dim, 0, w_dim, S.num_ws, layers, 0.995
+    for i in range(layers):
+        setattr(M, f"fc{i}", fc(f"mapping.fc{i}", z_dim if i == 0 else w_dim, w_dim, lr=0.01, act="lrelu"))
+    buffer(M, "mapping", "w_avg", torch.randn(w_dim, generator=g))
+    G.mapping = M
+    return G, flat
+
+
+def nvidia_pickle_bytes(marker, protocol=3, **kw):
+    """Bytes of a pickle laid out like NVIDIA's training snapshots, and the G_ema reference tensors."""
+    G_ema, flat = build_nvidia_generator(**kw)
+    G_train, _ = build_nvidia_generator(**dict(kw, seed=kw.get("seed", 0) + 100))
+    D = NV("Discriminator", dict(c_dim=0, img_resolution=kw["res"], img_channels=kw["ch"]))
+    D.register_parameter("w", nn.Parameter(torch.randn(3, 3)))
+    NV.MODULE_SRC = module_src(marker)
+    saved = {k: sys.modules.get(k) for k in FAKE_MODULES}
+    sys.modules.update(FAKE_MODULES)
+    try:
+        data = dict(G=G_train, D=D, G_ema=G_ema, augment_pipe=None,
+                    training_set_kwargs=EasyDict(class_name="training.dataset.ImageFolderDataset",
+                                                 path="x.zip", use_labels=False, max_size=100, xflip=False,
+                                                 resolution=kw["res"]))
+        b = pickle.dumps(data, protocol=protocol)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    return b, flat
+
+
+# -- tests ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("res,ch,clamp,protocol", [(8, 3, None, 3), (32, 1, 0.7, 4), (16, 3, 256.0, 2)])
+def test_loaded_synthesis_matches_reference(tmp_path, res, ch, clamp, protocol):
+    marker = tmp_path / "module_src_was_executed"
+    b, flat = nvidia_pickle_bytes(marker, protocol=protocol, res=res, ch=ch, clamp=clamp)
+    path = tmp_path / "network-snapshot.pkl"
+    path.write_bytes(b)
+    G = load_generator(path)
+    assert not marker.exists()  # NVIDIA's module source never ran
+    assert isinstance(G, StyleGAN2Generator)
+    cfg = G.config()
+    assert (cfg["img_resolution"], cfg["img_channels"], cfg["w_dim"], cfg["z_dim"], cfg["mapping_layers"],
+            cfg["channel_base"], cfg["channel_max"], cfg["conv_clamp"]) == (res, ch, 8, 8, 2, 64, 8, clamp)
+    assert G.num_ws == 2 * int(math.log2(res)) - 2
+    assert torch.equal(G.w_avg, flat["mapping.w_avg"])
+    st = {k: v.double() for k, v in flat.items()}
+    ws = torch.randn(2, G.num_ws, G.w_dim, generator=torch.Generator().manual_seed(9))
+    for mode in ("const", "none"):
+        G.noise_mode = mode
+        want = ref.reference_synthesis(st, ws.double(), res, mode, clamp)
+        got = G(ws).double()
+        assert want.abs().max() > 0.1
+        assert (got - want).abs().max().item() < 1e-4
+    if clamp == 0.7:
+        assert (want.abs() > 0.69).any()  # the clamp read from the record is active
+    z = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
+    want = ref.reference_mapping(st, z.double(), 2)
+    assert (G.mapping(z).double() - want).abs().max().item() < 1e-4 * max(1.0, want.abs().max().item())
+
+
+def test_record_layout_is_kept_not_executed(tmp_path):
+    marker = tmp_path / "ran"
+    b, _ = nvidia_pickle_bytes(marker, res=8, ch=1)
+    (tmp_path / "n.pkl").write_bytes(b)
+    data = safe_load_pickle(tmp_path / "n.pkl")
+    assert not marker.exists()
+    assert set(data) == {"G", "D", "G_ema", "augment_pipe", "training_set_kwargs"}
+    rec = data["G_ema"]
+    assert isinstance(rec, PersistentRecord) and rec.class_name == "Generator" and rec.version == 6
+    assert "write_text('executed')" in rec.module_src
+    assert rec.state["_init_kwargs"]["synthesis_kwargs"]["channel_base"] == 64
+    syn = rec.state["_modules"]["synthesis"]
+    assert syn.class_name == "SynthesisNetwork"
+    layer = syn.state["_modules"]["b8"].state["_modules"]["conv0"]
+    assert layer.state["act_gain"] == pytest.approx(math.sqrt(2))  # numpy scalar decoded
+    assert isinstance(layer.state["_parameters"]["weight"], nn.Parameter)
+
+
+class _Payload:
+    def __init__(self, func, arg):
+        self.func, self.arg = func, arg
+
+    def __reduce__(self):
+        return (self.func, (self.arg,))
+
+
+@pytest.mark.parametrize("func,name", [(os.system, r"(posix|nt|os)\.system"), (eval, r"builtins\.eval"),
+                                       (exec, r"builtins\.exec")])
+def test_malicious_pickle_refused_before_running(tmp_path, func, name):
+    marker = tmp_path / "pwned"
+    arg = f"touch {marker}" if func is os.system else f"open({str(marker)!r}, 'w').write('x')"
+    # the payload sits inside an otherwise valid NVIDIA layout, after real tensors
+    G, _ = build_nvidia_generator(res=8, ch=1)
+    G.mapping.evil = _Payload(func, arg)
+    saved = {k: sys.modules.get(k) for k in FAKE_MODULES}
+    sys.modules.update(FAKE_MODULES)
+    try:
+        b = pickle.dumps({"G_ema": G}, protocol=3)
+    finally:
+        for k, v in saved.items():
+            sys.modules.pop(k, None) if v is None else sys.modules.__setitem__(k, v)
+    p = tmp_path / "evil.pkl"
+    p.write_bytes(b)
+    with pytest.raises(BRGMError, match=name) as e:
+        load_generator(p)
+    assert "\n" not in str(e.value) and "refusing" in str(e.value)
+    assert not marker.exists()
+    # control: the same payload really does create the file when unpickled without restriction
+    pickle.loads(pickle.dumps(_Payload(func, arg)))
+    assert marker.exists()
+
+
+def test_truncated_empty_and_non_pickle_files(tmp_path):
+    b, _ = nvidia_pickle_bytes(tmp_path / "m", res=8, ch=1)
+    cases = {"half.pkl": b[: len(b) // 2], "tiny.pkl": b[:3], "empty.pkl": b"",
+             "image.pkl": b"\x89PNG\r\n\x1a\n" + bytes(50), "text.pkl": b"just text"}
+    for name, content in cases.items():
+        p = tmp_path / name
+        p.write_bytes(content)
+        with pytest.raises(BRGMError) as e:
+            load_generator(p)
+        msg = str(e.value)
+        assert "\n" not in msg and name in msg and len(msg) < 300, msg
+    for name in ("half.pkl", "tiny.pkl"):
+        with pytest.raises(BRGMError, match="truncated|not a readable pickle"):
+            safe_load_pickle(tmp_path / name)
+    with pytest.raises(BRGMError, match="empty"):
+        safe_load_pickle(tmp_path / "empty.pkl")
+
+
+def _pickle_of(G, tmp_path, name="g.pkl"):
+    saved = {k: sys.modules.get(k) for k in FAKE_MODULES}
+    sys.modules.update(FAKE_MODULES)
+    try:
+        b = pickle.dumps({"G_ema": G}, protocol=3)
+    finally:
+        for k, v in saved.items():
+            sys.modules.pop(k, None) if v is None else sys.modules.__setitem__(k, v)
+    p = tmp_path / name
+    p.write_bytes(b)
+    return p
+
+
+def test_unknown_missing_and_unsupported(tmp_path):
+    G, _ = build_nvidia_generator(res=8, ch=1)
+    G.synthesis.b8.conv0.register_parameter("foo", nn.Parameter(torch.zeros(2)))
+    with pytest.raises(BRGMError, match=r"unknown tensors synthesis_network\.b8\.conv0\.foo"):
+        load_generator(_pickle_of(G, tmp_path))
+    G, _ = build_nvidia_generator(res=8, ch=1)
+    del G.synthesis.b8.conv1._buffers["noise_const"]
+    with pytest.raises(BRGMError, match=r"missing tensors synthesis_network\.b8\.conv1\.noise_const"):
+        load_generator(_pickle_of(G, tmp_path))
+    G, _ = build_nvidia_generator(res=8, ch=1, synthesis_extra=dict(architecture="resnet"))
+    with pytest.raises(BRGMError, match="architecture='resnet'"):
+        load_generator(_pickle_of(G, tmp_path))
+    G, _ = build_nvidia_generator(res=8, ch=1)
+    G._init_kwargs["c_dim"] = 10
+    with pytest.raises(BRGMError, match="conditional"):
+        load_generator(_pickle_of(G, tmp_path))
+    G, _ = build_nvidia_generator(res=8, ch=1)
+    G.synthesis.b8._buffers["resample_filter"] = torch.ones(4, 4) / 16
+    with pytest.raises(BRGMError, match="resample_filter"):
+        load_generator(_pickle_of(G, tmp_path))
+    # a pickle without G_ema / G
+    p = tmp_path / "other.pkl"
+    p.write_bytes(pickle.dumps({"weights": collections.OrderedDict(a=1)}))
+    with pytest.raises(BRGMError, match="no G_ema or G"):
+        load_generator(p)
+
+
+def test_convert_cli_roundtrip(tmp_path):
+    from typer.testing import CliRunner
+
+    from brgm_pyro.cli.app import app
+    import brgm_pyro.cli.convert  # noqa: F401 - registers the command
+
+    marker = tmp_path / "ran"
+    b, flat = nvidia_pickle_bytes(marker, res=16, ch=3, clamp=256.0)
+    src = tmp_path / "net.pkl"
+    src.write_bytes(b)
+    out = tmp_path / "net.safetensors"
+    r = CliRunner().invoke(app, ["convert", str(src), str(out)])
+    assert r.exit_code == 0, r.output
+    assert not marker.exists()
+    A, B = load_generator(src), load_generator(out)
+    assert A.config() == B.config()
+    ws = torch.randn(2, A.num_ws, A.w_dim, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(A(ws), B(ws))
+    assert torch.equal(B.w_avg, flat["mapping.w_avg"])
+    # bad input: one line on stderr, exit status 2
+    bad = tmp_path / "bad.pkl"
+    bad.write_bytes(b[:100])
+    r = CliRunner().invoke(app, ["convert", str(bad), str(tmp_path / "x.safetensors")])
+    assert r.exit_code == 2
+    assert not (tmp_path / "x.safetensors").exists()
