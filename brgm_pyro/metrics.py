@@ -112,25 +112,33 @@ def image_metrics(x, truth, channels_first: bool = False) -> dict:
             "mae": mae(x, truth, channels_first), "rmse": rmse(x, truth, channels_first)}
 
 
-def lpips(x, truth, vgg16: str, channels_first: bool = False) -> float:
-    """LPIPS distance of ``x`` to ``truth`` (both in [0, 1]) with the VGG16 weights file ``vgg16``.
+_LPIPS_NETS: dict = {}
 
-    Delegates to the perceptual module's LPIPS implementation; raises BRGMError if it is missing.
+
+def lpips(x, truth, vgg16, channels_first: bool = False) -> float:
+    """LPIPS distance of ``x`` to ``truth`` (both in [0, 1]).
+
+    ``vgg16`` is the path of a VGG16 file (NVIDIA's ``vgg16.pt`` or a torchvision-layout state
+    dict; loaded once and cached) or an already loaded ``phi``. Uses the perceptual module's
+    ``lpips_distance``: the squared distance of unit-normalised, LPIPS-weighted VGG16 features.
     """
     import torch
 
-    from brgm_pyro.errors import BRGMError
+    from brgm_pyro.models.perceptual import load_vgg16_perceptual, lpips_distance
 
-    try:
-        from brgm_pyro.models import perceptual  # noqa: F401
-        fn = getattr(perceptual, "lpips")
-    except (ImportError, AttributeError):
-        raise BRGMError("LPIPS is not available in this installation; drop --vgg16") from None
+    if isinstance(vgg16, (str, bytes)) or hasattr(vgg16, "__fspath__"):
+        key = str(vgg16)
+        if key not in _LPIPS_NETS:
+            _LPIPS_NETS[key] = load_vgg16_perceptual(key)
+        phi = _LPIPS_NETS[key]
+    else:
+        phi = vgg16
     a, b = _pair(x, truth, channels_first)
-    ta = torch.from_numpy(a.transpose(2, 0, 1)).float()[None] * 2 - 1
-    tb = torch.from_numpy(b.transpose(2, 0, 1)).float()[None] * 2 - 1
-    out = fn(ta, tb, vgg16)
-    return float(out.reshape(-1)[0]) if hasattr(out, "reshape") else float(out)
+    if a.shape[-1] == 1:
+        a, b = np.repeat(a, 3, -1), np.repeat(b, 3, -1)
+    ta = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).float()[None] * 2 - 1
+    tb = torch.from_numpy(np.ascontiguousarray(b.transpose(2, 0, 1))).float()[None] * 2 - 1
+    return float(lpips_distance(ta, tb, phi).reshape(-1)[0])
 
 
 def summarize(per_image: list[dict]) -> dict:

@@ -1,0 +1,241 @@
+"""`brgm reconstruct` end to end on a tiny generator: every output file, its contents and numbers."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from brgm_pyro import metrics
+from brgm_pyro.cli import app
+
+torch.set_num_threads(1)
+GEN = "builtin:conv16"  # 16x16 RGB, random weights: fast, and enough to check the plumbing
+runner = CliRunner()
+
+
+def _rgb(h, w, seed=0):
+    return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
+
+
+def _face_like(h, w):
+    """A smooth clean image (so centre-crop/resize and metrics have structure to work with)."""
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    img = np.stack([0.5 + 0.4 * np.sin(6 * x), 0.5 + 0.4 * np.cos(5 * y), 0.5 + 0.3 * np.sin(4 * (x + y))], -1)
+    return (img * 255).astype(np.uint8)
+
+
+def _invoke(*args):
+    res = runner.invoke(app, ["reconstruct", "--generator", GEN, "-q", *map(str, args)])
+    assert res.exit_code == 0, (res.exit_code, res.output, res.stderr, res.exception)
+    return res
+
+
+def _png(path):
+    return np.asarray(Image.open(path)).astype(np.float64) / 255.0
+
+
+def test_superres_map_default_mode(tmp_path):
+    obs = _rgb(2, 2)
+    Image.fromarray(obs).save(tmp_path / "low.png")
+    out = tmp_path / "res"
+    res = _invoke(tmp_path / "low.png", "--steps", "8", "--seed", "3", "--out", out)
+    assert "results written to" in res.output
+    assert sorted(os.listdir(out)) == ["observed.png", "reconstruction.png", "run.json"]  # MAP: no samples/std
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "observed.png")), obs)
+    rec = np.asarray(Image.open(out / "reconstruction.png"))
+    assert rec.shape == (16, 16, 3) and rec.std() > 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["command"] == "reconstruct" and run["seed"] == 3
+    s = run["settings"]
+    assert (s["task"], s["factor"], s["kernel"], s["method"], s["steps"], s["generator"]) == \
+        ("superres", 8, "box", "map", 8, GEN)
+    assert run["inference"]["steps_done"] == 8 and run["inference"]["stopped"] is None
+    assert run["inference"]["loss_terms"]["loss"]["last"] <= run["inference"]["loss_terms"]["loss"]["first"]
+    assert run["versions"]["torch"] == torch.__version__.split("+")[0] or run["versions"]["torch"]
+    assert {"python", "torch", "pyro", "numpy", "pillow", "brgm_pyro"} <= set(run["versions"])
+    assert {"load_generator_s", "inference_s", "write_s", "total_s"} <= set(run["timings_s"])
+    assert run["inputs"][0]["sha256"] and run["inputs"][0]["height"] == 2
+    assert run["model"]["corruption"] == {"name": "superres", "factor": 8, "kernel": "box", "gauss_sigma": None}
+
+
+def test_map_is_reproducible_and_seeded(tmp_path):
+    Image.fromarray(_rgb(2, 2)).save(tmp_path / "low.png")
+    _invoke(tmp_path / "low.png", "--steps", "5", "--out", tmp_path / "a")
+    _invoke(tmp_path / "low.png", "--steps", "5", "--out", tmp_path / "b")
+    assert (tmp_path / "a" / "reconstruction.png").read_bytes() == (tmp_path / "b" / "reconstruction.png").read_bytes()
+
+
+def test_vi_simulate_superres_outputs_and_metrics(tmp_path):
+    Image.fromarray(_face_like(40, 56)).save(tmp_path / "clean.png")
+    out = tmp_path / "res"
+    res = _invoke(tmp_path / "clean.png", "--simulate", "--method", "vi", "--steps", "6", "--num-samples", "5",
+                  "--kernel", "bicubic", "--out", out)
+    assert "PSNR" in res.output
+    files = set(os.listdir(out))
+    assert {"reconstruction.png", "observed.png", "truth.png", "std.png", "samples", "run.json",
+            "metrics.json"} <= files
+    samples = sorted(os.listdir(out / "samples"))
+    assert samples == [f"sample_{i:03d}.png" for i in range(5)]
+    truth = _png(out / "truth.png")
+    assert truth.shape == (16, 16, 3)
+    # the observation is the bicubic x8 reduction of the (cropped, resized) truth
+    obs = _png(out / "observed.png")
+    assert obs.shape == (2, 2, 3)
+    # the reconstruction is the posterior mean of the samples (up to PNG rounding)
+    S = np.stack([_png(out / "samples" / f) for f in samples])
+    rec = _png(out / "reconstruction.png")
+    assert np.abs(S.mean(0) - rec).max() <= 2.5 / 255
+    # std.png: the per-pixel std over samples, scaled so that its maximum is white
+    run = json.loads((out / "run.json").read_text())
+    info = run["images"]["clean"]
+    std = S.std(0, ddof=1).mean(-1)
+    std_png = _png(out / "std.png")
+    assert std_png.max() == 1.0
+    np.testing.assert_allclose(std_png * info["std_png_white_is"], std, atol=0.02 * info["std_png_white_is"] + 2e-3)
+    # metrics.json agrees with metrics recomputed from the written PNGs (PNG rounding tolerance)
+    m = json.loads((out / "metrics.json").read_text())
+    r = m["images"]["clean"]["reconstruction"]
+    assert r["psnr"] == pytest.approx(metrics.psnr(rec, truth), abs=0.1)
+    assert r["ssim"] == pytest.approx(metrics.ssim(rec, truth), abs=0.01)
+    assert r["mae"] == pytest.approx(metrics.mae(rec, truth), abs=0.003)
+    assert r["rmse"] == pytest.approx(metrics.rmse(rec, truth), abs=0.003)
+    assert m["mean"]["reconstruction"]["psnr"] == pytest.approx(r["psnr"])
+    assert "baseline_bicubic" in m["images"]["clean"] and "samples_mean" in m["images"]["clean"]
+    assert run["settings"]["simulate"] is True and run["inference"]["num_samples"] == 5
+    assert any("centre-cropped 40x56" in c for c in run["inputs"][0]["conversions"])
+
+
+def test_inpaint_with_mask_composite_keeps_observed_pixels(tmp_path):
+    img = _rgb(16, 16, seed=5)
+    Image.fromarray(img).save(tmp_path / "holey.png")
+    m = np.full((16, 16), 255, np.uint8)
+    m[3:9, 5:12] = 0
+    Image.fromarray(m).save(tmp_path / "mask.png")
+    out = tmp_path / "res"
+    _invoke(tmp_path / "holey.png", "--mask", tmp_path / "mask.png", "--steps", "5", "--out", out)
+    assert {"composite.png", "reconstruction.png", "observed.png", "run.json"} <= set(os.listdir(out))
+    comp = np.asarray(Image.open(out / "composite.png"))
+    rec = np.asarray(Image.open(out / "reconstruction.png"))
+    obs = np.asarray(Image.open(out / "observed.png"))
+    keep = m == 255
+    np.testing.assert_array_equal(comp[keep], img[keep])  # observed pixels untouched
+    np.testing.assert_array_equal(comp[~keep], rec[~keep])  # missing ones from the reconstruction
+    np.testing.assert_array_equal(obs[keep], img[keep])
+    assert np.all(np.abs(obs[~keep].astype(int) - 128) <= 1)  # missing shown mid-grey
+    run = json.loads((out / "run.json").read_text())
+    assert run["settings"]["task"] == "inpaint"  # inferred from --mask
+    assert run["masks"][0]["missing_fraction"] == pytest.approx(42 / 256)
+
+
+def test_inpaint_from_transparency(tmp_path):
+    rgba = np.concatenate([_rgb(16, 16), np.full((16, 16, 1), 255, np.uint8)], -1)
+    rgba[6:10, 6:10, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cut.png")
+    out = tmp_path / "res"
+    _invoke(tmp_path / "cut.png", "--steps", "3", "--out", out)
+    run = json.loads((out / "run.json").read_text())
+    assert run["settings"]["task"] == "inpaint"
+    assert run["masks"][0]["source"] == "transparent pixels of the input"
+    assert run["masks"][0]["missing_fraction"] == pytest.approx(16 / 256)
+
+
+def test_simulate_inpaint_default_mask_and_task_none(tmp_path):
+    Image.fromarray(_face_like(32, 32)).save(tmp_path / "clean.png")
+    out = tmp_path / "inp"
+    _invoke(tmp_path / "clean.png", "--simulate", "--task", "inpaint", "--steps", "3", "--out", out)
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["images"]["clean"]) == {"reconstruction", "composite"}
+    # the composite equals the truth on observed pixels, so it scores at least as well
+    assert m["images"]["clean"]["composite"]["mae"] <= m["images"]["clean"]["reconstruction"]["mae"]
+    out2 = tmp_path / "none"
+    _invoke(tmp_path / "clean.png", "--simulate", "--task", "none", "--steps", "3", "--out", out2)
+    assert _png(out2 / "observed.png").shape == (16, 16, 3)
+
+
+def test_batch_of_inputs_gets_one_folder_each(tmp_path):
+    for i, name in enumerate(["a", "b", "c"]):
+        Image.fromarray(_rgb(2, 2, seed=i)).save(tmp_path / f"{name}.png")
+    out = tmp_path / "res"
+    _invoke(tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png", "--method", "vi", "--steps", "3",
+            "--num-samples", "3", "--out", out)
+    assert {"a", "b", "c", "run.json"} <= set(os.listdir(out))
+    for name in "abc":
+        assert {"reconstruction.png", "observed.png", "std.png", "samples"} <= set(os.listdir(out / name))
+        assert len(os.listdir(out / name / "samples")) == 3
+    run = json.loads((out / "run.json").read_text())
+    assert len(run["inputs"]) == 3 and run["layout"].startswith("one sub-directory")
+    # different observations give different reconstructions
+    ra, rb = _png(out / "a" / "reconstruction.png"), _png(out / "b" / "reconstruction.png")
+    assert np.abs(ra - rb).max() > 0
+
+
+def test_overwrite_replaces_an_earlier_result(tmp_path):
+    Image.fromarray(_rgb(2, 2)).save(tmp_path / "low.png")
+    out = tmp_path / "res"
+    _invoke(tmp_path / "low.png", "--steps", "2", "--out", out)
+    res = runner.invoke(app, ["reconstruct", "--generator", GEN, "-q", str(tmp_path / "low.png"), "--out", str(out)])
+    assert res.exit_code == 2 and "--overwrite" in res.stderr
+    _invoke(tmp_path / "low.png", "--steps", "3", "--out", out, "--overwrite")
+    assert json.loads((out / "run.json").read_text())["settings"]["steps"] == 3
+    assert sorted(p for p in os.listdir(tmp_path) if p.startswith(".")) == []
+
+
+def test_ctrl_c_during_inference_writes_what_exists(tmp_path, monkeypatch):
+    """Ctrl-C inside the optimiser: it stops, the partial result is written, exit status 130."""
+    import brgm_pyro.cli.reconstruct as rec
+    from brgm_pyro.inference import run_map
+    from brgm_pyro.registry import Registry
+
+    def interrupting_map(model, y, **kw):
+        def cb(step, terms):
+            if step == 2:
+                raise KeyboardInterrupt
+        return run_map(model, y, callback=cb, **kw)
+
+    reg = Registry("inference method")
+    reg.register("map")(interrupting_map)
+    monkeypatch.setattr(rec, "methods_registry", lambda: reg)
+    Image.fromarray(_rgb(2, 2)).save(tmp_path / "low.png")
+    out = tmp_path / "res"
+    res = runner.invoke(app, ["reconstruct", "--generator", GEN, "-q", str(tmp_path / "low.png"), "--steps", "50",
+                              "--out", str(out)])
+    assert res.exit_code == 130, (res.output, res.stderr)
+    assert "interrupted" in res.stderr and "partial results written" in res.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert "interrupted" in run["inference"]["stopped"] and run["inference"]["steps_done"] == 3  # steps 0-2
+    assert (out / "reconstruction.png").is_file()
+
+
+def test_ctrl_c_before_inference_leaves_nothing(tmp_path, monkeypatch):
+    import brgm_pyro.cli.reconstruct as rec
+
+    def boom(spec, device):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rec, "load_generator_checked", boom)
+    Image.fromarray(_rgb(2, 2)).save(tmp_path / "low.png")
+    out = tmp_path / "res"
+    res = runner.invoke(app, ["reconstruct", "--generator", GEN, "-q", str(tmp_path / "low.png"), "--out", str(out)])
+    assert res.exit_code == 130 and "interrupted" in res.stderr
+    assert not out.exists()
+
+
+def test_generator_from_safetensors_file(tmp_path):
+    from brgm_pyro.models.generators import ConvGenerator
+    from brgm_pyro.models.generators.loading import save_generator
+
+    G = ConvGenerator(img_resolution=8, img_channels=1, w_dim=8, z_dim=8, channels=8, seed=1)
+    save_generator(G, tmp_path / "g.safetensors")
+    Image.fromarray(_rgb(4, 4)).save(tmp_path / "low.png")  # RGB input, gray generator: converted
+    out = tmp_path / "res"
+    _invoke(tmp_path / "low.png", "--generator", tmp_path / "g.safetensors", "--factor", "2", "--steps", "3",
+            "--out", out)
+    rec = np.asarray(Image.open(out / "reconstruction.png"))
+    assert rec.shape == (8, 8)
+    run = json.loads((out / "run.json").read_text())
+    assert run["generator"]["channels"] == 1
+    assert any("luma" in c for c in run["inputs"][0]["conversions"])
