@@ -12,3 +12,5 @@ METHODS.register("map")(run_map)
 METHODS.register("vi")(run_vi)
 
 __all__ = ["run_map", "run_vi", "InferenceResult", "METHODS", "GUIDES"]
+
+from brgm_pyro.inference import mcmc  # noqa: F401,E402

@@ -1,0 +1,223 @@
+r"""ArviZ ``InferenceData`` from any inference result (MAP, VI, SGLD, pSGLD, MALA, HMC, NUTS).
+
+Built with :func:`arviz.from_dict` from arrays we compute ourselves (``az.from_pyro`` is slow at
+10^4 latent dimensions and gets per-pixel log-likelihoods wrong; see docs/mcmc.md). Groups:
+
+* ``posterior``: ``w`` (chain, draw, image, layer, w_dim) and the reconstruction ``x`` = G(w)
+  (chain, draw, image, channel, row, col), a deterministic of ``w``.
+* ``sample_stats``: ``lp`` = log p(w, y) (up to a constant), the per-term log densities
+  ``log_prior``, ``log_colinearity``, ``log_lik_pixel``, ``log_lik_perceptual`` (one per model
+  term present; summed over images), and for samplers ``step_size``, ``acceptance_rate``,
+  ``diverging``, ``n_steps`` (gradient evaluations per draw), ``tree_depth`` (NUTS).
+* ``log_likelihood``: ``y`` (chain, draw, image, pixel) per *observed* pixel (in-painting: the
+  missing pixels are dropped when all images share the mask, NaN otherwise) and ``y_percept``
+  (chain, draw, image, feature) when there is a perceptual term.
+* ``observed_data``: ``y`` (image, channel, obs_row, obs_col).
+* ``constant_data``: ``mask`` (in-painting), ``factor`` (super-resolution), ``sigma_pixel``,
+  ``sigma_percept``, ``kappa``, ``temperature``.
+* ``optimization`` (MAP, VI): the loss-term histories (step).
+
+MAP is one chain with one draw; VI is one chain of independent draws; MCMC keeps its chains.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from brgm_pyro.errors import BRGMError
+
+STAT_NAMES = {"accept_prob": "acceptance_rate", "step_size": "step_size", "diverging": "diverging",
+              "tree_depth": "tree_depth", "n_steps": "n_steps"}
+
+
+def _np(x: Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy()
+
+
+def _chains(result) -> tuple[Tensor, int, int]:
+    """(C S, B, L, d) draws and (C, S) for any result (a point estimate is one draw)."""
+    if result.samples_w is None:
+        return result.w.detach()[None], 1, 1
+    sw = result.samples_w.detach()
+    C = int(result.extra.get("num_chains", 1))
+    if sw.shape[0] % C:
+        raise BRGMError(f"{sw.shape[0]} draws do not split into {C} chains")
+    return sw, C, sw.shape[0] // C
+
+
+@torch.no_grad()
+def draw_quantities(model, y: Tensor, samples_w: Tensor, images: Optional[Tensor] = None,
+                    chunk: int = 32) -> dict[str, np.ndarray]:
+    """Per-draw quantities for ``samples_w`` (S, B, L, d).
+
+    Returns numpy arrays: ``x`` (S, B, C, H, W); ``ll_<site>`` (S, B, N) per element; ``term_<name>``
+    (S, B) per-term log densities (prior terms and likelihood terms, likelihoods tempered as in
+    the model).
+    """
+    out: dict[str, list] = {}
+    prior = model.prior
+    factors = list(getattr(prior, "factors", []))
+    base = getattr(prior, "base", prior)
+    for i in range(0, samples_w.shape[0], chunk):
+        w = samples_w[i:i + chunk].to(y.device)
+        x = model.render(w) if images is None else images[i:i + chunk].to(y.device)
+        pred = model.corruption(x)
+        out.setdefault("x", []).append(_np(x.float()))
+        out.setdefault(f"term_{base.term}", []).append(_np(base.log_prob(w)))
+        for f in factors:
+            out.setdefault(f"term_{f.term}", []).append(_np(f.log_factor(w)))
+        for lik in model.likelihoods:
+            out.setdefault(f"term_{lik.term}", []).append(_np(lik.log_prob(pred, y, model.mask) / model.temperature))
+            out.setdefault(f"ll_{lik.site}", []).append(_np(lik.pointwise_log_prob(pred, y, model.mask).float()))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _constant_data(model) -> dict[str, np.ndarray]:
+    const: dict[str, np.ndarray] = {}
+    if model.mask is not None:
+        m = _np(model.mask).astype(np.int8)
+        const["mask"] = m
+    cfg = model.corruption.config()
+    if "factor" in cfg:
+        const["factor"] = np.asarray(cfg["factor"])
+    for lik in model.likelihoods:
+        for k, v in lik.config().items():
+            if isinstance(v, (int, float)):
+                const[k] = np.asarray(v)
+    for f in getattr(model.prior, "factors", []):
+        for k, v in f.config().items():
+            if isinstance(v, (int, float)):
+                const[k] = np.asarray(v)
+    const["temperature"] = np.asarray(model.temperature)
+    return const
+
+
+def _jsonable(obj):
+    try:
+        return json.dumps(obj, default=lambda o: repr(o) if not isinstance(o, (np.generic,)) else o.item())
+    except (TypeError, ValueError):
+        return repr(obj)
+
+
+def to_inference_data(result, model, y: Tensor):
+    """ArviZ InferenceData of ``result`` (an :class:`InferenceResult`) for ``model`` and ``y``.
+
+    Args:
+        result: from any registered method; MCMC results carry ``extra['num_chains']`` and
+            ``extra['sample_stats']`` ({name: (C, S)}).
+        model: the :class:`~brgm_pyro.models.brgm.BRGMModel` the result was computed with.
+        y: (B, C, h, w) observation.
+    """
+    import arviz as az
+
+    sw, C, S = _chains(result)
+    imgs = result.samples if (result.samples is not None and result.samples_w is not None) else None
+    q = draw_quantities(model, y, sw, imgs)
+    B = sw.shape[1]
+
+    def cs(a: np.ndarray) -> np.ndarray:  # (C S, ...) -> (C, S, ...)
+        return a.reshape(C, S, *a.shape[1:])
+
+    posterior = {"w": cs(_np(sw.float())), "x": cs(q["x"])}
+    dims = {"w": ["image", "layer", "w_dim"], "x": ["image", "channel", "row", "col"]}
+    coords: dict[str, np.ndarray] = {"image": np.arange(B)}
+
+    sample_stats: dict[str, np.ndarray] = {}
+    lp = 0.0
+    for k, v in q.items():
+        if k.startswith("term_"):
+            name = k[5:]
+            label = f"log_lik_{name}" if name in {l.term for l in model.likelihoods} else f"log_{name}"
+            sample_stats[label] = cs(v.sum(-1))
+            lp = lp + sample_stats[label]
+    sample_stats["lp"] = lp
+    for k, v in (result.extra.get("sample_stats") or {}).items():
+        if k in STAT_NAMES:
+            a = np.asarray(v)
+            sample_stats[STAT_NAMES[k]] = a.astype(bool) if k == "diverging" else a
+
+    log_lik: dict[str, np.ndarray] = {}
+    for lik in model.likelihoods:
+        ll = q[f"ll_{lik.site}"]
+        if ll.ndim == 2:
+            ll = ll[:, None]
+        if lik.site == "y":
+            keep = ~np.all(np.isnan(ll), axis=(0, 1))
+            ll = ll[..., keep]
+            coords["pixel"] = np.flatnonzero(keep)
+            dims["y"] = ["image", "pixel"]
+        else:
+            dims[lik.site] = ["image", "feature"]
+        log_lik[lik.site] = cs(ll)
+
+    const = _constant_data(model)
+    attrs = {"method": result.method, "inference_library": "brgm_pyro",
+             "num_chains": C, "num_draws": S,
+             "model_config": _jsonable(model.config()), "timing": _jsonable(result.timing),
+             "stopped": str(result.stopped)}
+    for k in ("grad_evals", "divergences", "warmup", "thin", "init", "seed"):
+        if k in result.extra:
+            attrs[k] = _jsonable(result.extra[k])
+    idata = az.from_dict(posterior=posterior, sample_stats=sample_stats, log_likelihood=log_lik,
+                         coords=coords, dims=dims, attrs=attrs)
+    import xarray as xr
+
+    cvars = {k: ((tuple(f"mask_dim_{i}" for i in range(v.ndim)) if k == "mask" else ()), v)
+             for k, v in const.items()}
+    idata.add_groups({"constant_data": xr.Dataset(cvars, attrs=dict(attrs))})
+
+    obs = xr.Dataset({"y": (("image", "obs_channel", "obs_row", "obs_col"), _np(y.float()))},
+                     coords={"image": np.arange(B)}, attrs=dict(attrs))
+    idata.add_groups({"observed_data": obs})
+    if result.history and result.method in ("map", "vi"):
+
+        n = max(len(v) for v in result.history.values())
+        hist = {k: ("step", np.pad(np.asarray(v, dtype=float), (0, n - len(v)), constant_values=np.nan))
+                for k, v in result.history.items()}
+        idata.add_groups({"optimization": xr.Dataset(hist, coords={"step": np.arange(n)})},
+                         warn_on_custom_groups=False)
+    return idata
+
+
+def write_inference_data(idata, path: str | os.PathLike, compress: bool = False) -> Path:
+    """Write ``idata`` to NetCDF (h5netcdf) atomically: a temporary file, then a rename.
+
+    ``compress=False`` by default: zlib barely shrinks float posterior draws and costs several
+    times the write time at 10^4 dimensions (see benchmarks/bench_arviz_10k.py).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        idata.to_netcdf(tmp, compress=compress, engine="h5netcdf")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_inference_data(path: str | os.PathLike):
+    """Load a posterior.nc; BRGMError when it is missing or not an InferenceData file."""
+    import arviz as az
+
+    p = Path(path)
+    if not p.is_file():
+        raise BRGMError(f"no such file: {p}")
+    try:
+        return az.from_netcdf(str(p), engine="h5netcdf")
+    except Exception as e:  # noqa: BLE001 - any read failure is a bad input file
+        raise BRGMError(f"cannot read {p} as ArviZ InferenceData ({type(e).__name__}: {e})") from None
+
+
+__all__ = ["to_inference_data", "write_inference_data", "read_inference_data", "draw_quantities"]
