@@ -272,3 +272,36 @@ def test_w_avg_update():
 def test_bad_config(bad):
     with pytest.raises(BRGMError):
         small(**bad)
+
+
+def test_brgm_map_end_to_end_on_random_256px_stylegan2():
+    """The core BRGM MAP runs unchanged on our StyleGAN2 (random weights, 256 x 256, 1 channel,
+    small channel counts) and fits an x8 super-resolution observation of a generated image."""
+    from brgm_pyro.inference import run_map
+    from brgm_pyro.models.brgm import build_model
+    from brgm_pyro.models.corruptions import SuperResolution
+    from brgm_pyro.models.generators import compute_latent_stats
+
+    torch.manual_seed(0)
+    G = StyleGAN2Generator(z_dim=16, w_dim=16, img_resolution=256, img_channels=1, mapping_layers=2,
+                           channel_base=512, channel_max=8, seed=0)
+    G.requires_grad_(False)
+    assert G.num_ws == 14
+    stats = compute_latent_stats(G, num_samples=2000, seed=0)
+    f = SuperResolution(8)
+    g = torch.Generator().manual_seed(1)
+    w_true = stats.mu + stats.sigma * torch.randn(1, G.num_ws, G.w_dim, generator=g)
+    with torch.no_grad():
+        y = f(G(w_true))
+    assert y.shape == (1, 1, 32, 32)
+    model = build_model(G, f, sigma_pixel=0.05, stats=stats)
+    init = model.init_latents(1)
+    with torch.no_grad():
+        err0 = (f(G(init)) - y).square().mean().item()
+    res = run_map(model, y, steps=60, lr=0.1, seed=0, progress=False)
+    assert res.w.shape == (1, G.num_ws, G.w_dim) and res.image.shape == (1, 1, 256, 256)
+    assert torch.isfinite(res.image).all() and res.stopped is None
+    with torch.no_grad():
+        err = (f(G(res.w)) - y).square().mean().item()
+        assert torch.allclose(res.image, G(res.w), atol=1e-5)
+    assert err < 0.3 * err0, (err, err0)
