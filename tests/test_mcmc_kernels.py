@@ -18,7 +18,7 @@ from brgm_pyro.errors import BRGMError
 from brgm_pyro.inference.mcmc.hmc import StatsNUTS
 from brgm_pyro.inference.mcmc.langevin import (
     Langevin, LangevinState, langevin_init, langevin_step, max_curvature)
-from test_mcmc_helpers import LinearGaussian, moment_functions, moment_truth, run_kernel, zscores, ess
+from tests.test_mcmc_helpers import LinearGaussian, moment_functions, moment_truth, run_kernel, zscores, ess
 
 torch.set_num_threads(1)
 Z = 4.5

@@ -8,6 +8,7 @@ from brgm_pyro.cli.app import app
 # Command modules (one import per module; the import registers the commands).
 from brgm_pyro.cli import convert  # noqa: F401,E402
 from brgm_pyro.cli import demo, reconstruct  # noqa: F401,E402
+from brgm_pyro.cli import diagnose  # noqa: F401,E402
 
 
 def main() -> None:

@@ -167,7 +167,9 @@ def to_inference_data(result, model, y: Tensor):
         if k in result.extra:
             attrs[k] = _jsonable(result.extra[k])
     idata = az.from_dict(posterior=posterior, sample_stats=sample_stats, log_likelihood=log_lik,
-                         coords=coords, dims=dims, attrs=attrs)
+                         coords=coords, dims=dims)
+    for g in idata.groups():
+        idata[g].attrs.update(attrs)
     import xarray as xr
 
     cvars = {k: ((tuple(f"mask_dim_{i}" for i in range(v.ndim)) if k == "mask" else ()), v)

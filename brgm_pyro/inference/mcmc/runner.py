@@ -43,7 +43,10 @@ def make_kernel(method: str, model, *, step_size=None, thin: int = 1, seed: int 
                   metropolis=(method == "mala"),
                   preconditioner="rmsprop" if method == "psgld" else "identity")
         kw.update(options)
-        return Langevin(model, **kw)
+        try:
+            return Langevin(model, **kw)
+        except TypeError as e:
+            raise BRGMError(f"bad option for {method}: {e}") from None
     if method in ("hmc", "nuts"):
         kw = dict(adapt_step_size=True, adapt_mass_matrix=True, full_mass=False, target_accept_prob=0.8)
         if step_size is not None:

@@ -1,0 +1,175 @@
+r"""Convergence diagnostics for image posteriors: scalar summaries that mean something.
+
+R-hat and ESS of 10^4 individual latent coordinates are slow to compute and unreadable; what a
+user needs is whether the chains agree on quantities that describe the reconstruction. For each
+image b we summarise the draws by
+
+* ``lp``: log p(w, y) (sample_stats), and ``log_lik``: :math:`\sum_k \log p(y_k \mid w)` over the
+  observed pixels (log_likelihood group);
+* ``mean_intensity``: the mean of the reconstruction x = G(w) over channels and pixels;
+* ``pc1 .. pcK``: the projection :math:`\langle w - \bar w, v_k\rangle` of the latent on the K
+  leading principal directions :math:`v_k` of the pooled draws (the directions in which the
+  posterior, or the disagreement between chains, is largest);
+
+and report split rank-normalised R-hat, bulk and tail ESS and the MCSE of the mean (Vehtari et
+al. 2021, via ArviZ). Optionally (``all_coords``) the worst R-hat and smallest bulk ESS over every
+coordinate of w. Trace and rank plots of the summaries go to PNG files.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from brgm_pyro.errors import BRGMError
+
+
+def scalar_summaries(idata, num_components: int = 3):
+    """xarray Dataset of (chain, draw, image) scalar summaries (see module doc)."""
+    import torch
+    import xarray as xr
+
+    if "posterior" not in idata.groups() or "w" not in idata.posterior:
+        raise BRGMError("the file has no posterior of w; write it with brgm reconstruct --method sgld|nuts|...")
+    post = idata.posterior
+    C, S = post.sizes["chain"], post.sizes["draw"]
+    if C * S < 4:
+        raise BRGMError(f"the posterior holds {C * S} draw(s) (a point estimate?): nothing to diagnose")
+    w = np.asarray(post["w"].values, dtype=np.float64)  # (C, S, B, L, d)
+    B = w.shape[2]
+    out: dict[str, tuple] = {}
+    if "sample_stats" in idata.groups() and "lp" in idata.sample_stats:
+        lp = np.asarray(idata.sample_stats["lp"].values, dtype=float)
+        out["lp"] = (("chain", "draw"), lp)
+    if "log_likelihood" in idata.groups() and "y" in idata.log_likelihood:
+        ll = np.asarray(idata.log_likelihood["y"].values, dtype=float)  # (C, S, B, N)
+        out["log_lik"] = (("chain", "draw", "image"), np.nansum(ll, axis=-1))
+    if "x" in post:
+        x = np.asarray(post["x"].values, dtype=float)
+        out["mean_intensity"] = (("chain", "draw", "image"), x.reshape(C, S, B, -1).mean(-1))
+    k = max(0, min(int(num_components), C * S - 1))
+    if k:
+        pcs = np.empty((C, S, B, k))
+        for b in range(B):
+            flat = torch.from_numpy(w[:, :, b].reshape(C * S, -1))
+            centred = flat - flat.mean(0)
+            # leading right singular vectors of the centred draws (randomised SVD: D can be 10^4)
+            _, _, V = torch.svd_lowrank(centred, q=min(k + 5, min(centred.shape)), niter=4)
+            proj = (centred @ V[:, :k]).numpy()
+            # fix each direction's sign so that it is reproducible (largest |loading| positive)
+            sgn = np.sign(V[:, :k].numpy()[np.abs(V[:, :k].numpy()).argmax(0), np.arange(k)])
+            pcs[:, :, b] = (proj * sgn).reshape(C, S, k)
+        for j in range(k):
+            out[f"pc{j + 1}"] = (("chain", "draw", "image"), pcs[..., j])
+    return xr.Dataset(out, coords={"chain": np.arange(C), "draw": np.arange(S), "image": np.arange(B)})
+
+
+def diagnose(idata, num_components: int = 3, all_coords: bool = False) -> dict:
+    """R-hat, bulk/tail ESS, MCSE of the scalar summaries, sampler statistics and timing.
+
+    Returns a JSON-serialisable dict: ``rows`` (one per summary and image: name, mean, sd, r_hat,
+    ess_bulk, ess_tail, mcse_mean), ``max_r_hat``, ``min_ess_bulk``, ``num_chains``,
+    ``num_draws``, ``divergences``, ``acceptance_rate``, ``method``, ``seconds`` and, with
+    ``all_coords``, ``w_max_r_hat``/``w_min_ess_bulk`` over every latent coordinate.
+    """
+    import arviz as az
+
+    t0 = time.perf_counter()
+    ds = scalar_summaries(idata, num_components)
+    C, S = ds.sizes["chain"], ds.sizes["draw"]
+    rhat = az.rhat(ds)
+    ess_b = az.ess(ds, method="bulk")
+    ess_t = az.ess(ds, method="tail")
+    mcse = az.mcse(ds, method="mean")
+    rows = []
+    for name in ds.data_vars:
+        v = ds[name]
+        images = v["image"].values if "image" in v.dims else [None]
+        for b in images:
+            sel = (lambda a: a.sel(image=b)) if b is not None else (lambda a: a)
+            vals = np.asarray(sel(v).values, dtype=float)
+            label = name if b is None or ds.sizes.get("image", 1) == 1 else f"{name}[{int(b)}]"
+            rows.append({"name": label, "mean": float(vals.mean()), "sd": float(vals.std(ddof=1)),
+                         "r_hat": float(sel(rhat[name]).values), "ess_bulk": float(sel(ess_b[name]).values),
+                         "ess_tail": float(sel(ess_t[name]).values), "mcse_mean": float(sel(mcse[name]).values)})
+    fin = [r for r in rows if math.isfinite(r["r_hat"])]
+    rep = {"method": str(idata.posterior.attrs.get("method", "?")), "num_chains": int(C), "num_draws": int(S),
+           "rows": rows,
+           "max_r_hat": max((r["r_hat"] for r in fin), default=float("nan")),
+           "min_ess_bulk": min((r["ess_bulk"] for r in rows), default=float("nan")),
+           "min_ess_tail": min((r["ess_tail"] for r in rows), default=float("nan"))}
+    if "sample_stats" in idata.groups():
+        st = idata.sample_stats
+        if "diverging" in st:
+            rep["divergences"] = int(np.asarray(st["diverging"].values).sum())
+        if "acceptance_rate" in st:
+            rep["acceptance_rate"] = float(np.nanmean(st["acceptance_rate"].values))
+        if "step_size" in st:
+            rep["step_size"] = float(np.nanmedian(st["step_size"].values))
+        if "tree_depth" in st:
+            rep["tree_depth"] = float(np.nanmean(st["tree_depth"].values))
+    if all_coords:
+        w = idata.posterior[["w"]]
+        rep["w_max_r_hat"] = float(az.rhat(w)["w"].max())
+        rep["w_min_ess_bulk"] = float(az.ess(w, method="bulk")["w"].min())
+    rep["seconds"] = time.perf_counter() - t0
+    return rep
+
+
+def write_plots(idata, out_dir, num_components: int = 3, max_images: int = 4) -> list[Path]:
+    """Trace and rank plots of the scalar summaries: ``trace.png`` and ``rank.png`` in ``out_dir``."""
+    import arviz as az
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ds = scalar_summaries(idata, num_components)
+    if ds.sizes.get("image", 1) > max_images:
+        ds = ds.isel(image=slice(0, max_images))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for kind, fn in (("trace", az.plot_trace), ("rank", az.plot_rank)):
+        with warnings.catch_warnings():  # ArviZ 0.23 vs matplotlib 3.11 deprecation noise
+            warnings.simplefilter("ignore")
+            axes = fn(ds, compact=False) if kind == "trace" else fn(ds)
+        fig = np.asarray(axes).ravel()[0].figure
+        fig.suptitle(f"{kind} plots of scalar summaries ({idata.posterior.attrs.get('method', '?')})")
+        fig.tight_layout()
+        p = out_dir / f"{kind}.png"
+        tmp = out_dir / f".{kind}.png.tmp.png"
+        fig.savefig(tmp, dpi=80)
+        plt.close(fig)
+        tmp.replace(p)
+        paths.append(p)
+    return paths
+
+
+def format_report(rep: dict) -> list[str]:
+    """Plain-text lines of a :func:`diagnose` report."""
+    lines = [f"method {rep['method']}: {rep['num_chains']} chain(s) x {rep['num_draws']} draws"]
+    extras = [f"{k} {rep[k]:.3g}" if isinstance(rep[k], float) else f"{k} {rep[k]}"
+              for k in ("divergences", "acceptance_rate", "step_size", "tree_depth") if k in rep]
+    if extras:
+        lines.append(", ".join(extras))
+    lines.append(f"{'quantity':<20}{'mean':>12}{'sd':>11}{'r_hat':>8}{'ess_bulk':>10}{'ess_tail':>10}{'mcse_mean':>11}")
+    for r in rep["rows"]:
+        lines.append(f"{r['name']:<20}{r['mean']:>12.4g}{r['sd']:>11.3g}{r['r_hat']:>8.3f}{r['ess_bulk']:>10.0f}"
+                     f"{r['ess_tail']:>10.0f}{r['mcse_mean']:>11.3g}")
+    lines.append(f"max r_hat {rep['max_r_hat']:.3f}, min ess_bulk {rep['min_ess_bulk']:.0f}, "
+                 f"min ess_tail {rep['min_ess_tail']:.0f}")
+    if "w_max_r_hat" in rep:
+        lines.append(f"over every coordinate of w: max r_hat {rep['w_max_r_hat']:.3f}, "
+                     f"min ess_bulk {rep['w_min_ess_bulk']:.0f}")
+    if rep["num_chains"] < 2:
+        lines.append("note: one chain; r_hat is split-chain only. Run several chains to check mixing.")
+    return lines
+
+
+__all__ = ["scalar_summaries", "diagnose", "write_plots", "format_report"]

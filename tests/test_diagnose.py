@@ -1,0 +1,91 @@
+"""brgm diagnose: R-hat/ESS of image-level summaries flag bad mixing, and the command's outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from brgm_pyro.cli import app
+from brgm_pyro.diagnostics import diagnose, scalar_summaries
+from brgm_pyro.inference import METHODS, InferenceResult
+from brgm_pyro.inference.arviz_io import to_inference_data, write_inference_data
+from brgm_pyro.inference.vi import render_samples
+from brgm_pyro.models.brgm import build_model
+from brgm_pyro.models.corruptions import SuperResolution
+from brgm_pyro.models.generators import ConvGenerator
+
+
+@pytest.fixture(scope="module")
+def problem():
+    G = ConvGenerator(img_resolution=8, img_channels=1, w_dim=4, channels=4, seed=3)
+    model = build_model(G, SuperResolution(2, "box"), sigma_pixel=0.1)
+    with torch.no_grad():
+        y = model.predict(model.init_latents(1))
+    return model, y
+
+
+def _result(model, y, offsets, S=150, seed=0):
+    """Chains of iid Gaussian draws around the prior mean, chain c shifted by offsets[c]."""
+    C = len(offsets)
+    g = torch.Generator().manual_seed(seed)
+    base = model.init_latents(1)
+    sw = torch.cat([base + off + 0.2 * torch.randn(S, 1, *base.shape[1:], generator=g) for off in offsets])
+    samples = render_samples(model, sw)
+    return InferenceResult(method="sgld", w=sw.mean(0), image=samples.mean(0), samples_w=sw, samples=samples,
+                           extra={"num_chains": C, "num_draws": S,
+                                  "sample_stats": {"accept_prob": np.ones((C, S)), "diverging": np.zeros((C, S))}})
+
+
+def test_mixed_chains_pass_and_stuck_chains_fail(problem):
+    model, y = problem
+    good = diagnose(to_inference_data(_result(model, y, [0.0] * 4), model, y), all_coords=True)
+    assert good["max_r_hat"] < 1.02
+    assert good["min_ess_bulk"] > 300  # 600 iid draws
+    names = {r["name"] for r in good["rows"]}
+    assert {"lp", "log_lik", "mean_intensity", "pc1", "pc2", "pc3"} <= names
+    assert good["w_max_r_hat"] < 1.05 and good["divergences"] == 0
+    bad = diagnose(to_inference_data(_result(model, y, [0.0, 0.0, 0.0, 0.3]), model, y))
+    assert bad["max_r_hat"] > 1.1
+    pc1 = next(r for r in bad["rows"] if r["name"] == "pc1")
+    assert pc1["r_hat"] > 1.1  # the leading direction is the disagreement between chains
+
+
+def test_pc_projection_is_the_leading_direction(problem):
+    """With variance concentrated on one latent coordinate, pc1 is (+-) that coordinate."""
+    model, y = problem
+    res = _result(model, y, [0.0, 0.0])
+    sw = res.samples_w.clone()
+    sw[:, 0, 1, 2] += 3.0 * torch.linspace(-1, 1, sw.shape[0])[torch.randperm(sw.shape[0])]
+    res.samples_w = sw
+    ds = scalar_summaries(to_inference_data(res, model, y), num_components=2)
+    pc1 = ds["pc1"].values.reshape(-1)
+    coord = sw[:, 0, 1, 2].numpy()
+    assert abs(np.corrcoef(pc1, coord)[0, 1]) > 0.98
+
+
+def test_cli_diagnose_writes_plots_and_json(problem, tmp_path):
+    model, y = problem
+    path = write_inference_data(to_inference_data(_result(model, y, [0.0] * 2, S=60), model, y),
+                                tmp_path / "posterior.nc")
+    r = CliRunner().invoke(app, ["diagnose", str(path), "--components", "2"])
+    assert r.exit_code == 0, r.output
+    assert "r_hat" in r.output and "ess_bulk" in r.output and "pc2" in r.output
+    for name in ("trace.png", "rank.png", "diagnostics.json"):
+        assert (tmp_path / name).is_file()
+    rep = json.loads((tmp_path / "diagnostics.json").read_text())
+    assert rep["num_chains"] == 2 and rep["num_draws"] == 60
+
+
+def test_cli_diagnose_bad_inputs(problem, tmp_path):
+    model, y = problem
+    r = CliRunner().invoke(app, ["diagnose", str(tmp_path / "nope.nc")])
+    assert r.exit_code == 2 and "no such file" in r.output
+    res = METHODS.get("map")(model, y, steps=3, progress=False)
+    path = write_inference_data(to_inference_data(res, model, y), tmp_path / "map.nc")
+    r = CliRunner().invoke(app, ["diagnose", str(path), "--no-plots"])
+    assert r.exit_code == 2 and "nothing to diagnose" in r.output
+    assert len([l for l in r.output.splitlines() if l.startswith("error")]) == 1
