@@ -305,3 +305,21 @@ def test_brgm_map_end_to_end_on_random_256px_stylegan2():
         err = (f(G(res.w)) - y).square().mean().item()
         assert torch.allclose(res.image, G(res.w), atol=1e-5)
     assert err < 0.3 * err0, (err, err0)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-2), (torch.bfloat16, 5e-2)])
+def test_reduced_precision_blocks(dtype, tol):
+    # The fp16/bf16 code path (used on CUDA for the num_fp16_res highest resolutions) exercised
+    # on CPU: same images up to the precision of the format, output in float32, finite gradients.
+    G = randomize(small(32, 3, num_fp16_res=2, conv_clamp=256.0))
+    ws = torch.randn(2, G.num_ws, G.w_dim, generator=torch.Generator().manual_seed(6), requires_grad=True)
+    full = G(ws)
+    half = G.synthesis_network(ws, "const", dtype)
+    assert half.dtype == torch.float32
+    assert (half - full).abs().max().item() < tol * full.abs().max().item()
+    assert G.synthesis_network.b32.use_fp16 and G.synthesis_network.b16.use_fp16
+    assert not G.synthesis_network.b8.use_fp16
+    half.square().mean().backward()
+    assert torch.isfinite(ws.grad).all()
+    G.precision = "bf16"  # on CPU the public synthesis stays fp32
+    assert torch.equal(G(ws), full)
