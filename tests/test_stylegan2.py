@@ -193,8 +193,9 @@ def test_num_ws_and_shapes(res):
 
 
 def test_config_f_parameter_count():
-    # Parameter count of NVIDIA's FFHQ 1024 generator (config-f, 18 x 512): 30,370,060
-    # (28,268,812 synthesis + 2,101,248 mapping). Built on the meta device: no memory, no time.
+    # Config-f, 1024 px, 18 x 512: 30,370,060 parameters (28,268,812 synthesis + 2,101,248 mapping),
+    # the total we recall from NVIDIA's printed summary of the FFHQ generator. Built on the meta
+    # device: no memory, no time.
     with torch.device("meta"):
         G = StyleGAN2Generator(img_resolution=1024, seed=None)
     assert G.num_ws == 18
