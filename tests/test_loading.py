@@ -63,6 +63,7 @@ def test_safetensors_roundtrip(tmp_path, make):
     H = load_generator(path)
     assert type(H) is type(G) and H.config() == G.config()
     assert H.source_path == str(path)
+    assert not H.training and not any(p.requires_grad for p in H.parameters())
     if isinstance(G, StyleGAN2Generator):
         assert torch.equal(H.w_avg, G.w_avg)
     assert_same_function(G, H)

@@ -67,7 +67,9 @@ def _builtin_conv16() -> Generator:
 
 
 def load_generator(spec: Any, device: str | torch.device = "cpu") -> Generator:
-    """Load a generator from ``spec`` (see the module docstring) onto ``device``, in eval mode.
+    """Load a generator from ``spec`` (see the module docstring) onto ``device``, in eval mode,
+    with its weights frozen (``requires_grad=False``: BRGM infers latents, it does not train G;
+    call ``G.requires_grad_(True)`` to fine-tune).
 
     Loaded generators carry ``source_path`` (the file, or None for builtins), used by
     :func:`latent_stats_for` to place its cache.
@@ -90,7 +92,7 @@ def load_generator(spec: Any, device: str | torch.device = "cpu") -> Generator:
             raise BRGMError(f"{s} is a directory; give a generator file: {_KINDS}")
         G = _load_file(path)
         G.source_path = str(path)
-    G.eval()
+    G.eval().requires_grad_(False)
     return G.to(device)
 
 
