@@ -23,20 +23,22 @@ def diagnose(
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write trace and rank plots."),
 ) -> None:
     """Print convergence diagnostics of a posterior and write trace/rank plots."""
-    from brgm_pyro.diagnostics import diagnose as run_diagnose, format_report, write_plots
+    from brgm_pyro.diagnostics import diagnose as run_diagnose, format_report, scalar_summaries, write_plots
     from brgm_pyro.errors import BRGMError
     from brgm_pyro.inference.arviz_io import read_inference_data
 
     if components < 0:
         raise BRGMError(f"--components must be >= 0, got {components}")
     idata = read_inference_data(posterior)
-    rep = run_diagnose(idata, num_components=components, all_coords=all_coords)
+    summaries = scalar_summaries(idata, components)
+    rep = run_diagnose(idata, all_coords=all_coords, summaries=summaries)
     out_dir = Path(out) if out is not None else Path(posterior).resolve().parent
     for line in format_report(rep):
         typer.echo(line)
     out_dir.mkdir(parents=True, exist_ok=True)
     if plots:
-        for p in write_plots(idata, out_dir, num_components=components):
+        for p in write_plots(idata, out_dir, num_components=components,
+                                summaries=summaries):
             typer.echo(f"wrote {p}")
     target = out_dir / "diagnostics.json"
     tmp = out_dir / ".diagnostics.json.tmp"
