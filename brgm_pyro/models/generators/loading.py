@@ -3,7 +3,8 @@
 Specs accepted by :func:`load_generator`:
 
 * ``builtin:NAME``: a factory registered in :data:`BUILTIN_GENERATORS`
-  (``@BUILTIN_GENERATORS.register("name")`` on a function returning a Generator);
+  (``@BUILTIN_GENERATORS.register("name")`` on a function returning a Generator, here or in a
+  module ``brgm_pyro/models/generators/builtin_<name>.py``, imported on the first builtin lookup);
 * an NVIDIA stylegan2-ada-pytorch network pickle (read by the restricted unpickler of
   :mod:`~brgm_pyro.models.generators.nvidia_pickle`, nothing in it is executed; ``G_ema`` is used);
 * our format, ``.safetensors``: the state dict as tensors, and in the file's metadata
@@ -63,6 +64,26 @@ def _builtin_conv16() -> Generator:
     return ConvGenerator(img_resolution=16, img_channels=3, w_dim=16, z_dim=16, channels=16, seed=0)
 
 
+_DISCOVERED = False
+
+
+def _discover_builtins() -> None:
+    """Import every ``builtin_*`` module of this package once, so that their
+    ``@BUILTIN_GENERATORS.register`` decorators have run (lazily: they import this module)."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    _DISCOVERED = True
+    import importlib
+    import pkgutil
+
+    import brgm_pyro.models.generators as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name.startswith("builtin_"):
+            importlib.import_module(f"{pkg.__name__}.{info.name}")
+
+
 # -- public API ----------------------------------------------------------------------------------------
 
 
@@ -80,12 +101,14 @@ def load_generator(spec: Any, device: str | torch.device = "cpu") -> Generator:
     if s is None:
         raise BRGMError(f"a generator spec must be a path or builtin:NAME, got {type(spec).__name__}")
     if s.startswith("builtin:"):
+        _discover_builtins()
         G = BUILTIN_GENERATORS.build(s[len("builtin:"):])
         if getattr(G, "source_path", None) is None:
             G.source_path = None
     else:
         path = Path(s)
         if not path.exists():
+            _discover_builtins()
             names = ", ".join(f"builtin:{n}" for n in BUILTIN_GENERATORS.names())
             raise BRGMError(f"generator file {s} does not exist; give {_KINDS} (builtins: {names})")
         if path.is_dir():
