@@ -10,6 +10,8 @@ config-f shapes NVIDIA uses (w_dim 512, channel_base 32768, channel_max 512; FFH
 18 x 512 latents, 256 px has 14, 64 px has 10), random weights, noise mode 'const', fp32.
 Modes: 'forward' (under torch.no_grad, as inference of a fixed latent) and 'forward+backward'
 (gradient with respect to the latents only, as in BRGM's MAP/VI: the weights are frozen).
+'CPU s' is user + system CPU time of the timed call (median): on a shared machine it is a steadier
+figure than wall time; system time is mostly page faults of fresh large allocations.
 """
 
 from __future__ import annotations
@@ -51,14 +53,18 @@ def run_one(res: int, mode: str, repeats: int, batch: int, threads: int) -> dict
 
     step()  # warm-up (allocator, kernels)
     base = _rss_mib()
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu.append((r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
     return dict(res=res, mode=mode, num_ws=G.num_ws, batch=batch, threads=threads, repeats=repeats,
                 median_s=sorted(times)[len(times) // 2], min_s=min(times),
+                median_cpu_s=sorted(cpu)[len(cpu) // 2],
                 rss_before_mib=round(base, 1), peak_rss_mib=round(peak, 1),
                 params_m=round(sum(p.numel() for p in G.synthesis_network.parameters()) / 1e6, 2),
                 torch=torch.__version__)
@@ -78,8 +84,8 @@ def main() -> None:
         print(json.dumps(run_one(int(a.one[0]), a.one[1], a.repeats, a.batch, a.threads)))
         return
     rows = []
-    print(f"{'res':>5} {'num_ws':>6} {'mode':<17} {'median s':>9} {'min s':>8} {'RSS before MiB':>15} "
-          f"{'peak RSS MiB':>13}")
+    print(f"{'res':>5} {'num_ws':>6} {'mode':<17} {'median s':>9} {'min s':>8} {'CPU s':>7} "
+          f"{'RSS before MiB':>15} {'peak RSS MiB':>13}")
     for res in a.res:
         for mode in a.modes:
             cmd = [sys.executable, __file__, "--one", str(res), mode, "--repeats", str(a.repeats),
@@ -88,7 +94,8 @@ def main() -> None:
             r = json.loads(out.strip().splitlines()[-1])
             rows.append(r)
             print(f"{r['res']:>5} {r['num_ws']:>6} {r['mode']:<17} {r['median_s']:>9.3f} {r['min_s']:>8.3f} "
-                  f"{r['rss_before_mib']:>15.0f} {r['peak_rss_mib']:>13.0f}", flush=True)
+                  f"{r['median_cpu_s']:>7.3f} {r['rss_before_mib']:>15.0f} {r['peak_rss_mib']:>13.0f}",
+                  flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)

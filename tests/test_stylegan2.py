@@ -324,3 +324,28 @@ def test_reduced_precision_blocks(dtype, tol):
     assert torch.isfinite(ws.grad).all()
     G.precision = "bf16"  # on CPU the public synthesis stays fp32
     assert torch.equal(G(ws), full)
+
+
+def test_gradcheck_tiny():
+    # Exact gradients (float64 finite differences) through every op of the synthesis, with respect
+    # to the latents and to representative weights, incl. the in-place steps of the forward pass.
+    G = randomize(small(8, 1, conv_clamp=None, channel_base=16, channel_max=2, w_dim=3, z_dim=3)).double()
+    ws = torch.randn(1, G.num_ws, G.w_dim, dtype=torch.float64, requires_grad=True)
+    params = [G.synthesis_network.b8.conv0.weight, G.synthesis_network.b8.conv0.affine.bias,
+              G.synthesis_network.b4.const, G.synthesis_network.b8.torgb.weight,
+              G.synthesis_network.b8.conv1.noise_strength]
+
+    assert torch.autograd.gradcheck(lambda w: G(w), (ws,), eps=1e-6, atol=1e-6)
+    # weights: compare autograd to central differences on a scalar loss
+    loss = lambda: G(ws.detach()).square().sum()  # noqa: E731
+    for p in params:
+        p.grad = None
+        loss().backward()
+        g = p.grad.reshape(-1)[0].item()
+        with torch.no_grad():
+            p.view(-1)[0] += 1e-6
+            up = loss().item()
+            p.view(-1)[0] -= 2e-6
+            down = loss().item()
+            p.view(-1)[0] += 1e-6
+        assert abs(g - (up - down) / 2e-6) < 1e-5 * max(1.0, abs(g)), p.shape
