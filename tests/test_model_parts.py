@@ -132,3 +132,14 @@ def test_checkpoints_are_written(tmp_path):
                   progress=False)
     saved = load_file(str(path))
     assert saved["w"].shape == res.w.shape
+
+
+def test_autonormal_scale_is_softplus_of_rho():
+    """Paper Sec. 2.4: sigma_v = log(1 + exp(rho_v)); Pyro's AutoNormal uses exactly that constraint."""
+    from pyro.distributions import constraints
+    from pyro.infer.autoguide import AutoNormal
+
+    assert AutoNormal.scale_constraint is constraints.softplus_positive
+    rho = torch.tensor([-3.0, 0.0, 2.0])
+    assert torch.allclose(torch.distributions.transform_to(constraints.softplus_positive)(rho),
+                          torch.log1p(torch.exp(rho)))
