@@ -82,7 +82,8 @@ def summary_figure(path: str | os.PathLike, columns: Sequence[dict], title: Opti
 
     Each column is a dict with ``"title"`` and optionally ``"truth"``, ``"observation"``,
     ``"MAP"``, ``"posterior mean"``, ``"samples"`` (list) and ``"std"`` ((H, W) map). Missing
-    entries are left blank. Standard deviation maps share one colour scale (shown in the row label).
+    entries are left blank. Standard deviation maps share one colour scale, 0 to the largest value
+    over all columns, unless a column gives its own ``"std_vmax"``; the scale is written in each panel.
     """
     import matplotlib
 
@@ -103,13 +104,17 @@ def summary_figure(path: str | os.PathLike, columns: Sequence[dict], title: Opti
                 img = samples[k] if k < len(samples) else None
                 _show(ax, img)
             elif row == "std":
-                _show(ax, col.get("std"), cmap="magma", vmin=0.0, vmax=vmax)
+                top = float(col.get("std_vmax") or vmax)
+                _show(ax, col.get("std"), cmap="magma", vmin=0.0, vmax=top)
+                if col.get("std") is not None:
+                    ax.text(0.03, 0.03, f"0-{top:.2g}", transform=ax.transAxes, fontsize=6, color="white",
+                            va="bottom", ha="left")
             else:
                 _show(ax, col.get(row))
             if i == 0:
                 ax.set_title(col.get("title", ""), fontsize=7)
             if j == 0:
-                label = f"std (0-{vmax:.2f})" if row == "std" else row
+                label = "posterior std" if row == "std" else row
                 ax.set_ylabel(label, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)

@@ -220,7 +220,8 @@ def _exif_rotated(im) -> bool:
 
 def _check_finite(arr: np.ndarray, path, what: str) -> None:
     if not np.all(np.isfinite(arr)):
-        raise BRGMError(f"{_describe(path, what)} contains NaN or infinite pixel values; give an image with finite values")
+        raise BRGMError(f"{_describe(path, what)} contains NaN or infinite pixel values; "
+                        f"give an image with finite values")
 
 
 def check_not_constant(arr: np.ndarray, path, what: str = "image", mask: Optional[np.ndarray] = None) -> None:
@@ -266,7 +267,8 @@ def center_crop_resize(arr: np.ndarray, resolution: int) -> tuple[np.ndarray, li
         y = F.interpolate(x, size=(resolution, resolution), mode="bicubic", antialias=s > resolution,
                           align_corners=False)
         arr = y[0].clamp(0, 1).numpy().transpose(1, 2, 0).astype(np.float32)
-        notes.append(f"resized {s}x{s} to {resolution}x{resolution} (bicubic{', antialiased' if s > resolution else ''})")
+        aa = ", antialiased" if s > resolution else ""
+        notes.append(f"resized {s}x{s} to {resolution}x{resolution} (bicubic{aa})")
     return np.ascontiguousarray(arr, dtype=np.float32), notes
 
 

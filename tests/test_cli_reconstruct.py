@@ -239,3 +239,14 @@ def test_generator_from_safetensors_file(tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["generator"]["channels"] == 1
     assert any("luma" in c for c in run["inputs"][0]["conversions"])
+
+
+def test_vi_writes_posterior_netcdf(tmp_path):
+    arviz_io = pytest.importorskip("brgm_pyro.inference.arviz_io")
+    Image.fromarray(_rgb(2, 2)).save(tmp_path / "low.png")
+    out = tmp_path / "res"
+    _invoke(tmp_path / "low.png", "--method", "vi", "--steps", "3", "--num-samples", "4", "--out", out)
+    idata = arviz_io.read_inference_data(out / "posterior.nc")
+    w = idata.posterior["w"]
+    assert w.shape[:3] == (1, 4, 1)  # one chain, 4 draws, one image
+    assert json.loads((out / "run.json").read_text())["warnings"] == []

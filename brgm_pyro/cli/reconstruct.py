@@ -84,6 +84,17 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def set_threads(threads: Optional[int]) -> None:
+    """torch.set_num_threads, with a one-line error for nonsense."""
+    import torch
+
+    if threads is None:
+        return
+    if threads < 1:
+        raise BRGMError(f"--threads must be at least 1, got {threads}")
+    torch.set_num_threads(int(threads))
+
+
 def load_generator_checked(spec: str, device: str):
     """load_generator with every failure on a user file turned into one line."""
     try:
@@ -362,19 +373,16 @@ def image_scores(batch: Batch, b: int, result, task: str, factor: int, vgg16: Op
 
 
 def write_posterior_nc(out: io.OutputDir, result, model, y) -> Optional[str]:
-    """posterior.nc via the ArviZ converter when it exists and the method sampled; returns a warning or None."""
+    """posterior.nc (ArviZ InferenceData, written atomically) when the method drew samples and the
+    ArviZ converter is installed; returns a warning line if the export failed, else None."""
     if result.samples_w is None:
         return None
     try:
-        from brgm_pyro.inference.arviz_io import to_inference_data
+        from brgm_pyro.inference.arviz_io import to_inference_data, write_inference_data
     except ImportError:
         return None
     try:
-        idata = to_inference_data(result, model, y)
-        target = out.path("posterior.nc")
-        tmp = target.with_name(".posterior.nc.tmp")
-        idata.to_netcdf(str(tmp))
-        os.replace(tmp, target)
+        write_inference_data(to_inference_data(result, model, y), out.path("posterior.nc"))
     except Exception as e:  # never lose the images because of the NetCDF export
         return f"posterior.nc not written ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
     return None
@@ -411,9 +419,10 @@ def reconstruct(
     mask: List[Path] = typer.Option([], "--mask", help="In-painting mask (white = observed, black = missing); "
                                                        "once for all inputs or once per input."),
     generator: str = typer.Option(DEFAULT_GENERATOR, help="builtin:NAME or a .pkl/.safetensors generator file."),
-    method: str = typer.Option("map", help="Inference method: map | vi (and MCMC methods when installed)."),
+    method: str = typer.Option("map", help="Inference method: map | vi | sgld | psgld | mala | hmc | nuts."),
     steps: Optional[int] = typer.Option(None, help="Optimisation/sampling steps (default: the method's)."),
-    num_samples: int = typer.Option(16, help="Posterior samples to draw (sampling methods)."),
+    num_samples: int = typer.Option(16, help="Posterior samples to draw (per chain for MCMC methods)."),
+    chains: Optional[int] = typer.Option(None, help="MCMC chains (MCMC methods only; default: the method's)."),
     seed: int = typer.Option(0, help="Random seed."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
     out: Path = typer.Option(Path("brgm-out"), "--out", help="Output directory (created; must be new or empty)."),
@@ -425,19 +434,21 @@ def reconstruct(
     lr: Optional[float] = typer.Option(None, help="Learning rate (default: the method's)."),
     vgg16: Optional[Path] = typer.Option(None, help="VGG16 weights file: adds LPIPS to metrics.json."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier brgm result in --out."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: torch's, one per core)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Reconstruct corrupted image(s) with a deep generative prior (MAP or posterior sampling)."""
     code = guarded(run_reconstruct, inputs=inputs, task=task, factor=factor, kernel=kernel, masks=mask,
-                   generator=generator, method=method, steps=steps, num_samples=num_samples, seed=seed,
+                   generator=generator, method=method, steps=steps, num_samples=num_samples, chains=chains, seed=seed,
                    device=device, out=out, simulate=simulate, sigma_pixel=sigma_pixel, percept=percept, lr=lr,
-                   vgg16=vgg16, overwrite=overwrite, quiet=quiet)
+                   vgg16=vgg16, overwrite=overwrite, quiet=quiet, threads=threads)
     if code:
         raise typer.Exit(code)
 
 
 def run_reconstruct(*, inputs, task, factor, kernel, masks, generator, method, steps, num_samples, seed, device,
-                    out, simulate, sigma_pixel, percept, lr, vgg16, overwrite, quiet) -> int:
+                    out, simulate, sigma_pixel, percept, lr, vgg16, overwrite, quiet, chains=None,
+                    threads=None) -> int:
     t_start = time.perf_counter()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     timings: dict[str, float] = {}
@@ -457,10 +468,16 @@ def run_reconstruct(*, inputs, task, factor, kernel, masks, generator, method, s
     METHODS = methods_registry()
     runner = METHODS.get(method)
     device = resolve_device(device)
+    set_threads(threads)
     if steps is not None and steps < 1:
         raise BRGMError(f"--steps must be at least 1, got {steps}")
     if num_samples < 0:
         raise BRGMError(f"--num-samples must be >= 0, got {num_samples}")
+    if chains is not None:
+        if method in ("map", "vi"):
+            raise BRGMError(f"--chains is for MCMC methods; --method {method} has no chains (drop --chains)")
+        if chains < 1:
+            raise BRGMError(f"--chains must be at least 1, got {chains}")
     if vgg16 is not None:
         if not simulate:
             raise BRGMError("--vgg16 adds LPIPS to metrics.json, which needs --simulate (a clean reference)")
@@ -485,7 +502,9 @@ def run_reconstruct(*, inputs, task, factor, kernel, masks, generator, method, s
     kw = {} if sigma_pixel is None else {"sigma_pixel": sigma_pixel}
     if phi is not None and hasattr(phi, "to"):
         phi = phi.to(device)
-    model = build_model(G, corruption, phi=phi, **kw)
+    from brgm_pyro.models.generators.loading import latent_stats_for
+
+    model = build_model(G, corruption, phi=phi, stats=latent_stats_for(G), **kw)
     y = batch.y.to(device)
     timings["build_model_s"] = time.perf_counter() - t0
 
@@ -493,6 +512,8 @@ def run_reconstruct(*, inputs, task, factor, kernel, masks, generator, method, s
     opts: dict[str, Any] = {}
     if lr is not None:
         opts["lr"] = lr
+    if chains is not None:
+        opts["num_chains"] = chains
     t0 = time.perf_counter()
     result = runner(model, y, steps=steps, num_samples=num_samples, seed=seed, progress=not quiet, **opts)
     timings["inference_s"] = time.perf_counter() - t0
@@ -532,7 +553,8 @@ def run_reconstruct(*, inputs, task, factor, kernel, masks, generator, method, s
                 "settings": {"inputs": [str(p) for p in inputs], "task": task, "factor": factor if task == "superres"
                              else None, "kernel": kernel if task == "superres" else None,
                              "masks": [str(m) for m in masks], "generator": generator, "method": method,
-                             "steps": steps, "num_samples": num_samples, "seed": seed, "device": device,
+                             "steps": steps, "num_samples": num_samples, "chains": chains, "seed": seed,
+                             "device": device, "threads": threads,
                              "out": str(out), "simulate": simulate, "sigma_pixel": sigma_pixel,
                              "percept": percept and phi is not None, "lr": lr,
                              "vgg16": str(vgg16) if vgg16 else None},
