@@ -6,6 +6,10 @@ draw, what Pyro keeps in local variables: the step size, the acceptance statisti
 Pyro's running mean: :math:`a_n = n \bar a_n - (n-1) \bar a_{n-1}`), whether the draw diverged,
 the tree depth (number of trajectory doublings, Stan's convention), the number of gradient
 evaluations and the potential energy :math:`U(z)` of the draw. :attr:`last_info` holds them.
+
+``inverse_mass``: a fixed inverse mass matrix, (D, D) dense or (D,) diagonal, e.g. the Laplace
+covariance at the MAP (:func:`~brgm_pyro.inference.mcmc.laplace.laplace_covariance`); mass
+adaptation is then off and only the step size is adapted.
 """
 
 from __future__ import annotations
@@ -14,6 +18,13 @@ from pyro.infer.mcmc import HMC, NUTS
 
 
 class _StatsMixin:
+    def __init__(self, *args, inverse_mass=None, **kwargs):
+        self._fixed_inverse_mass = inverse_mass
+        if inverse_mass is not None:
+            kwargs["adapt_mass_matrix"] = False
+            kwargs["full_mass"] = inverse_mass.ndim == 2
+        super().__init__(*args, **kwargs)
+
     def _wrap_potential(self):
         fn = self.potential_fn
         if fn is None or getattr(fn, "_brgm_counted", False):
@@ -31,6 +42,17 @@ class _StatsMixin:
         self.last_info = {}
         super().setup(warmup_steps, *args, **kwargs)
         self._wrap_potential()
+        if self._fixed_inverse_mass is not None:
+            names = tuple(sorted(self.initial_params))
+            size = sum(self.initial_params[k].numel() for k in names)
+            M = self._fixed_inverse_mass.to(self._potential_energy_last)
+            if M.shape[0] != size:
+                from brgm_pyro.errors import BRGMError
+
+                raise BRGMError(f"inverse mass matrix has size {M.shape[0]}, the latents {size}")
+            self.mass_matrix_adapter.inverse_mass_matrix = {names: M}
+            if self._adapter.adapt_step_size:  # re-find the initial step size for this metric
+                self._adapter.reset_step_size_adaptation(self._initial_params)
 
     def _build_tree(self, z, r, z_grads, log_slice, direction, tree_depth, energy_current):
         self._max_depth_seen = max(getattr(self, "_max_depth_seen", -1), tree_depth)

@@ -4,11 +4,12 @@ Target: the posterior density :math:`\pi(z) \propto e^{-U(z)}` of the unconstrai
 :math:`z \in \mathbb{R}^D` (for BRGM, ``z = vec(w)``, ``D = B L d``), with the potential
 :math:`U = -\log p(w) - \log p(y \mid w)` that Pyro builds from the model.
 
-One step with a diagonal preconditioner :math:`G` (a ``(D,)`` vector), step size :math:`\epsilon`:
+One step with a preconditioner :math:`G` (identity, diagonal, or dense SPD with
+:math:`G = L L^\top`), step size :math:`\epsilon`:
 
 .. math::
 
-    z' = z - \tfrac{\epsilon}{2} G \odot \nabla U(z) + \sqrt{\epsilon G} \odot \xi,
+    z' = z - \tfrac{\epsilon}{2} G \nabla U(z) + \sqrt{\epsilon}\, L \xi,
     \qquad \xi \sim \mathcal N(0, I_D).
 
 * **SGLD** (Welling & Teh 2011): ``G = 1``, every proposal kept, step size
@@ -69,15 +70,68 @@ class LangevinInfo(NamedTuple):
     diverging: bool
 
 
+class DensePreconditioner:
+    """A dense preconditioner G (D, D), symmetric positive definite, kept with its Cholesky factor.
+
+    Used as ``precond`` of :func:`langevin_step` (e.g. the Laplace covariance at the MAP, see
+    :mod:`brgm_pyro.inference.mcmc.laplace`).
+    """
+
+    def __init__(self, G: Tensor) -> None:
+        self.G = G
+        self.L = torch.linalg.cholesky(G)
+
+    def apply(self, v: Tensor) -> Tensor:  # G v
+        return self.G @ v
+
+    def sqrt_apply(self, v: Tensor) -> Tensor:  # L v  (L L^T = G)
+        return self.L @ v
+
+    def sqrt_apply_t(self, v: Tensor) -> Tensor:  # L^T v
+        return self.L.T @ v
+
+    def inv_quad(self, r: Tensor) -> Tensor:  # r^T G^-1 r
+        u = torch.linalg.solve_triangular(self.L, r[:, None], upper=False)
+        return (u * u).sum()
+
+
+class DiagPreconditioner:
+    """A diagonal preconditioner G = diag(g), g (D,) positive."""
+
+    def __init__(self, g: Tensor) -> None:
+        self.g = g
+        self.s = g.sqrt()
+
+    def apply(self, v: Tensor) -> Tensor:
+        return self.g * v
+
+    def sqrt_apply(self, v: Tensor) -> Tensor:
+        return self.s * v
+
+    sqrt_apply_t = sqrt_apply
+
+    def inv_quad(self, r: Tensor) -> Tensor:
+        return (r * r / self.g).sum()
+
+
+def _as_precond(p):
+    if p is None or isinstance(p, (DensePreconditioner, DiagPreconditioner)):
+        return p
+    return DiagPreconditioner(p)
+
+
 def langevin_init(z: Tensor, grad_fn: GradFn) -> LangevinState:
     """Initial state at ``z`` (D,): one potential and gradient evaluation."""
     u, g = grad_fn(z)
     return LangevinState(z.detach(), u.detach(), g.detach())
 
 
-def _log_q(z_to: Tensor, z_from: Tensor, grad_from: Tensor, eps: float, precond: Tensor) -> Tensor:
-    mean = z_from - 0.5 * eps * precond * grad_from
-    return -((z_to - mean) ** 2 / precond).sum() / (2.0 * eps)
+def _log_q(z_to: Tensor, z_from: Tensor, grad_from: Tensor, eps: float, precond) -> Tensor:
+    P = _as_precond(precond)
+    if P is None:
+        return -((z_to - z_from + 0.5 * eps * grad_from) ** 2).sum() / (2.0 * eps)
+    mean = z_from - 0.5 * eps * P.apply(grad_from)
+    return -P.inv_quad(z_to - mean) / (2.0 * eps)
 
 
 def langevin_step(state: LangevinState, grad_fn: GradFn, step_size: float,
@@ -90,7 +144,8 @@ def langevin_step(state: LangevinState, grad_fn: GradFn, step_size: float,
         state: current :class:`LangevinState`.
         grad_fn: ``z (D,) -> (U(z) (), grad U(z) (D,))``.
         step_size: epsilon > 0.
-        precond: diagonal preconditioner ``G`` (D,), positive; None means 1.
+        precond: preconditioner ``G``: None (identity), a positive (D,) tensor (diagonal), or a
+            :class:`DiagPreconditioner` / :class:`DensePreconditioner`.
         metropolis: accept/reject (MALA) instead of always moving (ULA/SGLD).
         noise: the standard normal ``xi`` (D,) (drawn with ``torch.randn`` when None).
         uniform: the U(0, 1) draw for the accept test (drawn when None).
@@ -99,9 +154,12 @@ def langevin_step(state: LangevinState, grad_fn: GradFn, step_size: float,
             which keeps the chain finite; divergences are reported in sample_stats).
     """
     z, u, g = state
-    G = torch.ones_like(z) if precond is None else precond
+    P = _as_precond(precond)
     xi = torch.randn_like(z) if noise is None else noise
-    z_new = z - 0.5 * step_size * G * g + (step_size * G).sqrt() * xi
+    if P is None:
+        z_new = z - 0.5 * step_size * g + math.sqrt(step_size) * xi
+    else:
+        z_new = z - 0.5 * step_size * P.apply(g) + math.sqrt(step_size) * P.sqrt_apply(xi)
     u_new, g_new = grad_fn(z_new)
     delta = float(u_new - u)
     finite = math.isfinite(delta) and bool(torch.isfinite(g_new).all())
@@ -110,7 +168,7 @@ def langevin_step(state: LangevinState, grad_fn: GradFn, step_size: float,
     new = LangevinState(z_new.detach(), u_new.detach(), g_new.detach())
     if not metropolis:
         return new, LangevinInfo(1.0, True, False)
-    log_ratio = (u - u_new) + _log_q(z, z_new, g_new, step_size, G) - _log_q(z_new, z, g, step_size, G)
+    log_ratio = (u - u_new) + _log_q(z, z_new, g_new, step_size, P) - _log_q(z_new, z, g, step_size, P)
     accept_prob = float(torch.clamp(log_ratio, max=0.0).exp())
     r = float(torch.rand(())) if uniform is None else uniform
     if r < accept_prob:
@@ -133,14 +191,16 @@ def max_curvature(grad_fn: GradFn, state: LangevinState, precond: Optional[Tenso
 
     Negative curvature (a saddle) is folded in by iterating on :math:`|H|`'s dominant direction.
     """
-    G = torch.ones_like(state.z) if precond is None else precond
-    s = G.sqrt()
+    P = _as_precond(precond)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     v = torch.randn(state.z.shape, generator=gen, dtype=state.z.dtype).to(state.z.device)
     v = v / v.norm()
     lam = 0.0
     for _ in range(iters):
-        hv = s * hessian_vector_product(grad_fn, state.z, state.grad, s * v)
+        if P is None:
+            hv = hessian_vector_product(grad_fn, state.z, state.grad, v)
+        else:
+            hv = P.sqrt_apply_t(hessian_vector_product(grad_fn, state.z, state.grad, P.sqrt_apply(v)))
         if not torch.isfinite(hv).all():
             break
         lam = float(hv.norm())
@@ -173,7 +233,9 @@ class Langevin(MCMCKernel):
         step_size: epsilon_0, or ``"auto"`` = ``auto_scale / lambda_max`` (see module doc).
         auto_scale: c in the ``"auto"`` rule (default 1.0 with Metropolis, 0.5 without).
         metropolis: MALA (exact) instead of SGLD/ULA.
-        preconditioner: ``"identity"``, ``"rmsprop"`` (pSGLD) or a fixed positive tensor (D,).
+        preconditioner: ``"identity"``, ``"rmsprop"`` (pSGLD), a fixed positive tensor (D,)
+            (diagonal), a symmetric positive definite (D, D) tensor or a :class:`DensePreconditioner`
+            (e.g. the Laplace covariance at the MAP: ``preconditioner="laplace"`` in the runner).
         rmsprop_alpha, rmsprop_delta: pSGLD's decay alpha and floor delta (relative to the median
             of ``sqrt(V)`` at the start, so the floor is scale-free).
         schedule: ``"constant"`` or ``"poly"``: :math:`\epsilon_t = \epsilon_0 (1 + t/t_0)^{-\gamma}`
@@ -305,9 +367,20 @@ class Langevin(MCMCKernel):
         self._state = langevin_init(self._flatten(params), self._grad_fn)
         if not (torch.isfinite(self._state.grad).all() and torch.isfinite(self._state.potential)):
             raise BRGMError("Langevin: the potential or its gradient is not finite at the initial point")
-        if isinstance(self.preconditioner, torch.Tensor):
+        D = self._state.z.numel()
+        if isinstance(self.preconditioner, DensePreconditioner):
+            self._precond = self.preconditioner
+        elif isinstance(self.preconditioner, torch.Tensor) and self.preconditioner.ndim == 2:
+            p = self.preconditioner.detach().to(self._state.z)
+            if tuple(p.shape) != (D, D):
+                raise BRGMError(f"Langevin: a matrix preconditioner must be ({D}, {D}); got {tuple(p.shape)}")
+            try:
+                self._precond = DensePreconditioner(p)
+            except RuntimeError:
+                raise BRGMError("Langevin: the matrix preconditioner is not positive definite") from None
+        elif isinstance(self.preconditioner, torch.Tensor):
             p = self.preconditioner.detach().reshape(-1).to(self._state.z)
-            if p.numel() != self._state.z.numel() or not bool((p > 0).all()):
+            if p.numel() != D or not bool((p > 0).all()):
                 raise BRGMError("Langevin: a tensor preconditioner must be positive with one entry per latent")
             self._precond = p
         elif self.preconditioner == "rmsprop":

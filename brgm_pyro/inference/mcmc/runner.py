@@ -23,7 +23,7 @@ from torch import Tensor
 
 from brgm_pyro.errors import BRGMError
 from brgm_pyro.inference.mcmc.hmc import StatsHMC, StatsNUTS
-from brgm_pyro.inference.mcmc.langevin import Langevin
+from brgm_pyro.inference.mcmc.langevin import DensePreconditioner, Langevin
 from brgm_pyro.inference.result import InferenceResult
 
 SAMPLERS = ("sgld", "psgld", "mala", "hmc", "nuts")
@@ -118,6 +118,9 @@ def run_mcmc(
     seed: int = 0,
     progress: bool = True,
     kernel_options: Optional[dict] = None,
+    mass: Optional[str] = None,
+    laplace_rows: int = 512,
+    curvature: Optional[str] = None,
     **options,
 ) -> InferenceResult:
     """Sample p(w | y) with ``method`` in ``num_chains`` chains.
@@ -140,6 +143,13 @@ def run_mcmc(
             ``thin``-th NUTS/HMC draw (default 1).
         step_size: initial step size (default: ``"auto"`` for Langevin, Pyro's heuristic for HMC/NUTS).
         seed: chain c uses seed ``seed + 1000 c``.
+        mass: HMC/NUTS metric: ``"laplace"`` (default with a MAP start: the fixed inverse mass
+            matrix is the Laplace covariance at the MAP, see :mod:`~brgm_pyro.inference.mcmc.laplace`),
+            ``"diag"`` (Pyro's diagonal adaptation; default otherwise) or ``"dense"`` (Pyro's dense
+            adaptation). Langevin methods take ``preconditioner="laplace"`` for the same matrix.
+        laplace_rows: backward passes allowed for the Gauss-Newton curvature (sketched above that).
+        curvature: ``"hessian"`` (exact Hessian at the MAP, D Hessian-vector products; default
+            for D <= 2048) or ``"gauss_newton"`` (default above).
         kernel_options: extra kernel options (see :func:`make_kernel`); unknown top-level options
             are merged in too.
     Returns:
@@ -166,6 +176,28 @@ def run_mcmc(
     w0, w_map, t_map, map_grads = _initial_latents(model, y, init_w if init_w is not None else init,
                                                    num_chains, seed, map_steps, progress, init_jitter)
     langevin = method in ("sgld", "psgld", "mala")
+    if mass is None:
+        mass = "laplace" if (w_map is not None and not langevin) else "diag"
+    if mass not in ("diag", "dense", "laplace"):
+        raise BRGMError(f"mass must be 'diag', 'dense' or 'laplace'; got {mass!r}")
+    want_laplace = (mass == "laplace" and not langevin) or (langevin and kopts.get("preconditioner") == "laplace")
+    t_lap, lap_grads = 0.0, 0
+    if want_laplace:
+        from brgm_pyro.inference.mcmc.laplace import laplace_covariance
+
+        t0 = time.perf_counter()
+        info: dict = {}
+        if curvature is None:
+            curvature = "hessian" if w0[0].numel() <= 2048 else "gauss_newton"
+        cov = laplace_covariance(model, y, w_map if w_map is not None else w0[0], max_rows=laplace_rows,
+                                 seed=seed, info=info, curvature=curvature)
+        t_lap, lap_grads = time.perf_counter() - t0, int(info.get("backward_passes", 0))
+        if langevin:
+            kopts["preconditioner"] = DensePreconditioner(cov)
+        else:
+            kopts["inverse_mass"] = cov
+    elif not langevin and mass == "dense":
+        kopts.setdefault("full_mass", True)
     draws, stats, grad_evals, chain_times = [], [], 0, []
     divergences = 0
     for c in range(num_chains):
@@ -197,7 +229,7 @@ def run_mcmc(
         grad_evals += int(kernel.num_grad_evals)
         divergences += sum(bool(i.get("diverging", False)) for i in infos)
     samples_w = torch.cat(draws)  # (C S, B, L, d)
-    t_sample = time.perf_counter() - t_start - t_map
+    t_sample = time.perf_counter() - t_start - t_map - t_lap
     samples = render_samples(model, samples_w)
     keys = sorted(set().union(*[set(i) for s in stats for i in s]))
     sample_stats = {k: np.array([[float(i.get(k, np.nan)) for i in s] for s in stats]) for k in keys}
@@ -205,14 +237,17 @@ def run_mcmc(
     history = {"loss": [float(v) for v in sample_stats.get("potential_energy", np.zeros((0,))).reshape(-1)]}
     extra = {
         "num_chains": num_chains, "num_draws": num_samples, "warmup": warmup, "thin": thin,
-        "sample_stats": sample_stats, "grad_evals": grad_evals + map_grads * (1 if w_map is not None else 0),
+        "sample_stats": sample_stats, "grad_evals": grad_evals + map_grads * (1 if w_map is not None else 0) + lap_grads,
+        "laplace_grad_evals": lap_grads, "mass": mass if not langevin else None,
+        "curvature": curvature if want_laplace else None,
         "sampler_grad_evals": grad_evals, "map_grad_evals": map_grads, "divergences": divergences,
         "init": init if isinstance(init, str) and init_w is None else "value", "init_w": w0.detach().cpu(),
         "map_w": None if w_map is None else w_map.detach().cpu(), "seed": seed,
-        "kernel": {"method": method, "step_size": step_size, **{k: v for k, v in kopts.items()
+        "kernel": {"method": method, "step_size": step_size, "mass": mass if not langevin else None,
+                   **{k: v for k, v in kopts.items()
                                                                if isinstance(v, (int, float, str, bool))}},
     }
-    timing = {"total_s": total, "map_s": t_map, "sampling_s": t_sample, "chain_s": chain_times,
+    timing = {"total_s": total, "map_s": t_map, "laplace_s": t_lap, "sampling_s": t_sample, "chain_s": chain_times,
               "steps": warmup + num_samples * thin, "per_step_s": t_sample / max(grad_evals, 1)}
     return InferenceResult(method=method, w=samples_w.mean(0), image=samples.mean(0), samples_w=samples_w,
                            samples=samples, history=history, timing=timing, extra=extra)

@@ -1,0 +1,79 @@
+"""Laplace (Gauss-Newton / Hessian) preconditioning: exact on the linear model, and samplers stay exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from brgm_pyro.errors import BRGMError
+from brgm_pyro.inference.mcmc import run_mcmc
+from brgm_pyro.inference.mcmc.laplace import gauss_newton_precision, hessian_precision, laplace_covariance
+from brgm_pyro.models.corruptions import Inpainting, SuperResolution
+from tests.helpers import linear_gaussian_posterior
+from tests.test_mcmc_helpers import zscores
+from tests.test_mcmc_runner import _linear
+
+Z = 4.5
+
+
+@pytest.mark.parametrize("corruption", [SuperResolution(2, "box"), Inpainting(torch.tensor([[1, 1, 0, 0]] * 4))])
+def test_gauss_newton_and_hessian_equal_the_exact_precision_on_linear_models(corruption):
+    model, y = _linear(corruption)
+    _, cov = linear_gaussian_posterior(model, y[0])
+    exact = torch.linalg.inv(cov)
+    w = model.init_latents(1) + 0.1
+    gn = gauss_newton_precision(model, y, w)
+    assert torch.allclose(gn, exact, rtol=1e-4, atol=1e-3)
+    info: dict = {}
+    h = hessian_precision(model, y, w, info=info)
+    assert torch.allclose(h, exact, rtol=1e-3, atol=1e-2)
+    assert info["backward_passes"] == w.numel()
+    cov_gn = laplace_covariance(model, y, w).double()
+    assert torch.allclose(cov_gn, cov, rtol=1e-3, atol=1e-5)
+
+
+def test_sketched_gauss_newton_is_unbiased():
+    """Above max_rows, J^T J is sketched; the average of independent sketches converges to it."""
+    model, y = _linear(SuperResolution(2, "box"))
+    w = model.init_latents(1)
+    exact = gauss_newton_precision(model, y, w)
+    sk = torch.stack([gauss_newton_precision(model, y, w, max_rows=2, seed=s) for s in range(400)]).mean(0)
+    prior = torch.diag(1.0 / model.prior.distribution().stddev.double().reshape(-1) ** 2)
+    rel = (sk - exact).norm() / (exact - prior).norm()
+    assert rel < 0.2
+
+
+def test_bad_curvature_raises():
+    model, y = _linear(SuperResolution(2, "box"))
+    with pytest.raises(BRGMError):
+        laplace_covariance(model, y, model.init_latents(1), curvature="bfgs")
+
+
+def _check(res, mean, cov):
+    C, S = res.extra["num_chains"], res.extra["num_draws"]
+    w = res.samples_w.double().reshape(C, S, -1).numpy()
+    m, sd = mean.numpy(), cov.diagonal().sqrt().numpy()
+    z = zscores(np.concatenate([w, ((w - m) / sd) ** 2], -1), np.concatenate([m, np.ones_like(m)]))
+    assert np.all(np.abs(z) < Z), z
+
+
+def test_nuts_with_laplace_mass_is_exact_and_takes_big_steps():
+    model, y = _linear(SuperResolution(2, "box"))
+    mean, cov = linear_gaussian_posterior(model, y[0])
+    res = run_mcmc(model, y, method="nuts", steps=100, num_samples=300, num_chains=1, init="map", map_steps=100,
+                   seed=3, progress=False)
+    assert res.extra["mass"] == "laplace" and res.extra["laplace_grad_evals"] > 0
+    _check(res, mean, cov)
+    st = res.extra["sample_stats"]
+    # in the exact metric the posterior is a standard normal: large steps, short trees
+    assert np.median(st["step_size"]) > 0.5 and st["tree_depth"].mean() < 3.5
+
+
+def test_mala_with_laplace_preconditioner_is_exact():
+    model, y = _linear(Inpainting(torch.tensor([[1, 1, 0, 0]] * 4)))
+    mean, cov = linear_gaussian_posterior(model, y[0])
+    res = run_mcmc(model, y, method="mala", steps=100, num_samples=400, num_chains=1, thin=2, init="map",
+                   map_steps=100, preconditioner="laplace", seed=4, progress=False)
+    _check(res, mean, cov)
+    assert res.extra["sample_stats"]["accept_prob"].mean() > 0.5
