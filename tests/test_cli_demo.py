@@ -132,3 +132,27 @@ def test_demo_faces_are_test_faces_and_mask():
     assert g.shape == (2, 16, 16, 1)
     m = demo_mask(64)
     assert m.dtype == bool and (~m).sum() == 20 * 32 and not m[30, 32] and m[50, 32]
+
+
+def test_ctrl_c_in_demo_writes_what_exists(tmp_path, monkeypatch):
+    import brgm_pyro.cli.demo as demo_mod
+    from brgm_pyro.inference import run_map, run_vi
+    from brgm_pyro.registry import Registry
+
+    def interrupting_vi(model, y, **kw):
+        def cb(step, terms):
+            if step == 1:
+                raise KeyboardInterrupt
+        return run_vi(model, y, callback=cb, **kw)
+
+    reg = Registry("inference method")
+    reg.register("map")(run_map)
+    reg.register("vi")(interrupting_vi)
+    monkeypatch.setattr(demo_mod, "methods_registry", lambda: reg)
+    out = tmp_path / "d"
+    res = runner.invoke(app, ["demo", "--quick", "--generator", GEN, "--out", str(out), "-q"])
+    assert res.exit_code == 130 and "partial results written" in res.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert list(m["tasks"]) == ["superres"]  # stopped during the first task's VI
+    assert "interrupted" in m["tasks"]["superres"]["vi"]["stopped"]
+    assert (out / "summary.png").is_file()

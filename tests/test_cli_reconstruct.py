@@ -250,3 +250,33 @@ def test_vi_writes_posterior_netcdf(tmp_path):
     w = idata.posterior["w"]
     assert w.shape[:3] == (1, 4, 1)  # one chain, 4 draws, one image
     assert json.loads((out / "run.json").read_text())["warnings"] == []
+
+
+def _narrow_vgg16(path):
+    """A randomly initialised VGG16 with the torchvision layout but few channels (LPIPS plumbing only)."""
+    from brgm_pyro.models.perceptual.vgg import TORCHVISION_CONV_IDX
+
+    g = torch.Generator().manual_seed(0)
+    sd, cin = {}, 3
+    for k, c in zip(TORCHVISION_CONV_IDX, (4, 4, 8, 8, 8, 8, 8, 16, 16, 16, 16, 16, 16)):
+        sd[f"features.{k}.weight"] = torch.randn(c, cin, 3, 3, generator=g) * 0.3
+        sd[f"features.{k}.bias"] = torch.randn(c, generator=g) * 0.1
+        cin = c
+    torch.save(sd, path)
+    return path
+
+
+def test_simulate_with_vgg16_adds_lpips(tmp_path):
+    vgg = _narrow_vgg16(tmp_path / "vgg16.pth")
+    Image.fromarray(_face_like(16, 16)).save(tmp_path / "clean.png")
+    out = tmp_path / "res"
+    _invoke(tmp_path / "clean.png", "--simulate", "--task", "inpaint", "--steps", "3", "--vgg16", vgg, "--out", out)
+    m = json.loads((out / "metrics.json").read_text())["images"]["clean"]
+    assert m["reconstruction"]["lpips"] > 0 and m["composite"]["lpips"] >= 0
+    again = metrics.lpips(_png(out / "reconstruction.png"), _png(out / "truth.png"), str(vgg))
+    assert again == pytest.approx(m["reconstruction"]["lpips"], rel=0.05, abs=1e-3)
+    assert metrics.lpips(_png(out / "truth.png"), _png(out / "truth.png"), str(vgg)) == pytest.approx(0, abs=1e-9)
+    # --vgg16 needs a reference image
+    res = runner.invoke(app, ["reconstruct", "--generator", GEN, str(tmp_path / "clean.png"), "--task", "none",
+                              "--vgg16", str(vgg), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "--simulate" in res.stderr

@@ -32,7 +32,7 @@ from brgm_pyro.errors import BRGMError
 DEMO_FACES = (1, 4, 6, 2, 5, 7, 0, 3)
 """Indices into the faces *test* split (seed ``brgm_pyro.data.faces.TEST_SEED``), in the order used."""
 DEMO_FACTOR = 8
-DEMO_MAP_STEPS = 150
+DEMO_MAP_STEPS = 300
 DEMO_VI_STEPS = 150
 DEMO_NUM_SAMPLES = 16
 QUICK = dict(faces=2, map_steps=5, vi_steps=5, num_samples=4)
