@@ -280,3 +280,34 @@ def test_simulate_with_vgg16_adds_lpips(tmp_path):
     res = runner.invoke(app, ["reconstruct", "--generator", GEN, str(tmp_path / "clean.png"), "--task", "none",
                               "--vgg16", str(vgg), "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "--simulate" in res.stderr
+
+
+def test_batch_with_one_mask_per_input(tmp_path):
+    masks = []
+    for i in range(2):
+        Image.fromarray(_rgb(16, 16, seed=i)).save(tmp_path / f"img{i}.png")
+        m = np.full((16, 16), 255, np.uint8)
+        m[:, 8 * i:8 * i + 8] = 0  # left half missing in the first, right half in the second
+        Image.fromarray(m).save(tmp_path / f"m{i}.png")
+        masks.append(m)
+    out = tmp_path / "res"
+    _invoke(tmp_path / "img0.png", tmp_path / "img1.png", "--mask", tmp_path / "m0.png", "--mask",
+            tmp_path / "m1.png", "--steps", "3", "--out", out)
+    for i in range(2):
+        obs = np.asarray(Image.open(out / f"img{i}" / "observed.png")).astype(int)
+        missing = masks[i] == 0
+        assert np.all(np.abs(obs[missing] - 128) <= 1)
+        np.testing.assert_array_equal(obs[~missing], _rgb(16, 16, seed=i)[~missing])
+
+
+def test_simulate_mask_drawn_on_the_clean_image_is_cropped_and_resized(tmp_path):
+    Image.fromarray(_face_like(32, 48)).save(tmp_path / "clean.png")
+    m = np.full((32, 48), 255, np.uint8)
+    m[8:24, 16:32] = 0  # a square hole in the centre of the 32x32 crop
+    Image.fromarray(m).save(tmp_path / "m.png")
+    out = tmp_path / "res"
+    _invoke(tmp_path / "clean.png", "--simulate", "--mask", tmp_path / "m.png", "--steps", "2", "--out", out)
+    run = json.loads((out / "run.json").read_text())
+    assert run["masks"][0]["missing_fraction"] == pytest.approx(0.25, abs=0.03)
+    obs = np.asarray(Image.open(out / "observed.png")).astype(int)
+    assert np.all(np.abs(obs[6:10, 6:10] - 128) <= 1)  # centre of the 16x16 image is missing
