@@ -77,3 +77,19 @@ def test_mala_with_laplace_preconditioner_is_exact():
                    map_steps=100, preconditioner="laplace", seed=4, progress=False)
     _check(res, mean, cov)
     assert res.extra["sample_stats"]["accept_prob"].mean() > 0.5
+
+
+def test_laplace_init_draws_chain_starts_from_the_laplace_approximation():
+    """init="laplace": chain starts are independent draws of N(MAP, P^-1) (here the exact posterior)."""
+    model, y = _linear(SuperResolution(2, "box"))
+    mean, cov = linear_gaussian_posterior(model, y[0])
+    w_map = mean.float().reshape(1, 2, 3)
+    n = 60
+    res = run_mcmc(model, y, method="sgld", init="laplace", map_w=w_map, steps=0, num_samples=1, num_chains=n,
+                   thin=1, seed=5, progress=False)
+    starts = res.extra["init_w"].double().reshape(n, -1)
+    assert res.extra["map_grad_evals"] == 0
+    z = (starts.mean(0) - mean) / (cov.diagonal().sqrt() / n ** 0.5)
+    assert z.abs().max() < Z
+    ratio = starts.var(0) / cov.diagonal()
+    assert ((ratio - 1).abs() < 4.5 * (2 / (n - 1)) ** 0.5).all(), ratio

@@ -62,7 +62,8 @@ def make_kernel(method: str, model, *, step_size=None, thin: int = 1, seed: int 
 
 
 def _initial_latents(model, y: Tensor, init, num_chains: int, seed: int, map_steps: Optional[int],
-                     progress: bool, init_jitter: float) -> tuple[Tensor, Optional[Tensor], float, int]:
+                     progress: bool, init_jitter: float,
+                     map_w: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor], float, int]:
     """(C, B, L, d) starting latents, the MAP (or None), seconds and gradient evaluations spent."""
     B = y.shape[0]
     lat = (B, *model.generator.latent_shape)
@@ -73,7 +74,12 @@ def _initial_latents(model, y: Tensor, init, num_chains: int, seed: int, map_ste
             w0 = w0.expand(num_chains, *lat).clone()
         if tuple(w0.shape) != (num_chains, *lat):
             raise BRGMError(f"init_w must have shape {lat} or {(num_chains, *lat)}; got {tuple(w0.shape)}")
-    elif init == "map":
+    elif init in ("map", "laplace") and map_w is not None:
+        w_map = map_w.detach().to(y)
+        if tuple(w_map.shape) != lat:
+            raise BRGMError(f"map_w must have shape {lat}; got {tuple(w_map.shape)}")
+        w0 = w_map.expand(num_chains, *lat).clone()
+    elif init in ("map", "laplace"):
         from brgm_pyro.inference.map import run_map
 
         t0 = time.perf_counter()
@@ -91,7 +97,7 @@ def _initial_latents(model, y: Tensor, init, num_chains: int, seed: int, map_ste
         scale = d.stddev.detach().cpu()
         w0 = (loc + scale * torch.randn(num_chains, B, *loc.shape, generator=g)).to(y)
     else:
-        raise BRGMError(f"init must be 'map', 'prior' or a tensor of latents; got {init!r}")
+        raise BRGMError(f"init must be 'map', 'laplace', 'prior' or a tensor of latents; got {init!r}")
     if init_jitter > 0:
         g = torch.Generator(device="cpu").manual_seed(seed + 1)
         scale = model.prior.distribution().stddev.detach().cpu()
@@ -113,6 +119,7 @@ def run_mcmc(
     init_w: Optional[Tensor] = None,
     init_jitter: float = 0.0,
     map_steps: Optional[int] = None,
+    map_w: Optional[Tensor] = None,
     thin: Optional[int] = None,
     step_size=None,
     seed: int = 0,
@@ -134,9 +141,13 @@ def run_mcmc(
             discarded). Default 200.
         num_samples: kept draws per chain (after thinning).
         num_chains: chains, run one after another.
-        init: ``"map"`` (warm start at the MAP, ``map_steps`` Adam steps), ``"prior"`` (a draw from
+        init: ``"map"`` (warm start at the MAP, ``map_steps`` Adam steps), ``"laplace"`` (each chain
+            at an independent draw of the Laplace approximation N(MAP, P^-1): already in the
+            typical set, which in 10^3 dimensions is far from the mode), ``"prior"`` (a draw from
             the Gaussian part of the prior per chain) or a (B, L, d) / (C, B, L, d) tensor
             (``init_w`` is the same).
+        map_w: a MAP computed beforehand (B, L, d), used by ``init="map"|"laplace"`` instead of
+            running the optimisation again.
         init_jitter: add ``init_jitter * sigma_prior`` Gaussian noise to chains 1.. (chain 0 is
             left at the initial point) so that R-hat sees dispersed starts.
         thin: Langevin steps per kept draw (default 10 SGLD/pSGLD, 5 MALA), or keep every
@@ -148,8 +159,8 @@ def run_mcmc(
             ``"diag"`` (Pyro's diagonal adaptation; default otherwise) or ``"dense"`` (Pyro's dense
             adaptation). Langevin methods take ``preconditioner="laplace"`` for the same matrix.
         laplace_rows: backward passes allowed for the Gauss-Newton curvature (sketched above that).
-        curvature: ``"hessian"`` (exact Hessian at the MAP, D Hessian-vector products; default
-            for D <= 2048) or ``"gauss_newton"`` (default above).
+        curvature: ``"gauss_newton"`` (default; M or ``laplace_rows`` backward passes) or
+            ``"hessian"`` (exact Hessian at the MAP, D Hessian-vector products).
         kernel_options: extra kernel options (see :func:`make_kernel`); unknown top-level options
             are merged in too.
     Returns:
@@ -174,13 +185,16 @@ def run_mcmc(
     pyro.set_rng_seed(seed)
     t_start = time.perf_counter()
     w0, w_map, t_map, map_grads = _initial_latents(model, y, init_w if init_w is not None else init,
-                                                   num_chains, seed, map_steps, progress, init_jitter)
+                                                   num_chains, seed, map_steps, progress, init_jitter, map_w)
+    if map_w is not None:
+        map_grads = 0  # computed by the caller
     langevin = method in ("sgld", "psgld", "mala")
     if mass is None:
         mass = "laplace" if (w_map is not None and not langevin) else "diag"
     if mass not in ("diag", "dense", "laplace"):
         raise BRGMError(f"mass must be 'diag', 'dense' or 'laplace'; got {mass!r}")
-    want_laplace = (mass == "laplace" and not langevin) or (langevin and kopts.get("preconditioner") == "laplace")
+    want_laplace = ((mass == "laplace" and not langevin) or (langevin and kopts.get("preconditioner") == "laplace")
+                    or (init == "laplace" and init_w is None))
     t_lap, lap_grads = 0.0, 0
     if want_laplace:
         from brgm_pyro.inference.mcmc.laplace import laplace_covariance
@@ -188,13 +202,18 @@ def run_mcmc(
         t0 = time.perf_counter()
         info: dict = {}
         if curvature is None:
-            curvature = "hessian" if w0[0].numel() <= 2048 else "gauss_newton"
+            curvature = "gauss_newton"
         cov = laplace_covariance(model, y, w_map if w_map is not None else w0[0], max_rows=laplace_rows,
                                  seed=seed, info=info, curvature=curvature)
         t_lap, lap_grads = time.perf_counter() - t0, int(info.get("backward_passes", 0))
-        if langevin:
+        if init == "laplace" and init_w is None:  # each chain starts at a draw of N(MAP, cov)
+            g = torch.Generator(device="cpu").manual_seed(seed + 7)
+            Lc = torch.linalg.cholesky(cov.double()).float().cpu()
+            xi = torch.randn(num_chains, Lc.shape[0], generator=g)
+            w0 = w_map.expand_as(w0) + (xi @ Lc.T).reshape(w0.shape).to(w0)
+        if langevin and kopts.get("preconditioner") == "laplace":
             kopts["preconditioner"] = DensePreconditioner(cov)
-        else:
+        elif not langevin and mass == "laplace":
             kopts["inverse_mass"] = cov
     elif not langevin and mass == "dense":
         kopts.setdefault("full_mass", True)
