@@ -311,3 +311,47 @@ def test_simulate_mask_drawn_on_the_clean_image_is_cropped_and_resized(tmp_path)
     assert run["masks"][0]["missing_fraction"] == pytest.approx(0.25, abs=0.03)
     obs = np.asarray(Image.open(out / "observed.png")).astype(int)
     assert np.all(np.abs(obs[6:10, 6:10] - 128) <= 1)  # centre of the 16x16 image is missing
+
+
+def _brgm_process(*args, **kw):
+    import subprocess
+    import sys
+
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-c", "from brgm_pyro.cli import main; main()", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kw)
+
+
+def test_real_process_bad_input_is_one_line(tmp_path):
+    (tmp_path / "x.png").write_text("not an image")
+    p = _brgm_process("reconstruct", tmp_path / "x.png", "--generator", GEN, "--out", tmp_path / "o")
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_real_sigint_during_inference(tmp_path):
+    """A real Ctrl-C (SIGINT) while the optimiser runs: exit 130, results of the steps done are written."""
+    import signal
+    import time
+
+    Image.fromarray(_rgb(2, 2)).save(tmp_path / "low.png")
+    out = tmp_path / "res"
+    p = _brgm_process("reconstruct", tmp_path / "low.png", "--generator", GEN, "--steps", "1000000", "--out", out,
+                      "--threads", "1")
+    seen = ""
+    deadline = time.time() + 120
+    while "MAP" not in seen and time.time() < deadline:  # the progress bar has started
+        seen += p.stderr.read(1)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-2000:]
+    assert "partial results written" in err and "Traceback" not in err
+    run = json.loads((out / "run.json").read_text())
+    assert "interrupted" in run["inference"]["stopped"] and run["inference"]["steps_done"] > 0
+    assert np.asarray(Image.open(out / "reconstruction.png")).shape == (16, 16, 3)
