@@ -237,3 +237,16 @@ def test_sigint_deferred():
 
 def test_stems():
     assert io.stems(["a/x.png", "b/x.png", "y z.jpg", ".hidden"]) == ["x", "x_2", "y_z", "hidden"]
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    a = np.zeros((8, 16, 3), np.uint8)
+    a[:, :8] = 255  # left half white, 8 rows x 16 columns as stored
+    im = Image.fromarray(a)
+    exif = im.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    im.save(tmp_path / "r.jpg", exif=exif, quality=95)
+    img = io.read_image(tmp_path / "r.jpg")
+    assert img.array.shape == (16, 8, 3)  # displayed upright: 16 rows x 8 columns
+    assert img.array[:8].mean() > 0.9 and img.array[8:].mean() < 0.1  # the white half is now on top
+    assert "EXIF orientation applied" in img.conversions
