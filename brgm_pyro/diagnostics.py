@@ -8,8 +8,10 @@ image b we summarise the draws by
   observed pixels (log_likelihood group);
 * ``mean_intensity``: the mean of the reconstruction x = G(w) over channels and pixels;
 * ``pc1 .. pcK``: the projection :math:`\langle w - \bar w, v_k\rangle` of the latent on the K
-  leading principal directions :math:`v_k` of the pooled draws (the directions in which the
-  posterior, or the disagreement between chains, is largest);
+  leading principal directions :math:`v_k` of the within-chain covariance (each chain centred on
+  its own mean, so that the directions are the posterior's and not the offset between chain
+  means, which the pooled draws' PCA would pick when there are few draws in many dimensions and
+  which would bias R-hat upwards);
 
 and report split rank-normalised R-hat, bulk and tail ESS and the MCSE of the mean (Vehtari et
 al. 2021, via ArviZ). Optionally (``all_coords``) the worst R-hat and smallest bulk ESS over every
@@ -71,9 +73,13 @@ def scalar_summaries(idata, num_components: int = 3):
     if k:
         pcs = np.empty((C, S, B, k))
         for b in range(B):
-            flat = torch.from_numpy(w[:, :, b].reshape(C * S, -1))
+            per_chain = torch.from_numpy(w[:, :, b].reshape(C, S, -1))
+            # directions from the within-chain covariance (each chain centred on its own mean): the
+            # posterior's leading directions, not the offset between chain means, which PCA of the
+            # pooled draws picks whenever draws are few and D is large (and R-hat along it is biased up)
+            V = _leading_directions((per_chain - per_chain.mean(1, keepdim=True)).reshape(C * S, -1), k)
+            flat = per_chain.reshape(C * S, -1)
             centred = flat - flat.mean(0)
-            V = _leading_directions(centred, k)
             proj = (centred @ V).numpy()
             # fix each direction's sign so that it is reproducible (largest |loading| positive)
             sgn = np.sign(V[:, :k].numpy()[np.abs(V[:, :k].numpy()).argmax(0), np.arange(k)])
