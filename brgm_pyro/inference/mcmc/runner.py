@@ -1,6 +1,7 @@
 r"""Run MCMC chains on a BRGM model and return an :class:`InferenceResult`.
 
-    w_0^(c) = MAP (``init="map"``, default), a prior draw (``init="prior"``) or ``init_w``
+    w_0^(c) = a draw of N(MAP, P^-1) (``init="laplace"``, default), the MAP (``init="map"``),
+              a prior draw (``init="prior"``) or ``init_w``
     for c in chains:  pyro.infer.MCMC(kernel, warmup, num_samples).run(y)   (one after another)
 
 Chains run sequentially in this process: deterministic per-chain seeds, no fork/spawn issues
@@ -36,7 +37,8 @@ def make_kernel(method: str, model, *, step_size=None, thin: int = 1, seed: int 
 
     Langevin methods take :class:`Langevin`'s options (``schedule``, ``auto_scale``, ...);
     ``hmc``/``nuts`` take Pyro's (``adapt_mass_matrix`` (default True), ``full_mass`` (False),
-    ``target_accept_prob`` (0.8), ``max_tree_depth`` (NUTS, 10), ``num_steps`` (HMC, 10)).
+    ``target_accept_prob`` (0.8), ``max_tree_depth`` (NUTS, 8), ``num_steps`` (HMC, 10),
+    ``inverse_mass`` (a fixed (D, D) or (D,) inverse mass matrix)).
     """
     if method in ("sgld", "psgld", "mala"):
         kw = dict(step_size="auto" if step_size is None else step_size, thin=thin, seed=seed,
@@ -49,6 +51,8 @@ def make_kernel(method: str, model, *, step_size=None, thin: int = 1, seed: int 
             raise BRGMError(f"bad option for {method}: {e}") from None
     if method in ("hmc", "nuts"):
         kw = dict(adapt_step_size=True, adapt_mass_matrix=True, full_mass=False, target_accept_prob=0.8)
+        if method == "nuts":
+            kw["max_tree_depth"] = 8  # at most 255 gradients per draw (Pyro's default 10: 1023)
         if step_size is not None:
             kw["step_size"] = float(step_size)
         if method == "hmc":
@@ -115,7 +119,7 @@ def run_mcmc(
     steps: Optional[int] = None,
     num_samples: int = 200,
     num_chains: int = 4,
-    init="map",
+    init="laplace",
     init_w: Optional[Tensor] = None,
     init_jitter: float = 0.0,
     map_steps: Optional[int] = None,
@@ -141,11 +145,11 @@ def run_mcmc(
             discarded). Default 200.
         num_samples: kept draws per chain (after thinning).
         num_chains: chains, run one after another.
-        init: ``"map"`` (warm start at the MAP, ``map_steps`` Adam steps), ``"laplace"`` (each chain
-            at an independent draw of the Laplace approximation N(MAP, P^-1): already in the
-            typical set, which in 10^3 dimensions is far from the mode), ``"prior"`` (a draw from
-            the Gaussian part of the prior per chain) or a (B, L, d) / (C, B, L, d) tensor
-            (``init_w`` is the same).
+        init: ``"laplace"`` (default: MAP by ``map_steps`` Adam steps, then each chain starts at an
+            independent draw of the Laplace approximation N(MAP, P^-1), which is already in the
+            typical set; in 10^3 dimensions that is far from the mode), ``"map"`` (every chain
+            at the MAP), ``"prior"`` (a draw from the Gaussian part of the prior per chain) or a
+            (B, L, d) / (C, B, L, d) tensor (``init_w`` is the same).
         map_w: a MAP computed beforehand (B, L, d), used by ``init="map"|"laplace"`` instead of
             running the optimisation again.
         init_jitter: add ``init_jitter * sigma_prior`` Gaussian noise to chains 1.. (chain 0 is
