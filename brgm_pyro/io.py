@@ -346,12 +346,25 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
 
 # --- atomic writing --------------------------------------------------------------------------------
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _normal_mode(path: str | os.PathLike, directory: bool = False) -> None:
+    """mkstemp/mkdtemp create private (0600/0700) entries; give results the user's usual permissions."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def _atomic_target(path: str | os.PathLike) -> Iterator[str]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     os.close(fd)
+    _normal_mode(tmp)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -463,6 +476,7 @@ class OutputDir:
             d.mkdir()
             self._made_parents.append(d)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=str(self.target.parent)))
+        _normal_mode(self.tmp, directory=True)
         return self
 
     def path(self, *parts: str) -> Path:

@@ -250,3 +250,16 @@ def test_exif_orientation_is_applied(tmp_path):
     assert img.array.shape == (16, 8, 3)  # displayed upright: 16 rows x 8 columns
     assert img.array[:8].mean() > 0.9 and img.array[8:].mean() < 0.1  # the white half is now on top
     assert "EXIF orientation applied" in img.conversions
+
+
+def test_outputs_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with io.OutputDir(tmp_path / "o") as out:
+            io.save_json(out.path("run.json"), {})
+            io.save_png(out.path("x.png"), np.zeros((2, 2)))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "o").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "o" / "run.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "o" / "x.png").stat().st_mode & 0o777 == 0o644
