@@ -82,7 +82,8 @@ def summary_figure(path: str | os.PathLike, columns: Sequence[dict], title: Opti
 
     Each column is a dict with ``"title"`` and optionally ``"truth"``, ``"observation"``,
     ``"MAP"``, ``"posterior mean"``, ``"samples"`` (list) and ``"std"`` ((H, W) map). Missing
-    entries are left blank. Standard deviation maps share one colour scale, 0 to the largest value
+    entries are left blank. ``"notes"`` maps a row name to a short text drawn in that panel (e.g.
+    its PSNR). Standard deviation maps share one colour scale, 0 to the largest value
     over all columns, unless a column gives its own ``"std_vmax"``; the scale is written in each panel.
     """
     import matplotlib
@@ -111,6 +112,10 @@ def summary_figure(path: str | os.PathLike, columns: Sequence[dict], title: Opti
                             va="bottom", ha="left")
             else:
                 _show(ax, col.get(row))
+                note = (col.get("notes") or {}).get(row)
+                if note and col.get(row) is not None:
+                    ax.text(0.03, 0.03, note, transform=ax.transAxes, fontsize=6, color="white", va="bottom",
+                            ha="left", bbox=dict(facecolor="black", alpha=0.5, pad=1, linewidth=0))
             if i == 0:
                 ax.set_title(col.get("title", ""), fontsize=7)
             if j == 0:

@@ -208,6 +208,12 @@ def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, gene
                 col["posterior mean"] = io.from_model(r_vi.mean_image()[b])
                 col["samples"] = list(samples[:3])
                 col["std"] = figures.std_map(samples)
+            col["notes"] = {}
+            for row, mname in (("MAP", "map"), ("posterior mean", "vi")):
+                entry = task_scores.get(mname, {}).get("faces", {}).get(f"test_face_{fid}")
+                if entry is not None:
+                    psnr = entry["reconstruction"]["psnr"] if key == "inpaint" else entry["psnr"]
+                    col["notes"][row] = f"{psnr:.1f} dB"
             columns.append(col)
         task_cols = [c for c in columns[-len(face_ids):] if c.get("std") is not None]
         if task_cols:  # one colour scale per task: in-painting and super-resolution differ in kind
