@@ -196,7 +196,8 @@ def optimise(
     step_times: list[float] = []
     stopped: Optional[str] = None
     good = [p.detach().clone() for p in params]
-    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    # disable=None: no bar when stderr is not a terminal (CI logs, pipes)
+    bar = tqdm(range(steps), desc=desc, disable=None if progress else True, leave=False, dynamic_ncols=True)
     t_start = time.perf_counter()
     try:
         for step in bar:
