@@ -279,7 +279,6 @@ def draw_face_params(p: FaceParams, size: int = FACE_RESOLUTION, supersample: in
     # features, shifted by yaw and pitch
     fx = cx + p.yaw * fw * 0.09
     fy = p.pitch * fh * 0.04
-    ey = top + fh * 0.0 + (p.eye_y - 0.43 + 0.45) * fh * 0.9 + fy + (cy - 0.52) * 0.0
     ey = cy - fh * 0.05 + (p.eye_y - 0.46) * fh + fy
     esz = p.eye_size
     for sgn in (-1, 1):

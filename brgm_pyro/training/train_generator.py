@@ -70,7 +70,7 @@ def generate_from_codes(G, u: torch.Tensor) -> torch.Tensor:
     return G.synthesis(broadcast(G.mapping(u), G.num_ws))
 
 
-def train_batch(step: int, batch_size: int, size_override: Optional[int] = None):
+def train_batch(step: int, batch_size: int):
     """Codes (B, 40) float32 and images (B, 3, 64, 64) in [-1, 1] of training step ``step``."""
     idx = range(step * batch_size, (step + 1) * batch_size)
     u = np.stack([face_latent(i, "train") for i in idx])
