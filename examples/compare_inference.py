@@ -166,19 +166,23 @@ def run_task(task: str, G, args, out: Path) -> dict:
 
     steps_per_chain = args.warmup + args.draws
     thin = max(1, round(budget / (args.chains * steps_per_chain)))
+    methods = set(args.methods.split(","))
     for name, method in (("SGLD", "sgld"), ("pSGLD", "psgld")):
+        if method not in methods:
+            continue
         t0 = time.perf_counter()
         res = run_mcmc(model, y, method=method, init="laplace", map_w=w_map, steps=args.warmup,
                        num_samples=args.draws, num_chains=args.chains, thin=thin, curvature=args.curvature,
                        seed=args.seed, progress=False)
         record(name, res, time.perf_counter() - t0)
 
-    vi_steps = max(1, budget // args.vi_particles)
-    t0 = time.perf_counter()
-    res = run_vi(model, y, steps=vi_steps, num_particles=args.vi_particles, num_samples=args.chains * args.draws,
-                 init_w=w_map, seed=args.seed, progress=False)
-    res.extra["sampler_grad_evals"] = vi_steps * args.vi_particles
-    record("VI", res, time.perf_counter() - t0)
+    if "vi" in methods:
+        vi_steps = max(1, budget // args.vi_particles)
+        t0 = time.perf_counter()
+        res = run_vi(model, y, steps=vi_steps, num_particles=args.vi_particles,
+                     num_samples=args.chains * args.draws, init_w=w_map, seed=args.seed, progress=False)
+        res.extra["sampler_grad_evals"] = vi_steps * args.vi_particles
+        record("VI", res, time.perf_counter() - t0)
     for r in rows[1:]:
         r["grad_evals"] += args.map_steps  # every method starts from the MAP
     return {"task": task, "rows": rows, "images": images, "sgld_check": check,
@@ -244,6 +248,7 @@ def main() -> None:
     ap.add_argument("--generator", default="builtin:faces64")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "compare_out"))
     ap.add_argument("--tasks", default="superres,inpaint")
+    ap.add_argument("--methods", default="sgld,psgld,vi", help="besides MAP and NUTS (always run)")
     ap.add_argument("--face", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--map-steps", type=int, default=1000)
