@@ -77,3 +77,19 @@ def test_builtin_faces64_loads_with_its_phi():
     with torch.no_grad():
         x = G(G.mapping(z)[:, None].expand(-1, G.num_ws, -1))
         assert x.shape == (2, 3, 64, 64) and phi(x).shape[0] == 2
+
+
+def test_cli_train_commands(tmp_path):
+    from typer.testing import CliRunner
+
+    from brgm_pyro.cli import app
+
+    r = CliRunner().invoke(app, ["train-generator", "--help"])
+    assert r.exit_code == 0 and "--resume" in r.output
+    r = CliRunner().invoke(app, ["train-percept", "--help"])
+    assert r.exit_code == 0 and "--num-train" in r.output
+    if not torch.cuda.is_available():
+        r = CliRunner().invoke(app, ["train-generator", "--out", str(tmp_path), "--device", "cuda"])
+        assert r.exit_code == 2
+    r = CliRunner().invoke(app, ["train-generator", "--out", str(tmp_path), "--steps", "0"])
+    assert r.exit_code == 2
