@@ -196,8 +196,13 @@ def optimise(
     step_times: list[float] = []
     stopped: Optional[str] = None
     good = [p.detach().clone() for p in params]
-    # disable=None: no bar when stderr is not a terminal (CI logs, pipes)
-    bar = tqdm(range(steps), desc=desc, disable=None if progress else True, leave=False, dynamic_ncols=True)
+    import sys
+
+    # On a terminal the bar refreshes 10x a second; in a log file (not a TTY) once every 5 s, so
+    # long runs leave a readable trace of the loss terms instead of a flood.
+    tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True,
+               mininterval=0.1 if tty else 5.0)
     t_start = time.perf_counter()
     try:
         for step in bar:
