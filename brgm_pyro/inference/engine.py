@@ -45,10 +45,15 @@ def _particles(fn: Callable, num: int) -> Callable:
     return wrapped
 
 
+def _autonormal_scales(guide: AutoNormal) -> Tensor:
+    """All of an AutoNormal's sigma_v = softplus(rho_v), flattened."""
+    return torch.cat([guide._get_loc_and_scale(n)[1].reshape(-1) for n in guide.locs._pyro_params])
+
+
 def guide_marginal_std(guide) -> Optional[Tensor]:
     """sigma_v: the marginal standard deviations of a Gaussian guide (flattened), or None."""
     if isinstance(guide, AutoNormal):
-        return torch.cat([guide._get_loc_and_scale(n)[1].reshape(-1) for n in guide.locs._pyro_params])
+        return _autonormal_scales(guide)
     if isinstance(guide, AutoContinuous):
         post = guide.get_posterior()
         if hasattr(post, "scale_tril"):
@@ -64,7 +69,7 @@ def guide_marginal_std(guide) -> Optional[Tensor]:
 def analytic_entropy(guide) -> Optional[Tensor]:
     """H[q] in closed form for Gaussian autoguides; None when there is none."""
     if isinstance(guide, AutoNormal):
-        scales = torch.cat([guide._get_loc_and_scale(n)[1].reshape(-1) for n in guide.locs._pyro_params])
+        scales = _autonormal_scales(guide)
         return scales.log().sum() + 0.5 * scales.numel() * (1.0 + math.log(2 * math.pi))
     if isinstance(guide, AutoContinuous):
         try:
@@ -144,10 +149,11 @@ class ELBOTerms:
             lp = scale_and_mask(lp, site["scale"], site["mask"]).sum() / P
             terms[term] = terms.get(term, 0.0) - lp
         if self.entropy:
+            h = analytic_entropy(self.guide) if self._analytic is not False else None
             if self._analytic is None:
-                self._analytic = analytic_entropy(self.guide) is not None
-            if self._analytic:
-                terms[ENTROPY] = -analytic_entropy(self.guide)
+                self._analytic = h is not None
+            if h is not None:
+                terms[ENTROPY] = -h
             else:
                 g_tr.compute_log_prob()
                 logq = sum(s["log_prob_sum"] for s in g_tr.nodes.values()
