@@ -245,6 +245,8 @@ def test_missing_generator_and_unknown_builtin(tmp_path):
     (["--kernel", "lanczos"], "--kernel 'lanczos' is not one of: box, bicubic, gauss"),
     (["--method", "magic"], "unknown inference method 'magic'"),
     (["--steps", "0"], "--steps must be at least 1"),
+    (["--workers", "2"], "--method map has no chains (drop --workers)"),
+    (["--method", "nuts", "--workers", "0"], "--workers must be at least 1"),
 ])
 def test_bad_options(tmp_path, args, fragment):
     Image.fromarray(_rgb(2, 2)).save(tmp_path / "x.png")

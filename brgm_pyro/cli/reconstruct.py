@@ -423,6 +423,8 @@ def reconstruct(
     steps: Optional[int] = typer.Option(None, help="Optimisation/sampling steps (default: the method's)."),
     num_samples: int = typer.Option(16, help="Posterior samples to draw (per chain for MCMC methods)."),
     chains: Optional[int] = typer.Option(None, help="MCMC chains (MCMC methods only; default: the method's)."),
+    workers: int = typer.Option(1, help="Run this many MCMC chains at once, in separate CPU processes "
+                                        "(MCMC methods on the CPU only; same draws as one at a time)."),
     seed: int = typer.Option(0, help="Random seed."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
     out: Path = typer.Option(Path("brgm-out"), "--out", help="Output directory (created; must be new or empty)."),
@@ -440,7 +442,7 @@ def reconstruct(
     """Reconstruct corrupted image(s) with a deep generative prior (MAP or posterior sampling)."""
     code = guarded(run_reconstruct, inputs=inputs, task=task, factor=factor, kernel=kernel, masks=mask,
                    generator=generator, method=method, steps=steps, num_samples=num_samples, chains=chains, seed=seed,
-                   device=device, out=out, simulate=simulate, sigma_pixel=sigma_pixel, percept=percept, lr=lr,
+                   workers=workers, device=device, out=out, simulate=simulate, sigma_pixel=sigma_pixel, percept=percept, lr=lr,
                    vgg16=vgg16, overwrite=overwrite, quiet=quiet, threads=threads)
     if code:
         raise typer.Exit(code)
@@ -448,7 +450,7 @@ def reconstruct(
 
 def run_reconstruct(*, inputs, task, factor, kernel, masks, generator, method, steps, num_samples, seed, device,
                     out, simulate, sigma_pixel, percept, lr, vgg16, overwrite, quiet, chains=None,
-                    threads=None) -> int:
+                    threads=None, workers=1) -> int:
     t_start = time.perf_counter()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     timings: dict[str, float] = {}
@@ -478,6 +480,14 @@ def run_reconstruct(*, inputs, task, factor, kernel, masks, generator, method, s
             raise BRGMError(f"--chains is for MCMC methods; --method {method} has no chains (drop --chains)")
         if chains < 1:
             raise BRGMError(f"--chains must be at least 1, got {chains}")
+    if workers != 1:
+        if method in ("map", "vi"):
+            raise BRGMError(f"--workers runs MCMC chains in parallel; --method {method} has no chains (drop --workers)")
+        if workers < 1:
+            raise BRGMError(f"--workers must be at least 1, got {workers}")
+        if device != "cpu":
+            raise BRGMError("--workers > 1 runs chains in CPU processes; on a GPU drop --workers "
+                            "(chains then run one after another on the device)")
     if vgg16 is not None:
         if not simulate:
             raise BRGMError("--vgg16 adds LPIPS to metrics.json, which needs --simulate (a clean reference)")
@@ -514,6 +524,8 @@ def run_reconstruct(*, inputs, task, factor, kernel, masks, generator, method, s
         opts["lr"] = lr
     if chains is not None:
         opts["num_chains"] = chains
+    if workers != 1:
+        opts["workers"] = workers
     t0 = time.perf_counter()
     result = runner(model, y, steps=steps, num_samples=num_samples, seed=seed, progress=not quiet, **opts)
     timings["inference_s"] = time.perf_counter() - t0

@@ -4,8 +4,9 @@ r"""Run MCMC chains on a BRGM model and return an :class:`InferenceResult`.
               a prior draw (``init="prior"``) or ``init_w``
     for c in chains:  pyro.infer.MCMC(kernel, warmup, num_samples).run(y)   (one after another)
 
-Chains run sequentially in this process: deterministic per-chain seeds, no fork/spawn issues
-(see docs/mcmc.md), and the same code on CPU and GPU (tensors follow ``y``'s device). The
+Chains run sequentially in this process by default (deterministic per-chain seeds, the same code
+on CPU and GPU: tensors follow ``y``'s device), or ``workers`` at a time in spawned CPU processes
+(same draws as the sequential run; see :func:`run_mcmc`). The
 result holds ``samples_w`` (C S, B, L, d) flattened chain-major and, in ``extra``:
 ``num_chains``, ``num_draws``, ``sample_stats`` (name -> numpy (C, S)), ``grad_evals``,
 ``init_w`` (C, B, L, d), ``map_w`` and the kernel settings.
@@ -13,6 +14,7 @@ result holds ``samples_w`` (C S, B, L, d) flattened chain-major and, in ``extra`
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Optional
 
@@ -63,6 +65,71 @@ def make_kernel(method: str, model, *, step_size=None, thin: int = 1, seed: int 
         except TypeError as e:
             raise BRGMError(f"bad option for {method}: {e}") from None
     raise BRGMError(f"unknown sampler {method!r}; choose one of: {', '.join(SAMPLERS)}")
+
+
+def _run_chain(model, y: Tensor, *, method: str, c: int, w0: Tensor, seed: int, warmup: int, num_samples: int,
+               thin: int, step_size, kopts: dict, progress: bool) -> dict:
+    """One chain: ``{"w": (S, B, L, d) cpu, "infos": [per-draw dict], "grad_evals", "seconds"}``."""
+    langevin = method in ("sgld", "psgld", "mala")
+    pyro.set_rng_seed(seed)
+    kernel = make_kernel(method, model, step_size=step_size, thin=thin if langevin else 1, seed=seed, **kopts)
+    infos: list[dict] = []
+
+    def hook(k, params, stage, i):
+        if stage.startswith("Sample"):
+            infos.append(dict(k.last_info))
+
+    n_run = num_samples if langevin else num_samples * thin
+    mcmc = MCMC(kernel, num_samples=n_run, warmup_steps=warmup, initial_params={"w": w0},
+                hook_fn=hook, disable_progbar=not progress)
+    t0 = time.perf_counter()
+    try:
+        mcmc.run(y)
+    except KeyboardInterrupt:
+        raise BRGMError(f"{method} interrupted in chain {c}") from None
+    seconds = time.perf_counter() - t0
+    w = mcmc.get_samples()["w"].detach()
+    if not langevin and thin > 1:
+        w, infos = w[thin - 1::thin], infos[thin - 1::thin]
+    if not torch.isfinite(w).all():
+        raise BRGMError(f"{method} produced non-finite draws in chain {c}; lower --step-size")
+    return {"w": w.reshape(num_samples, *w0.shape).cpu(), "infos": infos,
+            "grad_evals": int(kernel.num_grad_evals), "seconds": seconds}
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _worker_chain(model, y: Tensor, job: dict) -> dict:
+    return _run_chain(model, y, **job)
+
+
+def _run_chains_parallel(model, y: Tensor, jobs: list[dict], workers: int, threads: Optional[int],
+                         progress: bool) -> list[dict]:
+    """Run ``jobs`` (one per chain) in ``workers`` spawned processes; results in chain order."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    if threads is None:
+        threads = max(1, torch.get_num_threads() // workers)
+    jobs = [{**j, "progress": False} for j in jobs]  # several bars from several processes garble
+    ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                             initializer=_worker_init, initargs=(int(threads),))
+    try:
+        futs = [ex.submit(_worker_chain, model, y, j) for j in jobs]
+        outs = []
+        for f in futs:
+            outs.append(f.result())
+            if progress:
+                c = len(outs) - 1
+                print(f"chain {c}: {outs[-1]['grad_evals']} gradients in {outs[-1]['seconds']:.1f} s",
+                      file=sys.stderr, flush=True)
+        return outs
+    except KeyboardInterrupt:
+        raise BRGMError(f"{jobs[0]['method']} interrupted") from None
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
 
 
 def _initial_latents(model, y: Tensor, init, num_chains: int, seed: int, map_steps: Optional[int],
@@ -132,6 +199,8 @@ def run_mcmc(
     mass: Optional[str] = None,
     laplace_rows: int = 512,
     curvature: Optional[str] = None,
+    workers: int = 1,
+    threads_per_worker: Optional[int] = None,
     **options,
 ) -> InferenceResult:
     """Sample p(w | y) with ``method`` in ``num_chains`` chains.
@@ -144,7 +213,7 @@ def run_mcmc(
         steps: warm-up draws per chain (adaptation: step size, mass matrix, pSGLD preconditioner;
             discarded). Default 200.
         num_samples: kept draws per chain (after thinning).
-        num_chains: chains, run one after another.
+        num_chains: chains, run one after another (or ``workers`` at a time).
         init: ``"laplace"`` (default: MAP by ``map_steps`` Adam steps, then each chain starts at an
             independent draw of the Laplace approximation N(MAP, P^-1), which is already in the
             typical set; in 10^3 dimensions that is far from the mode), ``"map"`` (every chain
@@ -165,6 +234,14 @@ def run_mcmc(
         laplace_rows: backward passes allowed for the Gauss-Newton curvature (sketched above that).
         curvature: ``"gauss_newton"`` (default; M or ``laplace_rows`` backward passes) or
             ``"hessian"`` (exact Hessian at the MAP, D Hessian-vector products).
+        workers: run the chains in this many processes at once (CPU only; default 1 = one after
+            another in this process). Chain c draws the same numbers either way (its seed is
+            ``seed + 1000 c``), so the result equals the sequential run's when the per-process
+            thread count is the same. Each worker is a fresh ``spawn``-ed Python process that
+            receives the model by pickle (no fork: forking after torch has started threads can
+            hang, see docs/mcmc.md); starting one costs a few seconds.
+        threads_per_worker: torch threads in each worker (default: this process's threads divided
+            by ``workers``, at least 1).
         kernel_options: extra kernel options (see :func:`make_kernel`); unknown top-level options
             are merged in too.
     Returns:
@@ -178,6 +255,11 @@ def run_mcmc(
         raise BRGMError(f"unknown sampler {method!r}; choose one of: {', '.join(SAMPLERS)}")
     if num_samples < 1 or num_chains < 1:
         raise BRGMError("num_samples and num_chains must be >= 1")
+    if int(workers) < 1:
+        raise BRGMError(f"workers must be >= 1, got {workers}")
+    if int(workers) > 1 and y.device.type != "cpu":
+        raise BRGMError("parallel chains (workers > 1) run on the CPU only; on a GPU use workers=1 "
+                        "(the chains then share the device one after another)")
     model.check_observation(y)
     warmup = DEFAULT_WARMUP[method] if steps is None else int(steps)
     thin = DEFAULT_THIN[method] if thin is None else int(thin)
@@ -223,34 +305,19 @@ def run_mcmc(
         kopts.setdefault("full_mass", True)
     draws, stats, grad_evals, chain_times = [], [], 0, []
     divergences = 0
-    for c in range(num_chains):
-        pyro.set_rng_seed(seed + 1000 * c)
-        kernel = make_kernel(method, model, step_size=step_size, thin=thin if langevin else 1,
-                             seed=seed + 1000 * c, **kopts)
-        infos: list[dict] = []
-
-        def hook(k, params, stage, i):
-            if stage.startswith("Sample"):
-                infos.append(dict(k.last_info))
-
-        n_run = num_samples if langevin else num_samples * thin
-        mcmc = MCMC(kernel, num_samples=n_run, warmup_steps=warmup, initial_params={"w": w0[c]},
-                    hook_fn=hook, disable_progbar=not progress)
-        t0 = time.perf_counter()
-        try:
-            mcmc.run(y)
-        except KeyboardInterrupt:
-            raise BRGMError(f"{method} interrupted in chain {c}") from None
-        chain_times.append(time.perf_counter() - t0)
-        w = mcmc.get_samples()["w"].detach()
-        if not langevin and thin > 1:
-            w, infos = w[thin - 1::thin], infos[thin - 1::thin]
-        if not torch.isfinite(w).all():
-            raise BRGMError(f"{method} produced non-finite draws in chain {c}; lower --step-size")
-        draws.append(w.reshape(num_samples, *w0.shape[1:]))
-        stats.append(infos)
-        grad_evals += int(kernel.num_grad_evals)
-        divergences += sum(bool(i.get("diverging", False)) for i in infos)
+    jobs = [dict(method=method, c=c, w0=w0[c], seed=seed + 1000 * c, warmup=warmup, num_samples=num_samples,
+                 thin=thin, step_size=step_size, kopts=kopts, progress=progress) for c in range(num_chains)]
+    workers = max(1, min(int(workers), num_chains))
+    if workers == 1:
+        outs = [_run_chain(model, y, **job) for job in jobs]
+    else:
+        outs = _run_chains_parallel(model, y, jobs, workers, threads_per_worker, progress)
+    for c, out in enumerate(outs):
+        draws.append(out["w"].to(y.device))
+        stats.append(out["infos"])
+        chain_times.append(out["seconds"])
+        grad_evals += out["grad_evals"]
+        divergences += sum(bool(i.get("diverging", False)) for i in out["infos"])
     samples_w = torch.cat(draws)  # (C S, B, L, d)
     t_sample = time.perf_counter() - t_start - t_map - t_lap
     samples = render_samples(model, samples_w)
@@ -259,7 +326,7 @@ def run_mcmc(
     total = time.perf_counter() - t_start
     history = {"loss": [float(v) for v in sample_stats.get("potential_energy", np.zeros((0,))).reshape(-1)]}
     extra = {
-        "num_chains": num_chains, "num_draws": num_samples, "warmup": warmup, "thin": thin,
+        "num_chains": num_chains, "num_draws": num_samples, "warmup": warmup, "thin": thin, "workers": workers,
         "sample_stats": sample_stats, "grad_evals": grad_evals + map_grads * (1 if w_map is not None else 0) + lap_grads,
         "laplace_grad_evals": lap_grads, "mass": mass if not langevin else None,
         "curvature": curvature if want_laplace else None,
