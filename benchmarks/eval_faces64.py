@@ -119,7 +119,7 @@ def summarize(rows: list[dict]) -> dict:
     return s
 
 
-def run_task(G, phi, truth, corruption_fn, rungs, steps, batch, seed, log):
+def run_task(G, phi, truth, corruption_fn, rungs, steps, batch, seed, log, lr=None):
     """MAP for each rung over the faces in batches; returns {rung: (rows, images)}."""
     res = {}
     for name, prior, use_phi in rungs:
@@ -129,7 +129,7 @@ def run_task(G, phi, truth, corruption_fn, rungs, steps, batch, seed, log):
             f = corruption_fn(s, xt.shape[0])
             y = f(xt)
             model = build_model(G, f, prior=prior, phi=phi if use_phi else None)
-            r = run_map(model, y, steps=steps, seed=seed, progress=False)
+            r = run_map(model, y, steps=steps, seed=seed, progress=False, **({} if lr is None else {"lr": lr}))
             img = r.image.detach()
             rows += score(img, xt, phi)
             imgs.append(img)
@@ -143,6 +143,10 @@ def run_task(G, phi, truth, corruption_fn, rungs, steps, batch, seed, log):
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--faces", type=int, default=64)
+    ap.add_argument("--first-face", type=int, default=0,
+                    help="test faces first..first+faces-1 (use 64.. as a validation set when tuning settings, "
+                         "so that the reported faces 0..63 stay untouched)")
+    ap.add_argument("--lr", type=float, default=None, help="MAP learning rate (default: run_map's)")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
@@ -172,10 +176,11 @@ def main(argv=None) -> dict:
     for p in G.parameters():
         p.requires_grad_(False)
     phi = load_faces64_percept()
-    _, truth = face_batch(range(a.faces), "test")
+    _, truth = face_batch(range(a.first_face, a.first_face + a.faces), "test")
     tasks = a.tasks.split(",")
     rungs = [r for r in LADDER if r[0] in a.rungs.split(",")]
-    log(f"eval_faces64: generator={a.generator} faces={a.faces} (test split) steps={a.steps} "
+    log(f"eval_faces64: generator={a.generator} faces={a.first_face}..{a.first_face + a.faces - 1} "
+        f"(test split) lr={a.lr} steps={a.steps} "
         f"batch={a.batch} threads={torch.get_num_threads()} tasks={tasks}")
     results: dict = {"settings": vars(a), "tasks": {}}
     panels = []
@@ -183,7 +188,7 @@ def main(argv=None) -> dict:
     if "inversion" in tasks:
         log("W+ inversion (no corruption, MAP):")
         inv_rungs = [r for r in LADDER if r[0] in a.inversion_rungs.split(",")]
-        res = run_task(G, phi, truth, lambda s, b: Identity(), inv_rungs, a.steps, a.batch, a.seed, log)
+        res = run_task(G, phi, truth, lambda s, b: Identity(), inv_rungs, a.steps, a.batch, a.seed, log, a.lr)
         results["tasks"]["inversion"] = {("map_full_brgm" if k == "+percept" else k): summarize(v[0])
                                          for k, v in res.items()}
         panels.append(("inversion", [truth[:n_show]] + [v[1][:n_show] for v in res.values()]))
@@ -194,14 +199,15 @@ def main(argv=None) -> dict:
         base = bicubic_up(y, 64)
         brow = score(base, truth, phi)
         log(f"  bicubic   PSNR {summarize(brow)['psnr']:.2f} dB  SSIM {summarize(brow)['ssim']:.3f}")
-        res = run_task(G, phi, truth, lambda s, b: SuperResolution(8), rungs, a.steps, a.batch, a.seed, log)
+        res = run_task(G, phi, truth, lambda s, b: SuperResolution(8), rungs, a.steps, a.batch, a.seed, log, a.lr)
         results["tasks"]["sr8"] = {"bicubic": summarize(brow), **{k: summarize(v[0]) for k, v in res.items()}}
         up_nn = F.interpolate(y, scale_factor=8, mode="nearest")
         panels.append(("sr8", [truth[:n_show], up_nn[:n_show], base[:n_show]] +
                        [v[1][:n_show] for v in res.values()]))
     if "inpaint" in tasks:
         log("in-painting (free-form masks, 35-50 % missing):")
-        masks = torch.from_numpy(np.stack([freeform_mask(i) for i in range(a.faces)]))[:, None]
+        ids = range(a.first_face, a.first_face + a.faces)
+        masks = torch.from_numpy(np.stack([freeform_mask(i) for i in ids]))[:, None]
         results["missing_fraction"] = float(1 - masks.float().mean())
         y = truth * masks
         base = harmonic_fill(y, masks)
@@ -209,7 +215,7 @@ def main(argv=None) -> dict:
         log(f"  harmonic  PSNR {summarize(brow)['psnr']:.2f} dB  SSIM {summarize(brow)['ssim']:.3f} "
             f"(missing {results['missing_fraction']:.1%})")
         res = run_task(G, phi, truth, lambda s, b: Inpainting(masks[s:s + b]), rungs, a.steps, a.batch,
-                       a.seed, log)
+                       a.seed, log, a.lr)
         results["tasks"]["inpaint"] = {"harmonic_fill": summarize(brow),
                                        **{k: summarize(v[0]) for k, v in res.items()}}
         # the usual in-painting output: observed pixels kept, G(w) only in the holes
