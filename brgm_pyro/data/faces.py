@@ -386,7 +386,8 @@ def face_image_uint8(i: int, split: str = "train") -> np.ndarray:
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (..., H, W, 3) in 0..255 -> float32 tensor (..., 3, H, W) in [-1, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(images)).float()
+    # torch.tensor copies, so read-only arrays (e.g. from an npz cache) work without a warning
+    t = torch.tensor(np.asarray(images), dtype=torch.float32)
     return (t.movedim(-1, -3) / 127.5) - 1.0
 
 
