@@ -154,6 +154,11 @@ def test_simulate_inpaint_default_mask_and_task_none(tmp_path):
     out2 = tmp_path / "none"
     _invoke(tmp_path / "clean.png", "--simulate", "--task", "none", "--steps", "3", "--out", out2)
     assert _png(out2 / "observed.png").shape == (16, 16, 3)
+    # inversion uses its own optimiser default (constant lr 0.2); other tasks the MAP default
+    run_none = json.loads((out2 / "run.json").read_text())["settings"]
+    run_inp = json.loads((out / "run.json").read_text())["settings"]
+    assert run_none["optimiser"] == {"lr": 0.2, "lr_decay": 1.0, "lr_rampdown": 0.0}
+    assert run_inp["optimiser"] == {"lr": 0.05, "lr_decay": 0.1, "lr_rampdown": 0.0}
 
 
 def test_batch_of_inputs_gets_one_folder_each(tmp_path):

@@ -433,7 +433,8 @@ def reconstruct(
     sigma_pixel: Optional[float] = typer.Option(None, help="Pixel noise std in [-1, 1] units (default: the model's)."),
     percept: bool = typer.Option(True, "--percept/--no-percept", help="Use the generator's perceptual network "
                                                                       "when it has one."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate (default: the method's)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default: the method's; MAP with --task none: "
+                                                  "a constant 0.2, chosen for W+ inversion)."),
     vgg16: Optional[Path] = typer.Option(None, help="VGG16 weights file: adds LPIPS to metrics.json."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier brgm result in --out."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: torch's, one per core)."),
@@ -522,6 +523,11 @@ def run_reconstruct(*, inputs, task, factor, kernel, masks, generator, method, s
     opts: dict[str, Any] = {}
     if lr is not None:
         opts["lr"] = lr
+    elif task == "none" and method == "map":
+        from brgm_pyro.inference.map import INVERSION_MAP_LR
+
+        # inversion: nothing to in-fill, so no early stop to protect; optimise harder (docs/defaults.md)
+        opts.update(lr=INVERSION_MAP_LR, lr_decay=1.0)
     if chains is not None:
         opts["num_chains"] = chains
     if workers != 1:
@@ -566,9 +572,11 @@ def run_reconstruct(*, inputs, task, factor, kernel, masks, generator, method, s
                              else None, "kernel": kernel if task == "superres" else None,
                              "masks": [str(m) for m in masks], "generator": generator, "method": method,
                              "steps": steps, "num_samples": num_samples, "chains": chains, "seed": seed,
-                             "device": device, "threads": threads,
+                             "device": device, "threads": threads, "workers": workers,
                              "out": str(out), "simulate": simulate, "sigma_pixel": sigma_pixel,
                              "percept": percept and phi is not None, "lr": lr,
+                             "optimiser": {k: v for k, v in result.extra.items()
+                                           if k in ("lr", "lr_decay", "lr_rampdown")} or None,
                              "vgg16": str(vgg16) if vgg16 else None},
                 "seed": seed,
                 "inputs": batch.inputs,

@@ -28,6 +28,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.infer.autoguide import AutoContinuous, AutoNormal
 from torch import Tensor
 
+from brgm_pyro.errors import BRGMError
 from brgm_pyro.models.brgm import BRGMModel
 
 ENTROPY, HYPERPRIOR, LOSS = "entropy", "hyperprior", "loss"
@@ -172,6 +173,22 @@ class ELBOTerms:
         return vec.sum(), vec
 
 
+def lr_factor(i: int, steps: int, lr_decay: float, lr_rampdown: float = 0.0) -> float:
+    """Multiplier of the base learning rate used for Adam step ``i`` (0-based) of ``steps``.
+
+    ``lr_rampdown = 0``: geometric, ``lr_decay ** (i / steps)`` (1 at the first step).
+    ``lr_rampdown = r > 0``: 1 while ``(i + 1) / steps <= 1 - r``, then a half cosine down to
+    ``lr_decay`` at the last step.
+    """
+    steps = max(int(steps), 1)
+    if lr_rampdown <= 0:
+        return lr_decay ** (i / steps)
+    u = ((i + 1) / steps - (1.0 - lr_rampdown)) / lr_rampdown
+    if u <= 0:
+        return 1.0
+    return lr_decay + (1.0 - lr_decay) * 0.5 * (1.0 + math.cos(math.pi * min(u, 1.0)))
+
+
 def optimise(
     params_fn: Callable[[], list[Tensor]],
     loss_fn: Callable[[], tuple[Tensor, Tensor]],
@@ -183,10 +200,16 @@ def optimise(
     progress: bool = True,
     callback: Optional[Callable[[int, dict[str, float]], Optional[bool]]] = None,
     lr_decay: float = 1.0,
+    lr_rampdown: float = 0.0,
     checkpoint: Optional[Callable[[int], None]] = None,
     checkpoint_every: int = 100,
 ) -> dict:
     """Adam on ``params_fn()`` minimising ``loss_fn()``, with NaN safety and Ctrl-C handling.
+
+    Learning rate: with ``lr_rampdown = 0`` it decays geometrically from ``lr`` to ``lr * lr_decay``
+    over the run; with ``lr_rampdown = r in (0, 1]`` it stays at ``lr`` for the first ``1 - r`` of
+    the steps and then falls along a half cosine to ``lr * lr_decay`` at the last step (the StyleGAN
+    projector's ramp-down: a long exploratory phase, a short settling one).
 
     ``checkpoint(step)`` is called every ``checkpoint_every`` steps to save progress of long runs.
     Stops early (keeping the last finite parameters) when the loss or a gradient is not finite,
@@ -196,8 +219,11 @@ def optimise(
 
     params = params_fn()
     opt = torch.optim.Adam(params, lr=lr)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=lr_decay ** (1.0 / max(steps, 1))) \
-        if lr_decay != 1.0 else None
+    if not 0.0 <= lr_rampdown <= 1.0:
+        raise BRGMError(f"lr_rampdown must be in [0, 1], got {lr_rampdown}")
+    sched = None
+    if lr_decay != 1.0:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, steps, lr_decay, lr_rampdown))
     history: dict[str, list[float]] = {n: [] for n in [LOSS, *names]}
     step_times: list[float] = []
     stopped: Optional[str] = None
