@@ -110,6 +110,7 @@ def _run_chains_parallel(model, y: Tensor, jobs: list[dict], workers: int, threa
     """Run ``jobs`` (one per chain) in ``workers`` spawned processes; results in chain order."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     if threads is None:
         threads = max(1, torch.get_num_threads() // workers)
@@ -128,6 +129,8 @@ def _run_chains_parallel(model, y: Tensor, jobs: list[dict], workers: int, threa
         return outs
     except KeyboardInterrupt:
         raise BRGMError(f"{jobs[0]['method']} interrupted") from None
+    except BrokenProcessPool:
+        raise BRGMError("an MCMC worker process died (out of memory?); use fewer --workers or workers=1") from None
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
 
