@@ -130,3 +130,7 @@ def test_parallel_chains_bad_workers():
     model, y = _linear(SuperResolution(2, "box"))
     with pytest.raises(BRGMError, match="workers"):
         run_mcmc(model, y, method="nuts", workers=0, progress=False)
+    # an error inside a worker comes back as the same one-line BRGMError
+    with pytest.raises(BRGMError, match="bad option for nuts"):
+        run_mcmc(model, y, method="nuts", num_samples=2, num_chains=2, workers=2, init="prior",
+                 bogus_option=1, progress=False)
