@@ -142,6 +142,27 @@ def diagnose(idata, num_components: int = 3, all_coords: bool = False, summaries
     return rep
 
 
+def _simple_trace_figure(ds, plt):
+    """Fallback figure: per summary, a histogram of all draws (left) and each chain's trace (right)."""
+    names = []
+    for name in ds.data_vars:
+        extra = [d for d in ds[name].dims if d not in ("chain", "draw")]
+        arr = ds[name].transpose("chain", "draw", *extra).values
+        arr = arr.reshape(arr.shape[0], arr.shape[1], -1)
+        names += [(f"{name}" + (f" [{k}]" if arr.shape[2] > 1 else ""), arr[:, :, k]) for k in range(arr.shape[2])]
+    fig, axes = plt.subplots(len(names), 2, figsize=(10, 1.8 * len(names)), squeeze=False)
+    for row, (label, v) in zip(axes, names):
+        finite = v[np.isfinite(v)]
+        if finite.size:
+            lo, hi = float(finite.min()), float(finite.max())
+            row[0].hist(finite, bins=max(1, min(30, finite.size // 2)) if hi > lo else 1)
+        for c in range(v.shape[0]):
+            row[1].plot(v[c], lw=0.8)
+        row[0].set_title(label, fontsize=9)
+        row[1].set_title(label, fontsize=9)
+    return fig
+
+
 def write_plots(idata, out_dir, num_components: int = 3, max_images: int = 4, summaries=None) -> list[Path]:
     """Trace and rank plots of the scalar summaries: ``trace.png`` and ``rank.png`` in ``out_dir``.
 
@@ -162,8 +183,14 @@ def write_plots(idata, out_dir, num_components: int = 3, max_images: int = 4, su
     for kind, fn in (("trace", az.plot_trace), ("rank", az.plot_rank)):
         with warnings.catch_warnings():  # ArviZ 0.23 vs matplotlib 3.11 deprecation noise
             warnings.simplefilter("ignore")
-            axes = fn(ds, compact=False) if kind == "trace" else fn(ds)
-        fig = np.asarray(axes).ravel()[0].figure
+            try:
+                axes = fn(ds, compact=False) if kind == "trace" else fn(ds)
+                fig = np.asarray(axes).ravel()[0].figure
+            except (ValueError, np.linalg.LinAlgError):
+                # ArviZ's KDE / rank histograms fail on a (nearly) constant chain, e.g. a stuck
+                # sampler or a handful of draws: draw plain traces and histograms instead.
+                plt.close("all")
+                fig = _simple_trace_figure(ds, plt)
         fig.suptitle(f"{kind} plots of scalar summaries ({idata.posterior.attrs.get('method', '?')})")
         fig.tight_layout()
         p = out_dir / f"{kind}.png"

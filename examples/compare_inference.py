@@ -114,13 +114,16 @@ def run_task(task: str, G, args, out: Path) -> dict:
                                  if task == "superres" else obs)
 
     t0 = time.perf_counter()
-    res_map = run_map(model, y, steps=args.map_steps, seed=args.seed, progress=False)
+    map_kw = {k: v for k, v in (("lr", args.map_lr), ("lr_decay", args.map_lr_decay)) if v is not None}
+    res_map = run_map(model, y, steps=args.map_steps, seed=args.seed, progress=False, **map_kw)
     t_map = time.perf_counter() - t0
     w_map = res_map.w
     images["MAP"] = to01(res_map.image[0])
     rows.append({"method": "MAP", "seconds": t_map, "grad_evals": args.map_steps,
                  "psnr": psnr(to01(res_map.image[0]), images["truth"])})
-    print(f"[{task}] MAP {t_map:.1f} s, PSNR {rows[-1]['psnr']:.2f}", flush=True)
+    with torch.no_grad():
+        rows[-1]["lp"] = float(model.log_joint(w_map, y).sum())
+    print(f"[{task}] MAP {t_map:.1f} s, PSNR {rows[-1]['psnr']:.2f}, log p(w, y) {rows[-1]['lp']:.1f}", flush=True)
     check = paper_sgld_check(model, y, w_map, seed=args.seed)
     print(f"[{task}] lambda_max at the MAP {check['lambda_max']:.3g}; paper-like SGLD step 1e-3 "
           f"(eps*lambda = {check['eps_lambda_paper']:.3g}): {check['paper']}; auto step: {check['auto']}", flush=True)
@@ -254,6 +257,8 @@ def main() -> None:
     ap.add_argument("--face", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--map-steps", type=int, default=1000)
+    ap.add_argument("--map-lr", type=float, default=None, help="MAP learning rate (default: run_map's)")
+    ap.add_argument("--map-lr-decay", type=float, default=None, help="MAP learning-rate decay (default: run_map's)")
     ap.add_argument("--chains", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=15)
     ap.add_argument("--draws", type=int, default=25)

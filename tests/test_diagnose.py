@@ -89,3 +89,25 @@ def test_cli_diagnose_bad_inputs(problem, tmp_path):
     r = CliRunner().invoke(app, ["diagnose", str(path), "--no-plots"])
     assert r.exit_code == 2 and "nothing to diagnose" in r.output
     assert len([l for l in r.output.splitlines() if l.startswith("error")]) == 1
+
+
+def test_plots_survive_a_frozen_chain(problem, tmp_path):
+    """A chain that never moved (a sampler that rejected every move: its summaries equal up to the
+    last bit of float64 rounding, values seen in a real 3-draw NUTS run) makes ArviZ's KDE fail
+    ("too many bins for data range"); the plots fall back to plain traces and histograms instead
+    of crashing `brgm diagnose`."""
+    import xarray as xr
+
+    from brgm_pyro.diagnostics import write_plots
+
+    model, y = problem
+    idata = to_inference_data(_result(model, y, [0.0, 0.0], S=3), model, y)
+    rng = np.random.default_rng(0)
+    stuck = [3.055833750640801, 3.055833750640804, 3.055833750640801]
+    pc1 = np.stack([[-7.084122150090175, -7.084122150090178, 5.000743048257956], stuck])
+    ds = xr.Dataset({"lp": (("chain", "draw"), rng.normal(size=(2, 3))),
+                     "pc1": (("chain", "draw"), pc1)}, coords={"chain": [0, 1], "draw": [0, 1, 2]})
+    paths = write_plots(idata, tmp_path / "plots", summaries=ds)
+    assert [p.name for p in paths] == ["trace.png", "rank.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+    assert not list((tmp_path / "plots").glob(".*"))  # no temporary files left
