@@ -101,10 +101,6 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _worker_chain(model, y: Tensor, job: dict) -> dict:
-    return _run_chain(model, y, **job)
-
-
 def _run_chains_parallel(model, y: Tensor, jobs: list[dict], workers: int, threads: Optional[int],
                          progress: bool) -> list[dict]:
     """Run ``jobs`` (one per chain) in ``workers`` spawned processes; results in chain order."""
@@ -118,7 +114,7 @@ def _run_chains_parallel(model, y: Tensor, jobs: list[dict], workers: int, threa
     ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                              initializer=_worker_init, initargs=(int(threads),))
     try:
-        futs = [ex.submit(_worker_chain, model, y, j) for j in jobs]
+        futs = [ex.submit(_run_chain, model, y, **j) for j in jobs]
         outs = []
         for f in futs:
             outs.append(f.result())
