@@ -443,8 +443,8 @@ def reconstruct(
     """Reconstruct corrupted image(s) with a deep generative prior (MAP or posterior sampling)."""
     code = guarded(run_reconstruct, inputs=inputs, task=task, factor=factor, kernel=kernel, masks=mask,
                    generator=generator, method=method, steps=steps, num_samples=num_samples, chains=chains, seed=seed,
-                   workers=workers, device=device, out=out, simulate=simulate, sigma_pixel=sigma_pixel, percept=percept, lr=lr,
-                   vgg16=vgg16, overwrite=overwrite, quiet=quiet, threads=threads)
+                   workers=workers, device=device, out=out, simulate=simulate, sigma_pixel=sigma_pixel,
+                   percept=percept, lr=lr, vgg16=vgg16, overwrite=overwrite, quiet=quiet, threads=threads)
     if code:
         raise typer.Exit(code)
 
