@@ -43,7 +43,7 @@ from PIL import Image, ImageDraw
 from brgm_pyro import metrics
 from brgm_pyro.data.faces import TEST_SEED, face_batch, face_grid, to_uint8
 from brgm_pyro.inference import run_map
-from brgm_pyro.inference.map import INVERSION_MAP_LR
+from brgm_pyro.inference.map import INVERSION_MAP_OPTIONS
 from brgm_pyro.models.brgm import build_model
 from brgm_pyro.models.corruptions import Identity, Inpainting, SuperResolution
 from brgm_pyro.models.generators.loading import load_generator
@@ -197,7 +197,7 @@ def main(argv=None) -> dict:
         log("W+ inversion (no corruption, MAP):")
         inv_rungs = [r for r in LADDER if r[0] in a.inversion_rungs.split(",")]
         # like `brgm reconstruct --task none`: the inversion optimiser default unless --lr is given
-        inv_kw = map_kw if a.lr is not None else {"lr": INVERSION_MAP_LR, "lr_decay": 1.0, **map_kw}
+        inv_kw = map_kw if a.lr is not None else {**INVERSION_MAP_OPTIONS, **map_kw}
         log(f"  MAP options {inv_kw}")
         res = run_task(G, phi, truth, lambda s, b: Identity(), inv_rungs, a.steps, a.batch, a.seed, log, inv_kw)
         results["tasks"]["inversion"] = {("map_full_brgm" if k == "+percept" else k): summarize(v[0])

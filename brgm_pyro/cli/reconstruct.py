@@ -524,10 +524,10 @@ def run_reconstruct(*, inputs, task, factor, kernel, masks, generator, method, s
     if lr is not None:
         opts["lr"] = lr
     elif task == "none" and method == "map":
-        from brgm_pyro.inference.map import INVERSION_MAP_LR
+        from brgm_pyro.inference.map import INVERSION_MAP_OPTIONS
 
         # inversion: nothing to in-fill, so no early stop to protect; optimise harder (docs/defaults.md)
-        opts.update(lr=INVERSION_MAP_LR, lr_decay=1.0)
+        opts.update(INVERSION_MAP_OPTIONS)
     if chains is not None:
         opts["num_chains"] = chains
     if workers != 1:

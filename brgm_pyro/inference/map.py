@@ -26,8 +26,10 @@ DEFAULT_MAP_STEPS = 300
 # best for x8 super-resolution. See docs/defaults.md, "Optimiser settings".
 DEFAULT_MAP_LR = 0.05
 # W+ inversion (nothing missing, no noise to overfit): a constant lr 0.2 reached +1.0 dB over the
-# default in 300 steps on the same validation faces; ``brgm reconstruct --task none`` uses it.
+# default in 300 steps on the same validation faces; ``brgm reconstruct --task none`` and
+# benchmarks/eval_faces64.py use these options (one place, so the two cannot drift apart).
 INVERSION_MAP_LR = 0.2
+INVERSION_MAP_OPTIONS = {"lr": INVERSION_MAP_LR, "lr_decay": 1.0}
 
 
 def run_map(
@@ -51,9 +53,9 @@ def run_map(
     Args:
         model: a :class:`BRGMModel`. y: (B, C, h, w) observations in [-1, 1].
         steps: Adam steps (default 300). lr: learning rate (latent units per step).
-        lr_decay: the learning rate ends at ``lr * lr_decay`` at the last step...
-        lr_rampdown: ...geometrically over the whole run (0), or, for r in (0, 1], constant for the
-            first 1 - r of the steps and then along a half cosine (see :func:`optimise`).
+        lr_decay: the learning rate ends at ``lr * lr_decay`` at the last step.
+        lr_rampdown: how it gets there: geometrically over the whole run (0), or, for r in (0, 1],
+            constant for the first 1 - r of the steps, then along a half cosine (see :func:`optimise`).
         seed: Pyro/torch seed (MAP is deterministic given the seed).
         init_w: (B, L, d) starting latents (default: the prior mean for each image).
         progress: show a progress bar with the loss terms.
