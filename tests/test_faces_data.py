@@ -79,3 +79,29 @@ def test_dataset_cache_and_errors(tmp_path):
     grid = fd.face_grid(im, nrow=3)
     assert grid.shape == (2 * 66 + 2, 3 * 66 + 2, 3)
     np.testing.assert_array_equal(fd.to_uint8(fd.to_tensor(im)), im)
+
+
+def test_feature_mask_marks_the_eyes_and_only_the_features():
+    """The mask covers the pupils (computed from the drawing parameters), is a few per cent of the
+    image, and the drawing without features equals the full drawing outside it."""
+    from brgm_pyro.data.faces import draw_face, draw_face_params, face_latent, face_params, feature_mask
+
+    fracs = []
+    for i in range(12):
+        u = face_latent(i, "test")
+        p = face_params(u)
+        full = draw_face(u)
+        m = feature_mask(u)
+        assert m.dtype == np.bool_ and m.shape == (64, 64)
+        np.testing.assert_array_equal(m, feature_mask(u, image=full))
+        bare = draw_face_params(p, features=False)
+        diff = np.abs(full.astype(int) - bare.astype(int)).max(-1)
+        assert diff[~m].max() <= 8 and diff[m].min() > 8
+        # the pupil centre of each eye (same geometry as the drawing code)
+        fx = p.cx + p.yaw * p.face_w * 0.09
+        ey = p.cy - p.face_h * 0.05 + (p.eye_y - 0.46) * p.face_h + p.pitch * p.face_h * 0.04
+        for sgn in (-1, 1):
+            ex = fx + sgn * p.eye_spacing / 2 * (1 + 0.12 * sgn * p.yaw) + p.yaw * p.eye_size * 0.3
+            assert m[int(ey * 64), int(ex * 64)], (i, sgn)
+        fracs.append(m.mean())
+    assert 0.01 < np.mean(fracs) < 0.12

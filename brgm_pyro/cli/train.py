@@ -31,14 +31,19 @@ def train_generator_cmd(
     eval_every: int = typer.Option(250, "--eval-every", help="Test-PSNR period in steps."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes",
                                                 help="Stop (after a checkpoint) when this wall time is spent."),
+    adv_weight: float = typer.Option(0.0, "--adv-weight",
+                                     help="Weight of the adversarial term (0: pure L1 regression)."),
+    init: Optional[Path] = typer.Option(None, "--init",
+                                        help="Start from the weights of another run's checkpoint.pt."),
     quiet: bool = typer.Option(False, "--quiet", help="Log to DIR/log.txt only."),
 ) -> None:
-    """Train the faces64 StyleGAN2 by regression G(mapping(u)) ~ draw(u) on procedural faces."""
+    """Train the faces64 StyleGAN2 by regression G(mapping(u)) ~ draw(u) on procedural faces,
+    optionally with an adversarial term that puts in the small facial features."""
     from brgm_pyro.training.train_generator import train_generator
 
     s = train_generator(out, steps=steps, seed=seed, batch_size=batch_size, lr=lr, device=device,
                         threads=threads, resume=resume, ckpt_every=ckpt_every, eval_every=eval_every,
-                        max_minutes=max_minutes, quiet=quiet)
+                        max_minutes=max_minutes, quiet=quiet, adv_weight=adv_weight, init=init)
     if s.get("stopped"):
         typer.echo(s["stopped"])
 
