@@ -317,6 +317,11 @@ def train_generator(out_dir: str | Path, steps: int = 4000, seed: int = 0, batch
     if stop_reason is None:
         G.eval()
         G.cpu()
+        from brgm_pyro.training.evaluate import code_recovery
+
+        summary["code_recovery_r2"] = code_recovery(G, 256)
+        log("code recovery R^2 (generator / drawings) on 256 test faces: " + ", ".join(
+            f"{k} {v['generator']:.2f}/{v['drawings']:.2f}" for k, v in summary["code_recovery_r2"].items()))
         meta = {"training": summary, "dataset": "brgm_pyro.data.faces (procedural cartoon faces)"}
         save_faces64_generator(G, out / "generator.safetensors", meta)
         from brgm_pyro.models.generators.stats import compute_latent_stats
