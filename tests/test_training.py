@@ -131,10 +131,9 @@ def test_builtin_faces64_loads_with_its_phi():
 
 def test_builtin_faces64_reproduces_test_faces():
     """The shipped weights are the trained ones: through mapping and synthesis, the codes of 16
-    test faces give images at more than 21 dB PSNR to the drawings (the shipped 44,000-step weights:
-    21.5 dB; an untrained generator: 7.6 dB; the first 8,000-step weights: 19.8 dB), and the
-    latent statistics beside the weights describe this generator's W (mean and spread of mapped
-    draws)."""
+    test faces give images at more than 20 dB PSNR to the drawings (the shipped weights: 20.7 dB
+    on these 16; an untrained generator: 7.6 dB), and the latent statistics beside the weights
+    describe this generator's W (mean and spread of mapped draws)."""
     import pytest
 
     from brgm_pyro.models.generators import builtin_faces64
@@ -144,13 +143,31 @@ def test_builtin_faces64_reproduces_test_faces():
     if not builtin_faces64.FACES64_WEIGHTS.is_file():
         pytest.skip("bundled faces64 weights not built yet")
     G = load_generator("builtin:faces64")
-    assert evaluate_codes(G, 16)["psnr_db"] > 21.0
+    assert evaluate_codes(G, 16)["psnr_db"] > 20.0
     stats = latent_stats_for(G)
     with torch.no_grad():
         w = G.mapping(torch.randn(2000, G.z_dim, generator=torch.Generator().manual_seed(1)))
     mu, sd = stats.mu, stats.sigma  # (d,) each
     assert torch.allclose(w.mean(0), mu, atol=4.5 * float(sd.max()) / 2000 ** 0.5)
     assert torch.allclose(w.std(0), sd, rtol=0.15)
+
+
+def test_builtin_faces64_draws_eyes():
+    """The shipped generator draws the facial features its codes ask for: the bundled encoder reads
+    the eye entries of the code back from its images far better than from the faceless
+    regression-only weights (64 test faces, R^2 of the eye entries: shipped -0.68; the 44,000-step
+    stage-1 weights, whose images have no eyes, -1.87; drawings 0.66). R^2 stays below 0 because
+    the drawn eyes are often a pixel off or of the wrong iris colour; see the model card."""
+    import pytest
+
+    from brgm_pyro.models.generators import builtin_faces64
+    from brgm_pyro.models.generators.loading import load_generator
+    from brgm_pyro.training.evaluate import code_recovery
+
+    if not builtin_faces64.FACES64_WEIGHTS.is_file():
+        pytest.skip("bundled faces64 weights not built yet")
+    r = code_recovery(load_generator("builtin:faces64"), n=64)
+    assert r["eyes"]["generator"] > -1.2
 
 
 def test_cli_train_commands(tmp_path):

@@ -312,7 +312,7 @@ def train_generator(out_dir: str | Path, steps: int = 4000, seed: int = 0, batch
                "train_images": f"train split images {data_start * batch_size}.."
                                f"{(data_start + step) * batch_size - 1}",
                "wall_time_s": round(wall, 1), "hardware": hardware_string(str(dev)),
-               "final_train_l1": hist[-1][1] if hist else None,
+               "final_train_loss": hist[-1][1] if hist else None,  # L1 (+ adv_weight * GAN term)
                "test_eval": evals[-1] if evals else None, "config": G.config()}
     if stop_reason is None:
         G.eval()
