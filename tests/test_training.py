@@ -168,6 +168,10 @@ def test_builtin_faces64_draws_eyes():
         pytest.skip("bundled faces64 weights not built yet")
     r = code_recovery(load_generator("builtin:faces64"), n=64)
     assert r["eyes"]["generator"] > -1.2
+    # builtin:faces64-l1 ships the stage-1 weights for comparison: faceless, sharper PSNR on the codes
+    G1 = load_generator("builtin:faces64-l1")
+    assert code_recovery(G1, n=64)["eyes"]["generator"] < -1.5
+    assert G1.source_path != load_generator("builtin:faces64").source_path
 
 
 def test_cli_train_commands(tmp_path):
