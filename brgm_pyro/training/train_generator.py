@@ -1,6 +1,8 @@
-"""Train the bundled faces generator (``brgm train-generator``) by regression on procedural faces.
+"""Train the bundled faces generator (``brgm train-generator``): regression on procedural faces,
+then (``adv_weight > 0``) an adversarial fine-tune. ``builtin:faces64`` is both stages;
+``builtin:faces64-l1`` is stage 1 alone (docs/model_card_faces64.md).
 
-Why regression and not a GAN: every procedural face is ``draw(u)`` for a latent code
+Why regression first: every procedural face is ``draw(u)`` for a latent code
 ``u ~ N(0, I_40)`` (see :mod:`brgm_pyro.data.faces`). We make the generator's mapping input be
 that same code (``z_dim = 40``) and train
 
