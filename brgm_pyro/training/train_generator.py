@@ -250,8 +250,7 @@ def train_generator(out_dir: str | Path, steps: int = 4000, seed: int = 0, batch
     elif resume:
         log(f"--resume given but {ck} does not exist: starting from scratch")
     log(f"train-generator: steps={steps} batch={batch_size} lr={lr} seed={seed} adv_weight={adv_weight} "
-        f"device={dev} "
-        f"threads={torch.get_num_threads()} arch={G.config()}")
+        f"device={dev} threads={torch.get_num_threads()} arch={G.config()}")
     t0 = time.time()
     run_loss = None
     stop_reason = None
