@@ -281,8 +281,16 @@ def draw_face_params(p: FaceParams, size: int = FACE_RESOLUTION, supersample: in
         d.chord([px(left - 0.01), px(top - 0.01), px(right + 0.01), px(top + fh * 0.5)],
                 start=180, end=360, fill=hair)
 
-    if not features:
-        return np.asarray(img.resize((size, size), Image.Resampling.BOX), dtype=np.uint8)
+    if features:
+        _draw_features(d, p, px, ell, S)
+    return np.asarray(img.resize((size, size), Image.Resampling.BOX), dtype=np.uint8)
+
+
+def _draw_features(d: ImageDraw.ImageDraw, p: FaceParams, px, ell, S: int) -> None:
+    """Eyes, eyebrows, glasses, nose and mouth (the part ``features=False`` leaves out)."""
+    cx, cy, fw, fh = p.cx, p.cy, p.face_w, p.face_h
+    bot = cy + fh / 2
+    hair = p.hair_color
     # features, shifted by yaw and pitch
     fx = cx + p.yaw * fw * 0.09
     fy = p.pitch * fh * 0.04
@@ -357,8 +365,6 @@ def draw_face_params(p: FaceParams, size: int = FACE_RESOLUTION, supersample: in
         d.line(upper, fill=p.lips, width=lw, joint="curve")
     else:
         d.line(upper, fill=p.lips, width=lw + 1, joint="curve")
-    img = img.resize((size, size), Image.Resampling.BOX)
-    return np.asarray(img, dtype=np.uint8)
 
 
 def draw_face(u: np.ndarray | Sequence[float], size: int = FACE_RESOLUTION, supersample: int = 3) -> np.ndarray:
