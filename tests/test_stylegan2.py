@@ -74,16 +74,30 @@ def ref_modconv(x, weight, styles, demod, up):
     return y.reshape(B, O, *y.shape[2:])
 
 
-def ref_layer(x, w, st, name, up, noise_mode, conv_clamp):
+def ref_layer(x, w, st, name, up, noise_mode, conv_clamp, gain=1.0):
+    """SynthesisLayer.forward: modconv, noise, bias_act(lrelu, gain=sqrt(2)*gain, clamp=conv_clamp*gain)."""
     styles = ref_fc(w, st, name + ".affine")
     x = ref_modconv(x, st[name + ".weight"], styles, True, up)
     if noise_mode == "const":
         x = x + st[name + ".noise_const"] * st[name + ".noise_strength"]
     x = x + st[name + ".bias"].reshape(1, -1, 1, 1)
-    x = F.leaky_relu(x, 0.2) * SQRT2
+    x = F.leaky_relu(x, 0.2) * (SQRT2 * gain)
     if conv_clamp is not None:
-        x = x.clamp(-conv_clamp, conv_clamp)  # NVIDIA: conv_clamp * gain, gain = 1 (not act_gain)
+        x = x.clamp(-conv_clamp * gain, conv_clamp * gain)  # NVIDIA: conv_clamp * gain, gain = residual gain
     return x
+
+
+def ref_skip(x, st, name):
+    """Conv2dLayer(kernel 1, bias=False, up=2) called with gain sqrt(1/2): conv2d_resample's transposed
+    stride-2 convolution (zero insertion, H -> 2H-1) with weight * 1/sqrt(in), then upfirdn2d with
+    padding 2 and gain 4, then bias_act('linear', gain=sqrt(0.5)), no clamp."""
+    w = st[name + ".weight"]
+    B, C, H, W = x.shape
+    z = x.new_zeros(B, C, 2 * H - 1, 2 * W - 1)
+    z[:, :, ::2, ::2] = x
+    y = F.conv2d(z, w * (1 / math.sqrt(w.shape[1])))
+    y = ref_upfirdn2d(y, ref_filter(), pad=(2, 2, 2, 2), gain=4)
+    return y * math.sqrt(0.5)
 
 
 def ref_torgb(x, w, st, name, conv_clamp):
@@ -95,8 +109,12 @@ def ref_torgb(x, w, st, name, conv_clamp):
     return x
 
 
-def reference_synthesis(st, ws, resolution, noise_mode="const", conv_clamp=None):
-    """ws (B, L, d) -> image, from NVIDIA-named tensors ``st`` (prefix ``synthesis.``)."""
+def reference_synthesis(st, ws, resolution, noise_mode="const", conv_clamp=None, architecture="skip"):
+    """ws (B, L, d) -> image, from NVIDIA-named tensors ``st`` (prefix ``synthesis.``).
+
+    SynthesisBlock.forward: 'skip' has a ToRGB in every block, 'orig' and 'resnet' only in the last;
+    'resnet' adds skip(x) to conv1 run with gain sqrt(1/2). Latents: block r takes ws[idx : idx +
+    num_conv + num_torgb], then idx += num_conv."""
     res = [2 ** i for i in range(2, int(math.log2(resolution)) + 1)]
     x = img = None
     idx = 0
@@ -106,20 +124,34 @@ def reference_synthesis(st, ws, resolution, noise_mode="const", conv_clamp=None)
             x = st[p + ".const"][None].repeat(ws.shape[0], 1, 1, 1)
             x = ref_layer(x, ws[:, idx], st, p + ".conv1", 1, noise_mode, conv_clamp)
             n_conv = 1
+        elif architecture == "resnet":
+            y = ref_skip(x, st, p + ".skip")
+            x = ref_layer(x, ws[:, idx], st, p + ".conv0", 2, noise_mode, conv_clamp)
+            x = ref_layer(x, ws[:, idx + 1], st, p + ".conv1", 1, noise_mode, conv_clamp, math.sqrt(0.5))
+            x = y + x
+            n_conv = 2
         else:
             x = ref_layer(x, ws[:, idx], st, p + ".conv0", 2, noise_mode, conv_clamp)
             x = ref_layer(x, ws[:, idx + 1], st, p + ".conv1", 1, noise_mode, conv_clamp)
             n_conv = 2
-        y = ref_torgb(x, ws[:, idx + n_conv], st, p + ".torgb", conv_clamp)
         if img is not None:
             img = ref_upfirdn2d(img, ref_filter(), up=2, pad=(2, 1, 2, 1), gain=4)
-        img = y if img is None else img + y
+        if architecture == "skip" or r == resolution:
+            y = ref_torgb(x, ws[:, idx + n_conv], st, p + ".torgb", conv_clamp)
+            img = y if img is None else img + y
         idx += n_conv
     return img
 
 
-def reference_mapping(st, z, num_layers, lr=0.01):
-    x = z * (z.square().mean(1, keepdim=True) + 1e-8).rsqrt()
+def ref_normalize(x):
+    return x * (x.square().mean(1, keepdim=True) + 1e-8).rsqrt()
+
+
+def reference_mapping(st, z, num_layers, lr=0.01, c=None):
+    """MappingNetwork.forward: normalize(z), [concat normalize(embed(c)) (linear dense, lr 1)], layers."""
+    x = ref_normalize(z)
+    if c is not None:
+        x = torch.cat([x, ref_normalize(ref_fc(c, st, "mapping.embed"))], dim=1)
     for i in range(num_layers):
         x = ref_fc(x, st, f"mapping.fc{i}", lr, "lrelu")
     return x
@@ -166,6 +198,48 @@ def test_synthesis_matches_reference(res, ch, clamp):
         assert (ours - ref).abs().max().item() < 1e-9
     if clamp is not None:  # the clamp is active, so its placement was tested
         assert (ref.abs() >= clamp - 1e-9).any()
+
+
+@pytest.mark.parametrize("arch,res,ch,clamp", [("orig", 16, 3, None), ("resnet", 16, 1, None),
+                                                ("resnet", 32, 3, 0.6), ("orig", 8, 1, 0.5)])
+def test_architectures_match_reference(arch, res, ch, clamp):
+    G = randomize(small(res, ch, conv_clamp=clamp, architecture=arch)).double()
+    assert G.config()["architecture"] == arch
+    assert not hasattr(G.synthesis_network.b4, "torgb") and hasattr(getattr(G.synthesis_network, f"b{res}"), "torgb")
+    assert hasattr(G.synthesis_network.b8, "skip") == (arch == "resnet")
+    ws = torch.randn(2, G.num_ws, G.w_dim, generator=torch.Generator().manual_seed(2)).double()
+    st = to_nvidia_names(G.state_dict())
+    for mode in ("const", "none"):
+        G.noise_mode = mode
+        ref = reference_synthesis(st, ws, res, mode, clamp, arch)
+        assert ref.abs().max() > 0.1
+        assert (G(ws) - ref).abs().max().item() < 1e-9
+    if clamp is not None and arch == "resnet":  # the clamp is reached, so its placement is tested
+        b8 = G.synthesis_network.b8
+        x = G.synthesis_network.b4.conv1(G.synthesis_network.b4.const[None].repeat(2, 1, 1, 1), ws[:, 0], "none")
+        assert x.abs().max() >= clamp - 1e-9
+        x = b8.conv1(b8.conv0(x, ws[:, 1], "none"), ws[:, 2], "none", gain=math.sqrt(0.5))
+        assert x.abs().max() >= clamp * math.sqrt(0.5) - 1e-9  # resnet conv1: conv_clamp * sqrt(1/2)
+
+
+def test_conditional_mapping_matches_reference():
+    G = randomize(small(8, c_dim=5, embed_features=6, layer_features=7)).double()
+    assert G.mapping_network.embed.weight.shape == (6, 5) and G.mapping_network.fc0.weight.shape == (7, 14)
+    z = torch.randn(4, G.z_dim, generator=torch.Generator().manual_seed(4)).double()
+    c = F.one_hot(torch.tensor([0, 3, 4, 3]), 5).double()
+    ref = reference_mapping(to_nvidia_names(G.state_dict()), z, 2, c=c)
+    assert (G.mapping(z, c).double() - ref).abs().max().item() < 1e-4 * ref.abs().max().item()
+    with pytest.raises(BRGMError, match="conditional"):
+        G.mapping(z)
+    G.class_index = 3
+    ref3 = reference_mapping(to_nvidia_names(G.state_dict()), z, 2, c=F.one_hot(torch.tensor([3] * 4), 5).double())
+    assert (G.mapping(z).double() - ref3).abs().max().item() < 1e-4 * ref3.abs().max().item()
+    for bad in (5, -1, "2"):
+        with pytest.raises(BRGMError, match="out of range"):
+            G.class_index = bad
+    with pytest.raises(BRGMError, match="unconditional"):
+        small(8).class_index = 0
+    assert StyleGAN2Generator(**G.config()).config() == G.config()
 
 
 def test_float32_matches_reference_closely():

@@ -144,6 +144,79 @@ def _numpy_scalar(dtype, data=None):
     return value
 
 
+class _NDArrayType:
+    """Stand-in for the class ``numpy.ndarray`` (only ever passed to :func:`_ndarray_reconstruct`)."""
+
+
+class NDArrayRecord:
+    """What a pickled numpy array becomes here: ``array`` (a numeric numpy array, copied).
+
+    ``numpy.core.multiarray._reconstruct(ndarray, (0,), b'b')`` creates it empty and pickle's BUILD
+    then calls :meth:`__setstate__` with ``(version, shape, dtype, is_fortran, rawdata)``; protocol 5
+    uses ``numpy.core.numeric._frombuffer(buffer, dtype, shape, order)`` instead. Only numeric dtypes
+    are decoded (``numpy.frombuffer`` on the raw bytes); object arrays are refused.
+    """
+
+    def __init__(self) -> None:
+        self.array = None
+
+    def __setstate__(self, state) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise BRGMError("malformed numpy array in the pickle")
+        shape, dtype, fortran, raw = state[-4:]
+        self.array = _decode_array(raw, dtype, shape, "F" if fortran else "C")
+
+
+def _decode_array(raw, dtype, shape, order):
+    import numpy as np
+
+    if not isinstance(dtype, _NumpyDType) or dtype.spec not in _SCALAR_FORMATS:
+        spec = getattr(dtype, "spec", type(dtype).__name__)
+        raise BRGMError(f"the pickle holds a numpy array of type {spec!r}; only numeric arrays are read")
+    if isinstance(raw, str):  # protocol 2 without _codecs
+        raw = raw.encode("latin-1")
+    if not isinstance(raw, (bytes, bytearray)) or not isinstance(shape, tuple) or order not in ("C", "F"):
+        raise BRGMError("malformed numpy array in the pickle (its data is not raw bytes)")
+    try:
+        flat = np.frombuffer(bytes(raw), dtype=np.dtype(dtype.byteorder.replace("|", "=") + dtype.spec))
+        return flat.reshape(tuple(int(n) for n in shape), order=order).copy()
+    except (ValueError, TypeError):
+        raise BRGMError("malformed numpy array in the pickle (its size does not match its shape)") from None
+
+
+def _ndarray_reconstruct(subtype, shape=None, dtype_code=None):
+    if subtype is not _NDArrayType:
+        raise BRGMError("the pickle reconstructs a numpy array of an unexpected type")
+    return NDArrayRecord()
+
+
+def _ndarray_frombuffer(buf, dtype, shape, order="C"):
+    rec = NDArrayRecord()
+    rec.array = _decode_array(buf, dtype, shape, order)
+    return rec
+
+
+class TFNetworkRecord:
+    """What a pickled TensorFlow ``dnnlib.tflib.network.Network`` becomes here: its state, not run.
+
+    NVIDIA's ``Network.__getstate__`` writes ``{'version': 4, 'name', 'static_kwargs' (the build
+    function's arguments), 'components' (sub-networks, e.g. mapping and synthesis),
+    'build_module_src' (source text; NVIDIA's ``__setstate__`` execs it, we never do),
+    'build_func_name', 'variables' (list of (TF variable name, numpy array))}``.
+    """
+
+    def __init__(self) -> None:
+        self.state: Dict[str, Any] = {}
+
+    def __setstate__(self, state) -> None:
+        if not isinstance(state, dict):
+            raise BRGMError("malformed TensorFlow network in the pickle: its state is not a dict")
+        self.state = dict(state)
+
+    def __repr__(self) -> str:
+        return f"TFNetworkRecord({self.state.get('name')!r}, {self.state.get('build_func_name')!r})"
+
+
 def _codecs_encode(text, encoding="utf-8"):
     # Protocol 2 pickles bytes as _codecs.encode(str, 'latin1'); allow exactly that.
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
@@ -167,6 +240,13 @@ ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
     ("_codecs", "encode"): _codecs_encode,
+    # TensorFlow StyleGAN2 pickles (NVIDIA's stylegan2 and stylegan2-ada TF code): see tf_pickle.py.
+    ("dnnlib.tflib.network", "Network"): TFNetworkRecord,
+    ("numpy", "ndarray"): _NDArrayType,
+    ("numpy.core.multiarray", "_reconstruct"): _ndarray_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _ndarray_reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _ndarray_frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _ndarray_frombuffer,
 }
 
 
@@ -177,11 +257,8 @@ class RestrictedUnpickler(pickle.Unpickler):
         try:
             return ALLOWED_GLOBALS[(module, name)]
         except KeyError:
-            hint = ""
-            if module.startswith("dnnlib.tflib"):
-                hint = " (this is a TensorFlow StyleGAN pickle; convert it with NVIDIA's legacy.py first)"
             raise BRGMError(f"refusing to load: the pickle references the global {module}.{name}, which "
-                            f"is not needed to rebuild NVIDIA network weights{hint}") from None
+                            f"is not needed to rebuild NVIDIA network weights") from None
 
     def persistent_load(self, pid):
         raise BRGMError("refusing to load: the pickle uses persistent ids (not an NVIDIA network pickle)")
@@ -216,8 +293,30 @@ def safe_load_pickle(path: str | Path) -> Any:
 # -- from a record to our generator ------------------------------------------------------------------
 
 _G_ARGS = ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs", "synthesis_kwargs")
-# Constructor arguments that do not change the function computed in inference (or are defaults we use).
-_IGNORED_KW = {"fp16_channels_last", "channels_last", "epochs", "w_avg_beta", "num_ws"}
+
+# Every constructor argument an NVIDIA StyleGAN2 Generator pickle can carry, by where it goes
+# (stylegan2-ada-pytorch training/networks.py; stylegan3 training/networks_stylegan2.py). Each one is
+# used, or checked and refused by name where our model would compute something else; names outside
+# these sets are refused as unknown.
+_TOP_ARGS = {"z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs", "synthesis_kwargs"}
+_MAPPING_ARGS = {"num_layers", "embed_features", "layer_features", "activation", "lr_multiplier", "w_avg_beta"}
+_SYNTHESIS_ARGS = {"channel_base", "channel_max", "num_fp16_res",  # SynthesisNetwork
+                   "architecture", "resample_filter", "conv_clamp", "fp16_channels_last",  # SynthesisBlock
+                   "fused_modconv_default",  # SynthesisBlock (stylegan3 repository only)
+                   "kernel_size", "use_noise", "activation"}  # SynthesisLayer
+# Arguments that change no output of the generator in inference: the training-time decay of w_avg,
+# memory layout, and fused vs. non-fused modulated convolution (the same function).
+_NO_EFFECT = {"w_avg_beta", "fp16_channels_last", "fused_modconv_default"}
+# StyleGAN3 (alias-free, networks_stylegan3.py) constructor arguments and sub-modules.
+_SG3_ARGS = {"magnitude_ema_beta", "conv_kernel", "use_radial_filters", "num_critical", "first_cutoff",
+             "first_stopband", "last_stopband_rel", "margin_size", "output_scale", "filter_size",
+             "lrelu_upsampling"}
+# Defaults that differ between the two repositories' StyleGAN2 code.
+_DEFAULTS = {"stylegan2-ada-pytorch": dict(num_fp16_res=0, conv_clamp=None),
+             "stylegan3": dict(num_fp16_res=4, conv_clamp=256.0)}
+STYLEGAN3_REFUSAL = ("this is a StyleGAN3 (alias-free) generator (NVIDIA's networks_stylegan3); StyleGAN3 "
+                     "networks are not supported, only StyleGAN2 ones (stylegan2-ada-pytorch, TensorFlow "
+                     "stylegan2/stylegan2-ada, or stylegan3's --cfg=stylegan2)")
 
 
 def _record_tensors(rec: PersistentRecord, prefix: str = "") -> Dict[str, Tensor]:
@@ -248,48 +347,114 @@ def _kwargs(rec: PersistentRecord) -> Dict[str, Any]:
     return kw
 
 
+def _split_kwargs(rec: PersistentRecord) -> tuple[str, Dict[str, Any], Dict[str, Any], Dict[str, Any]]:
+    """(repository, top-level, mapping and synthesis kwargs). stylegan2-ada-pytorch's Generator takes
+    ``synthesis_kwargs={...}``; the stylegan3 repository's takes them as ``**synthesis_kwargs``."""
+    kw = _kwargs(rec)
+    mk = dict(kw.pop("mapping_kwargs", None) or {})
+    if "synthesis_kwargs" in kw:
+        return "stylegan2-ada-pytorch", kw, mk, dict(kw.pop("synthesis_kwargs") or {})
+    sk = {k: kw.pop(k) for k in list(kw) if k not in _TOP_ARGS}
+    return "stylegan3", kw, mk, sk
+
+
+def _refuse_stylegan3(rec: PersistentRecord, names) -> None:
+    syn = (rec.state.get("_modules") or {}).get("synthesis")
+    subs = (syn.state.get("_modules") or {}) if isinstance(syn, PersistentRecord) else {}
+    sg3_layers = any(isinstance(m, PersistentRecord) and m.class_name == "SynthesisInput" for m in subs.values())
+    if sg3_layers or "input" in subs or (set(names) & _SG3_ARGS):
+        raise BRGMError(STYLEGAN3_REFUSAL)
+
+
 def config_from_record(rec: PersistentRecord) -> dict:
-    """StyleGAN2Generator constructor kwargs from NVIDIA's Generator record (its init kwargs)."""
+    """StyleGAN2Generator constructor kwargs from NVIDIA's Generator record (its init kwargs).
+
+    Every argument is used, or refused by name (unknown ones too); the record's layer attributes
+    (what NVIDIA's forward pass reads) are then checked against the result.
+    """
     if rec.class_name != "Generator":
         raise BRGMError(f"the network record is a {rec.class_name!r}, not NVIDIA's StyleGAN2 'Generator'")
-    kw = _kwargs(rec)
-    missing = [k for k in ("z_dim", "w_dim", "img_resolution", "img_channels") if k not in kw]
+    repo, top, mk, sk = _split_kwargs(rec)
+    _refuse_stylegan3(rec, set(top) | set(sk))
+    missing = [k for k in ("z_dim", "w_dim", "img_resolution", "img_channels") if k not in top]
     if missing:
         raise BRGMError(f"the Generator record lacks the constructor arguments {', '.join(missing)}")
-    if int(kw.get("c_dim", 0) or 0) != 0:
-        raise BRGMError(f"conditional generators (c_dim={kw['c_dim']}) are not supported; "
-                        "use an unconditional StyleGAN2-ADA network")
-    mk = dict(kw.get("mapping_kwargs") or {})
-    sk = dict(kw.get("synthesis_kwargs") or {})
-    cfg = dict(z_dim=int(kw["z_dim"]), w_dim=int(kw["w_dim"]), img_resolution=int(kw["img_resolution"]),
-               img_channels=int(kw["img_channels"]), mapping_layers=int(mk.pop("num_layers", 8)),
-               lr_multiplier=float(mk.pop("lr_multiplier", 0.01)),
-               channel_base=int(sk.pop("channel_base", 32768)), channel_max=int(sk.pop("channel_max", 512)),
-               num_fp16_res=int(sk.pop("num_fp16_res", 0)),
-               conv_clamp=None if sk.get("conv_clamp") is None else float(sk["conv_clamp"]))
-    sk.pop("conv_clamp", None)
-    unsupported = []
-    for key, ok in (("embed_features", None), ("layer_features", (None, cfg["w_dim"])),
-                    ("activation", "lrelu")):
-        if key in mk:
-            v = mk.pop(key)
-            if key == "embed_features":
-                continue  # unused when c_dim = 0
-            if v not in (ok if isinstance(ok, tuple) else (ok,)):
-                unsupported.append(f"mapping {key}={v!r}")
-    for key, ok in (("architecture", "skip"), ("resample_filter", [1, 3, 3, 1]), ("use_noise", True),
-                    ("activation", "lrelu"), ("kernel_size", 3)):
-        if key in sk:
-            v = sk.pop(key)
-            if (list(v) if isinstance(v, (list, tuple)) else v) != ok:
-                unsupported.append(f"synthesis {key}={v!r}")
-    if unsupported:
-        raise BRGMError(f"unsupported StyleGAN2 settings in the pickle: {', '.join(unsupported)} "
-                        "(only the skip architecture of config-e/f is implemented)")
-    unknown = sorted(k for k in list(mk) + list(sk) if k not in _IGNORED_KW)
+    syn_name = "synthesis_kwargs.{}" if repo == "stylegan2-ada-pytorch" else "Generator argument {}"
+    unknown = ([f"Generator argument {k}" for k in top if k not in _TOP_ARGS]
+               + [f"mapping_kwargs.{k}" for k in mk if k not in _MAPPING_ARGS]
+               + [syn_name.format(k) for k in sk if k not in _SYNTHESIS_ARGS])
     if unknown:
-        raise BRGMError(f"unknown StyleGAN2 constructor arguments in the pickle: {', '.join(unknown)}")
+        raise BRGMError(f"unknown StyleGAN2 constructor arguments in the pickle ({repo} layout): "
+                        f"{', '.join(unknown)}; refusing rather than guessing what they do")
+    _refuse_unsupported(mk, sk)
+    cfg = _config(top, mk, sk, _DEFAULTS[repo])
+    _check_layer_attributes(rec, cfg)
     return cfg
+
+
+def _refuse_unsupported(mk: Dict[str, Any], sk: Dict[str, Any]) -> None:
+    """Refuse, naming them, the settings our StyleGAN2 does not compute."""
+    bad = []
+    checks = [(mk, "mapping", "activation", "lrelu"), (sk, "synthesis", "activation", "lrelu"),
+              (sk, "synthesis", "resample_filter", [1, 3, 3, 1]), (sk, "synthesis", "use_noise", True),
+              (sk, "synthesis", "kernel_size", 3)]
+    for kw, level, key, ok in checks:
+        if key in kw:
+            v = kw[key]
+            if (list(v) if isinstance(v, (list, tuple)) else v) != ok:
+                bad.append(f"{level} {key}={v!r}")
+    if "w_avg_beta" in mk and mk["w_avg_beta"] is None:
+        bad.append("mapping w_avg_beta=None (no w_avg is kept)")
+    if sk.get("architecture", "skip") not in ("skip", "orig", "resnet"):
+        bad.append(f"synthesis architecture={sk['architecture']!r}")
+    if bad:
+        raise BRGMError(f"unsupported StyleGAN2 settings in the pickle: {', '.join(bad)} "
+                        "(implemented: lrelu, the [1,3,3,1] filter, 3x3 kernels, noise inputs, "
+                        "skip/orig/resnet architectures)")
+
+
+def _config(top: Dict[str, Any], mk: Dict[str, Any], sk: Dict[str, Any], defaults: Dict[str, Any]) -> dict:
+    c_dim, w_dim = int(top.get("c_dim", 0) or 0), int(top["w_dim"])
+    if int(top["z_dim"]) < 1:
+        raise BRGMError(f"z_dim={top['z_dim']}: generators without a latent input are not supported")
+    clamp = sk.get("conv_clamp", defaults["conv_clamp"])
+    embed, layer = mk.get("embed_features"), mk.get("layer_features")
+    return dict(z_dim=int(top["z_dim"]), w_dim=w_dim, img_resolution=int(top["img_resolution"]),
+                img_channels=int(top["img_channels"]), c_dim=c_dim,
+                mapping_layers=int(mk.get("num_layers", 8)), lr_multiplier=float(mk.get("lr_multiplier", 0.01)),
+                embed_features=None if c_dim == 0 or embed in (None, w_dim) else int(embed),
+                layer_features=None if layer in (None, w_dim) else int(layer),
+                channel_base=int(sk.get("channel_base", 32768)), channel_max=int(sk.get("channel_max", 512)),
+                num_fp16_res=int(sk.get("num_fp16_res", defaults["num_fp16_res"])),
+                conv_clamp=None if clamp is None else float(clamp),
+                architecture=str(sk.get("architecture", "skip")))
+
+
+def _check_layer_attributes(rec: PersistentRecord, cfg: dict) -> None:
+    """NVIDIA's forward pass reads the unpickled attributes (the constructor is not re-run): where
+    the record has them, they must be what ``cfg`` builds (else: refuse, naming the first three)."""
+    syn = (rec.state.get("_modules") or {}).get("synthesis")
+    if not isinstance(syn, PersistentRecord):
+        return
+    log2 = int(cfg["img_resolution"]).bit_length() - 1
+    fp16_res = max(2 ** (log2 + 1 - cfg["num_fp16_res"]), 8)
+    clamp = cfg["conv_clamp"]
+    bad = []
+    for bname, block in (syn.state.get("_modules") or {}).items():
+        if not isinstance(block, PersistentRecord):
+            continue
+        st, r = block.state, int(bname[1:]) if bname[1:].isdigit() else 0
+        want = {"architecture": cfg["architecture"], "use_fp16": r >= fp16_res}
+        bad += [f"synthesis.{bname}.{k}={st[k]!r} (arguments give {v!r})" for k, v in want.items()
+                if k in st and st[k] != v]
+        for lname, layer in (st.get("_modules") or {}).items():
+            if isinstance(layer, PersistentRecord) and lname != "skip" and "conv_clamp" in layer.state:
+                got = layer.state["conv_clamp"]
+                if (None if got is None else float(got)) != clamp:
+                    bad.append(f"synthesis.{bname}.{lname}.conv_clamp={got!r} (arguments give {clamp!r})")
+    if bad:
+        raise BRGMError("the pickle's layer attributes disagree with its constructor arguments: "
+                        f"{', '.join(bad[:3])}; refusing rather than guessing which one NVIDIA's code used")
 
 
 def nvidia_to_ours(tensors: Dict[str, Tensor], G: StyleGAN2Generator) -> Dict[str, Tensor]:
@@ -312,9 +477,15 @@ def nvidia_to_ours(tensors: Dict[str, Tensor], G: StyleGAN2Generator) -> Dict[st
         else:
             ours = name
         out[ours] = t
+    check_state_dict(out, G)
+    return out
+
+
+def check_state_dict(state: Dict[str, Tensor], G: StyleGAN2Generator) -> None:
+    """Error naming unknown, missing or mis-shaped tensors of ``state`` (our names) for ``G``."""
     expected = G.state_dict()
-    unknown = sorted(k for k in out if k not in expected)
-    missing = sorted(k for k in expected if k not in out)
+    unknown = sorted(k for k in state if k not in expected)
+    missing = sorted(k for k in expected if k not in state)
     if unknown or missing:
         parts = []
         if unknown:
@@ -323,9 +494,8 @@ def nvidia_to_ours(tensors: Dict[str, Tensor], G: StyleGAN2Generator) -> Dict[st
             parts.append(f"missing tensors {_few(missing)}")
         raise BRGMError("the weights do not match a StyleGAN2 of this configuration: " + "; ".join(parts))
     for k, v in expected.items():
-        if tuple(out[k].shape) != tuple(v.shape):
-            raise BRGMError(f"tensor {k} has shape {tuple(out[k].shape)}, expected {tuple(v.shape)}")
-    return out
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise BRGMError(f"tensor {k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}")
 
 
 def _few(names, n: int = 6) -> str:
@@ -346,8 +516,19 @@ def generator_from_record(rec: PersistentRecord) -> StyleGAN2Generator:
 
 
 def load_nvidia_pickle(path: str | Path, key: Optional[str] = None) -> StyleGAN2Generator:
-    """Load the generator ``key`` (default ``G_ema``, else ``G``) of an NVIDIA network pickle."""
+    """Load the generator ``key`` (default ``G_ema``, else ``G``) of an NVIDIA network pickle.
+
+    PyTorch pickles (a dict of persistence records) and TensorFlow ones (NVIDIA's tuple
+    ``(G, D, Gs)`` of ``dnnlib.tflib.network.Network``; ``Gs`` is their G_ema) are both read.
+    """
     data = safe_load_pickle(path)
+    if _is_tf(data):
+        from brgm_pyro.models.generators.tf_pickle import generator_from_tf, pick_tf_network
+
+        try:
+            return generator_from_tf(pick_tf_network(data, key))
+        except BRGMError as e:
+            raise BRGMError(f"{path}: {e}") from None
     if isinstance(data, PersistentRecord):
         rec = data
     elif isinstance(data, dict):
@@ -366,5 +547,10 @@ def load_nvidia_pickle(path: str | Path, key: Optional[str] = None) -> StyleGAN2
         raise BRGMError(f"{path}: {e}") from None
 
 
-__all__ = ["RestrictedUnpickler", "PersistentRecord", "ALLOWED_GLOBALS", "safe_load_pickle",
+def _is_tf(data: Any) -> bool:
+    return isinstance(data, TFNetworkRecord) or (
+        isinstance(data, tuple) and len(data) > 0 and all(isinstance(n, TFNetworkRecord) for n in data))
+
+
+__all__ = ["RestrictedUnpickler", "PersistentRecord", "TFNetworkRecord", "NDArrayRecord", "ALLOWED_GLOBALS", "safe_load_pickle",
            "config_from_record", "nvidia_to_ours", "generator_from_record", "load_nvidia_pickle"]
