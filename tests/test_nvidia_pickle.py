@@ -87,10 +87,22 @@ def _filter():
 
 
 def build_nvidia_generator(res, ch, w_dim=8, z_dim=8, layers=2, base=64, cmax=8, clamp=None, seed=0,
-                           extra_kwargs=None, synthesis_extra=None):
-    """NVIDIA-structured generator with random weights; returns (module, {NVIDIA name: tensor})."""
+                           extra_kwargs=None, synthesis_extra=None, repo="ada", architecture="skip",
+                           c_dim=0, embed=None, layer_features=None, fp16_res=0, bias_offset=0.0):
+    """NVIDIA-structured generator with random weights; returns (module, {NVIDIA name: tensor}).
+
+    ``repo="ada"``: stylegan2-ada-pytorch's train.py layout (``synthesis_kwargs`` with channel_base,
+    channel_max, num_fp16_res, conv_clamp). ``repo="sg3"``: the stylegan3 repository's train.py with
+    ``--cfg=stylegan2`` (channel_base, channel_max, fused_modconv_default at the top level; conv_clamp
+    and num_fp16_res left to the class defaults 256 and 4, so ``clamp``/``fp16_res`` are ignored).
+    The unpickled attributes (conv_clamp, use_fp16, ...) are what NVIDIA's constructors would set.
+    """
     g = torch.Generator().manual_seed(seed)
     flat = {}
+    if repo == "sg3":
+        clamp, fp16_res = 256, 4
+    log2 = int(math.log2(res))
+    fp16_from = max(2 ** (log2 + 1 - fp16_res), 8)
 
     def param(mod, prefix, name, shape, scale=1.0, offset=0.0):
         t = torch.randn(shape, generator=g) * scale + offset
@@ -104,16 +116,17 @@ def build_nvidia_generator(res, ch, w_dim=8, z_dim=8, layers=2, base=64, cmax=8,
     def fc(prefix, cin, cout, lr=1.0, act="linear", bias_init=0.0):
         m = NV("FullyConnectedLayer", dict(in_features=cin, out_features=cout, activation=act,
                                            lr_multiplier=lr, bias_init=bias_init))
-        m.activation = act
+        m.in_features, m.out_features, m.activation = cin, cout, act
         param(m, prefix, "weight", (cout, cin), 1.0 / lr)
         param(m, prefix, "bias", (cout,), 0.2 / lr, bias_init / lr)
         m.weight_gain = np.float64(lr / np.sqrt(cin))  # numpy scalar, as NVIDIA
         m.bias_gain = lr
         return m
 
-    def layer(prefix, cin, cout, r, up):
+    def layer(prefix, cin, cout, r, up, last_format):
         m = NV("SynthesisLayer", dict(in_channels=cin, out_channels=cout, w_dim=w_dim, resolution=r, up=up,
-                                      resample_filter=[1, 3, 3, 1], conv_clamp=clamp, channels_last=False))
+                                      resample_filter=[1, 3, 3, 1], conv_clamp=clamp, channels_last=last_format))
+        m.in_channels, m.out_channels, m.w_dim = cin, cout, w_dim
         m.resolution, m.up, m.use_noise, m.activation, m.conv_clamp = r, up, True, "lrelu", clamp
         buffer(m, prefix, "resample_filter", _filter())
         m.padding = 1
@@ -122,54 +135,108 @@ def build_nvidia_generator(res, ch, w_dim=8, z_dim=8, layers=2, base=64, cmax=8,
         param(m, prefix, "weight", (cout, cin, 3, 3))
         buffer(m, prefix, "noise_const", torch.randn((r, r), generator=g))
         param(m, prefix, "noise_strength", (), 0.3)
-        param(m, prefix, "bias", (cout,), 0.2)
+        param(m, prefix, "bias", (cout,), 0.2, bias_offset)
         return m
 
-    chans = {r: min(base // r, cmax) for r in [2 ** i for i in range(2, int(math.log2(res)) + 1)]}
-    syn_kw = EasyDict(dict(dict(channel_base=base, channel_max=cmax, num_fp16_res=0, conv_clamp=clamp,
-                                architecture="skip"), **(synthesis_extra or {})))
-    G = NV("Generator", dict(z_dim=z_dim, c_dim=0, w_dim=w_dim, img_resolution=res, img_channels=ch,
-                             mapping_kwargs=EasyDict(num_layers=layers), synthesis_kwargs=syn_kw,
-                             **(extra_kwargs or {})))
-    G.z_dim, G.c_dim, G.w_dim, G.img_resolution, G.img_channels = z_dim, 0, w_dim, res, ch
+    chans = {r: min(base // r, cmax) for r in [2 ** i for i in range(2, log2 + 1)]}
+    G, syn_kw = _generator_record(repo, z_dim, c_dim, w_dim, res, ch, layers, base, cmax, clamp, fp16_res,
+                                  architecture, embed, layer_features, extra_kwargs, synthesis_extra)
     S = NV("SynthesisNetwork", dict(w_dim=w_dim, img_resolution=res, img_channels=ch, **syn_kw))
+    S.w_dim, S.img_resolution, S.img_resolution_log2, S.img_channels = w_dim, res, log2, ch
     S.block_resolutions = list(chans)
     S.num_ws = 0
     for r, c in chans.items():
         p = f"synthesis.b{r}"
         cin = chans[r // 2] if r > 4 else 0
+        use_fp16 = r >= fp16_from
         B = NV("SynthesisBlock", dict(in_channels=cin, out_channels=c, w_dim=w_dim, resolution=r,
-                                      img_channels=ch, is_last=r == res, use_fp16=False))
-        B.in_channels, B.resolution, B.is_last, B.architecture, B.use_fp16 = cin, r, r == res, "skip", False
+                                      img_channels=ch, is_last=r == res, use_fp16=use_fp16,
+                                      **{k: v for k, v in syn_kw.items() if k not in
+                                         ("channel_base", "channel_max", "num_fp16_res")}))
+        B.in_channels, B.w_dim, B.resolution, B.img_channels = cin, w_dim, r, ch
+        B.is_last, B.architecture, B.use_fp16, B.channels_last = r == res, architecture, use_fp16, False
+        if repo == "sg3":
+            B.fused_modconv_default = "inference_only"
         buffer(B, p, "resample_filter", _filter())
-        B.num_conv = 0
+        B.num_conv = B.num_torgb = 0
         if cin == 0:
             param(B, p, "const", (c, r, r))
         else:
-            B.conv0 = layer(p + ".conv0", cin, c, r, 2)
+            B.conv0 = layer(p + ".conv0", cin, c, r, 2, False)
             B.num_conv += 1
-        B.conv1 = layer(p + ".conv1", c, c, r, 1)
+        B.conv1 = layer(p + ".conv1", c, c, r, 1, False)
         B.num_conv += 1
-        T = NV("ToRGBLayer", dict(in_channels=c, out_channels=ch, w_dim=w_dim, conv_clamp=clamp))
-        T.conv_clamp = clamp
-        T.affine = fc(p + ".torgb.affine", w_dim, c, bias_init=1.0)
-        param(T, p + ".torgb", "weight", (ch, c, 1, 1))
-        param(T, p + ".torgb", "bias", (ch,), 0.2)
-        T.weight_gain = np.float64(1 / np.sqrt(c))
-        B.torgb = T
-        B.num_torgb = 1
-        S.num_ws += B.num_conv
+        if r == res or architecture == "skip":
+            B.torgb = _torgb(p + ".torgb", c, ch, w_dim, clamp, fc, param)
+            B.num_torgb = 1
+        if cin != 0 and architecture == "resnet":
+            K = NV("Conv2dLayer", dict(in_channels=cin, out_channels=c, kernel_size=1, bias=False, up=2,
+                                       resample_filter=[1, 3, 3, 1], channels_last=False))
+            K.in_channels, K.out_channels, K.activation, K.up, K.down, K.conv_clamp = cin, c, "linear", 2, 1, None
+            buffer(K, p + ".skip", "resample_filter", _filter())
+            K.padding, K.weight_gain, K.act_gain = 0, np.float64(1 / np.sqrt(cin)), 1.0
+            param(K, p + ".skip", "weight", (c, cin, 1, 1))
+            K.bias = None
+            B.skip = K
+        S.num_ws += B.num_conv + (B.num_torgb if r == res else 0)
         setattr(S, f"b{r}", B)
-    S.num_ws += 1
     G.synthesis = S
     G.num_ws = S.num_ws
-    M = NV("MappingNetwork", dict(z_dim=z_dim, c_dim=0, w_dim=w_dim, num_ws=S.num_ws, num_layers=layers))
-    M.z_dim, M.c_dim, M.w_dim, M.num_ws, M.num_layers, M.w_avg_beta = z_dim, 0, w_dim, S.num_ws, layers, 0.995
-    for i in range(layers):
-        setattr(M, f"fc{i}", fc(f"mapping.fc{i}", z_dim if i == 0 else w_dim, w_dim, lr=0.01, act="lrelu"))
-    buffer(M, "mapping", "w_avg", torch.randn(w_dim, generator=g))
-    G.mapping = M
+    G.mapping = _mapping_record(z_dim, c_dim, w_dim, S.num_ws, layers, embed, layer_features, fc, buffer, g)
     return G, flat
+
+
+def _generator_record(repo, z_dim, c_dim, w_dim, res, ch, layers, base, cmax, clamp, fp16_res, architecture,
+                      embed, layer_features, extra_kwargs, synthesis_extra):
+    """The Generator record with the init kwargs each repository's train.py + training_loop pass."""
+    mk = EasyDict(num_layers=layers)
+    if embed is not None:
+        mk.embed_features = embed
+    if layer_features is not None:
+        mk.layer_features = layer_features
+    if repo == "ada":
+        syn_kw = EasyDict(channel_base=base, channel_max=cmax, num_fp16_res=fp16_res, conv_clamp=clamp)
+        if architecture != "skip":
+            syn_kw.architecture = architecture
+        syn_kw.update(synthesis_extra or {})
+        kw = dict(z_dim=z_dim, w_dim=w_dim, mapping_kwargs=mk, synthesis_kwargs=syn_kw, c_dim=c_dim,
+                  img_resolution=res, img_channels=ch)
+    else:
+        syn_kw = EasyDict(channel_base=base, channel_max=cmax, fused_modconv_default="inference_only")
+        if architecture != "skip":
+            syn_kw.architecture = architecture
+        syn_kw.update(synthesis_extra or {})
+        kw = dict(z_dim=z_dim, w_dim=w_dim, mapping_kwargs=mk, **syn_kw, c_dim=c_dim,
+                  img_resolution=res, img_channels=ch)
+    G = NV("Generator", dict(kw, **(extra_kwargs or {})))
+    G.z_dim, G.c_dim, G.w_dim, G.img_resolution, G.img_channels = z_dim, c_dim, w_dim, res, ch
+    return G, syn_kw
+
+
+def _torgb(prefix, c, ch, w_dim, clamp, fc, param):
+    T = NV("ToRGBLayer", dict(in_channels=c, out_channels=ch, w_dim=w_dim, conv_clamp=clamp, channels_last=False))
+    T.in_channels, T.out_channels, T.w_dim, T.conv_clamp = c, ch, w_dim, clamp
+    T.affine = fc(prefix + ".affine", w_dim, c, bias_init=1.0)
+    param(T, prefix, "weight", (ch, c, 1, 1))
+    param(T, prefix, "bias", (ch,), 0.2)
+    T.weight_gain = np.float64(1 / np.sqrt(c))
+    return T
+
+
+def _mapping_record(z_dim, c_dim, w_dim, num_ws, layers, embed, layer_features, fc, buffer, g):
+    kw = dict(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=num_ws, num_layers=layers)
+    M = NV("MappingNetwork", dict(kw, **({} if embed is None else dict(embed_features=embed)),
+                                  **({} if layer_features is None else dict(layer_features=layer_features))))
+    M.z_dim, M.c_dim, M.w_dim, M.num_ws, M.num_layers, M.w_avg_beta = z_dim, c_dim, w_dim, num_ws, layers, 0.995
+    e = (w_dim if embed is None else embed) if c_dim else 0
+    hidden = w_dim if layer_features is None else layer_features
+    feats = [z_dim + e] + [hidden] * (layers - 1) + [w_dim]
+    if c_dim:
+        M.embed = fc("mapping.embed", c_dim, e)
+    for i in range(layers):
+        setattr(M, f"fc{i}", fc(f"mapping.fc{i}", feats[i], feats[i + 1], lr=0.01, act="lrelu"))
+    buffer(M, "mapping", "w_avg", torch.randn(w_dim, generator=g))
+    return M
 
 
 def nvidia_pickle_bytes(marker, protocol=3, **kw):
@@ -318,12 +385,12 @@ def test_unknown_missing_and_unsupported(tmp_path):
     del G.synthesis.b8.conv1._buffers["noise_const"]
     with pytest.raises(BRGMError, match=r"missing tensors synthesis_network\.b8\.conv1\.noise_const"):
         load_generator(_pickle_of(G, tmp_path))
-    G, _ = build_nvidia_generator(res=8, ch=1, synthesis_extra=dict(architecture="resnet"))
-    with pytest.raises(BRGMError, match="architecture='resnet'"):
+    G, _ = build_nvidia_generator(res=8, ch=1, synthesis_extra=dict(architecture="fancy"))
+    with pytest.raises(BRGMError, match="architecture='fancy'"):
         load_generator(_pickle_of(G, tmp_path))
     G, _ = build_nvidia_generator(res=8, ch=1)
-    G._init_kwargs["c_dim"] = 10
-    with pytest.raises(BRGMError, match="conditional"):
+    G._init_kwargs["c_dim"] = 10  # the constructor arguments say conditional, the weights have no embed
+    with pytest.raises(BRGMError, match="missing tensors mapping_network.embed.bias"):
         load_generator(_pickle_of(G, tmp_path))
     G, _ = build_nvidia_generator(res=8, ch=1)
     G.synthesis.b8._buffers["resample_filter"] = torch.ones(4, 4) / 16

@@ -87,16 +87,30 @@ def _discover_builtins() -> None:
 # -- public API ----------------------------------------------------------------------------------------
 
 
-def load_generator(spec: Any, device: str | torch.device = "cpu") -> Generator:
+def load_generator(spec: Any, device: str | torch.device = "cpu",
+                   class_index: Optional[int] = None) -> Generator:
     """Load a generator from ``spec`` (see the module docstring) onto ``device``, in eval mode,
     with its weights frozen (``requires_grad=False``: BRGM infers latents, it does not train G;
     call ``G.requires_grad_(True)`` to fine-tune).
 
+    ``class_index`` K chooses the class of a conditional generator (``c_dim > 0``): its mapping
+    network, and so the latent statistics, are those of class K. Giving it for an unconditional
+    generator, or out of range, is an error.
+
     Loaded generators carry ``source_path`` (the file, or None for builtins), used by
     :func:`latent_stats_for` to place its cache.
     """
+    G = _load_any(spec)
+    if class_index is not None:
+        if not hasattr(type(G), "class_index"):
+            raise BRGMError(f"a class ({class_index}) was given, but this {type(G).__name__} is unconditional")
+        G.class_index = class_index
+    return G.to(device)
+
+
+def _load_any(spec: Any) -> Generator:
     if isinstance(spec, Generator):
-        return spec.to(device)
+        return spec
     s = os.fspath(spec) if isinstance(spec, (str, os.PathLike)) else None
     if s is None:
         raise BRGMError(f"a generator spec must be a path or builtin:NAME, got {type(spec).__name__}")
@@ -116,7 +130,7 @@ def load_generator(spec: Any, device: str | torch.device = "cpu") -> Generator:
         G = _load_file(path)
         G.source_path = str(path)
     G.eval().requires_grad_(False)
-    return G.to(device)
+    return G
 
 
 def save_generator(generator: Generator, path: str | os.PathLike) -> Path:
@@ -154,16 +168,19 @@ def latent_stats_for(generator: Generator, path: Optional[str | os.PathLike] = N
     """Latent statistics of ``generator`` (``num_samples`` seeded draws through its mapping network).
 
     ``path`` is the weights file (default: ``generator.source_path``). The statistics are cached in
-    ``<weights>.latent_stats.safetensors`` when that directory is writable; a cache older than the
-    weights is recomputed. Without a path they are cached in memory only. The stored running mean
-    of NVIDIA's networks is ``generator.w_avg`` (StyleGAN2Generator) and is not changed here.
+    ``<weights>.latent_stats.safetensors`` (``<weights>.class<K>.latent_stats.safetensors`` for class K
+    of a conditional generator, see ``class_index``) when that directory is writable; a cache older
+    than the weights is recomputed. Without a path they are cached in memory only. The stored running
+    mean of NVIDIA's networks is ``generator.w_avg`` (StyleGAN2Generator) and is not changed here.
     """
     if path is None:
         path = getattr(generator, "source_path", None)
     cache = None
     if path is not None:
         weights = Path(path)
-        candidate = weights.with_name(weights.name + ".latent_stats.safetensors")
+        k = getattr(generator, "class_index", None)
+        tag = "" if k is None else f".class{k}"
+        candidate = weights.with_name(weights.name + tag + ".latent_stats.safetensors")
         if candidate.exists() and weights.exists() and candidate.stat().st_mtime < weights.stat().st_mtime:
             try:
                 candidate.unlink()  # stale: the weights changed after the cache was written
@@ -333,7 +350,10 @@ def infer_stylegan2_config(tensors: Dict[str, Tensor], path: Path | str = "weigh
         img_channels = int(tensors[f"synthesis.b{top}.torgb.weight"].shape[0])
         w_dim = int(tensors[f"synthesis.b{top}.conv1.affine.weight"].shape[1])
         fcs = sorted(int(m.group(1)) for k in tensors if (m := re.match(r"mapping\.fc(\d+)\.weight$", k)))
-        z_dim = int(tensors["mapping.fc0.weight"].shape[1])
+        embed = tensors.get("mapping.embed.weight")
+        e_dim = 0 if embed is None else int(embed.shape[0])
+        z_dim = int(tensors["mapping.fc0.weight"].shape[1]) - e_dim
+        hidden = int(tensors["mapping.fc0.weight"].shape[0]) if len(fcs) > 1 else w_dim
     except (IndexError, KeyError, ValueError) as e:
         raise BRGMError(f"{path}: cannot infer the StyleGAN2 configuration from the tensor names "
                         f"(missing {e}); add {Path(path).name}.json with the config") from None
@@ -343,8 +363,19 @@ def infer_stylegan2_config(tensors: Dict[str, Tensor], path: Path | str = "weigh
     if any(min(channel_base // r, channel_max) != ch[r] for r in res):
         raise BRGMError(f"{path}: the channel counts {ch} do not follow min(channel_base // res, "
                         f"channel_max); add {Path(path).name}.json with the config")
-    return dict(z_dim=z_dim, w_dim=w_dim, img_resolution=top, img_channels=img_channels,
-                mapping_layers=len(fcs), channel_base=channel_base, channel_max=channel_max)
+    cfg = dict(z_dim=z_dim, w_dim=w_dim, img_resolution=top, img_channels=img_channels,
+               mapping_layers=len(fcs), channel_base=channel_base, channel_max=channel_max)
+    if any(re.match(r"synthesis\.b\d+\.skip\.weight$", k) for k in tensors):
+        cfg["architecture"] = "resnet"
+    elif top > 4 and f"synthesis.b{top // 2}.torgb.weight" not in tensors:
+        cfg["architecture"] = "orig"
+    if embed is not None:
+        cfg["c_dim"] = int(embed.shape[1])
+        if e_dim != w_dim:
+            cfg["embed_features"] = e_dim
+    if hidden != w_dim:
+        cfg["layer_features"] = hidden
+    return cfg
 
 
 def _few(names, n: int = 6) -> str:

@@ -10,6 +10,9 @@ The BRGM prior (paper Eq. 2) is ``w_i ~ N(mu, sigma^2)`` with mu and sigma compu
 
 Results are seeded and cached in memory per generator and optionally on disk
 (``cache_path``; a small safetensors file).
+
+Conditional generators (``c_dim > 0``) map ``z`` with the class chosen by ``generator.class_index``:
+the statistics are per class (``class_index`` is part of the cache key and stored with them).
 """
 
 from __future__ import annotations
@@ -34,16 +37,18 @@ class LatentStats:
     sigma_ref: float
     num_samples: int
     seed: int
+    class_index: Optional[int] = None  # the class of a conditional generator (None: unconditional)
 
     def to(self, device) -> "LatentStats":
         return LatentStats(self.mu.to(device), self.sigma.to(device), self.sigma_scalar,
-                           self.sigma_ref, self.num_samples, self.seed)
+                           self.sigma_ref, self.num_samples, self.seed, self.class_index)
 
     def save(self, path: str | os.PathLike) -> None:
         from safetensors.torch import save_file
 
         meta = {"num_samples": str(self.num_samples), "seed": str(self.seed),
-                "sigma_scalar": repr(self.sigma_scalar), "sigma_ref": repr(self.sigma_ref)}
+                "sigma_scalar": repr(self.sigma_scalar), "sigma_ref": repr(self.sigma_ref),
+                "class_index": "" if self.class_index is None else str(self.class_index)}
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         save_file({"mu": self.mu.detach().cpu().contiguous(),
@@ -57,8 +62,9 @@ class LatentStats:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             mu, sigma = f.get_tensor("mu"), f.get_tensor("sigma")
+        k = meta.get("class_index", "")
         return cls(mu, sigma, float(meta["sigma_scalar"]), float(meta["sigma_ref"]),
-                   int(meta["num_samples"]), int(meta["seed"]))
+                   int(meta["num_samples"]), int(meta["seed"]), int(k) if k else None)
 
 
 @torch.no_grad()
@@ -76,10 +82,11 @@ def compute_latent_stats(
         num_samples: number of ``z ~ N(0, I)`` draws (10,000 as in the paper).
         seed: seed of the draws; same seed, same statistics.
         batch_size: draws per mapping call (memory only).
-        cache_path: if given and the file exists with matching (num_samples, seed), load it;
+        cache_path: if given and the file exists with matching (num_samples, seed, class), load it;
             otherwise compute and write it there atomically.
     """
-    key = (num_samples, seed)
+    class_index = getattr(generator, "class_index", None)
+    key = (num_samples, seed, class_index)
     mem = getattr(generator, "_brgm_latent_stats", None)
     if mem is not None and key in mem:
         return mem[key]
@@ -87,7 +94,7 @@ def compute_latent_stats(
     if cache_path is not None and Path(cache_path).is_file():
         try:
             cached = LatentStats.load(cache_path)
-            if (cached.num_samples, cached.seed) == key and cached.mu.numel() == generator.w_dim:
+            if (cached.num_samples, cached.seed, cached.class_index) == key and cached.mu.numel() == generator.w_dim:
                 stats = cached
         except Exception:  # a corrupt cache is recomputed, never fatal
             stats = None
@@ -113,6 +120,7 @@ def compute_latent_stats(
             sigma_ref=float(var.sum().sqrt()),
             num_samples=num_samples,
             seed=seed,
+            class_index=class_index,
         )
         if cache_path is not None:
             try:
