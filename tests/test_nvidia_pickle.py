@@ -94,13 +94,13 @@ def build_nvidia_generator(res, ch, w_dim=8, z_dim=8, layers=2, base=64, cmax=8,
     ``repo="ada"``: stylegan2-ada-pytorch's train.py layout (``synthesis_kwargs`` with channel_base,
     channel_max, num_fp16_res, conv_clamp). ``repo="sg3"``: the stylegan3 repository's train.py with
     ``--cfg=stylegan2`` (channel_base, channel_max, fused_modconv_default at the top level; conv_clamp
-    and num_fp16_res left to the class defaults 256 and 4, so ``clamp``/``fp16_res`` are ignored).
+    and num_fp16_res left to the class defaults 256 and 4 unless given in ``extra_kwargs``).
     The unpickled attributes (conv_clamp, use_fp16, ...) are what NVIDIA's constructors would set.
     """
     g = torch.Generator().manual_seed(seed)
     flat = {}
-    if repo == "sg3":
-        clamp, fp16_res = 256, 4
+    if repo == "sg3":  # class defaults, unless train.py passed them (--fp32)
+        clamp, fp16_res = (extra_kwargs or {}).get("conv_clamp", 256), (extra_kwargs or {}).get("num_fp16_res", 4)
     log2 = int(math.log2(res))
     fp16_from = max(2 ** (log2 + 1 - fp16_res), 8)
 
@@ -191,20 +191,20 @@ def _generator_record(repo, z_dim, c_dim, w_dim, res, ch, layers, base, cmax, cl
     """The Generator record with the init kwargs each repository's train.py + training_loop pass."""
     mk = EasyDict(num_layers=layers)
     if embed is not None:
-        mk.embed_features = embed
+        mk["embed_features"] = embed
     if layer_features is not None:
-        mk.layer_features = layer_features
+        mk["layer_features"] = layer_features
     if repo == "ada":
         syn_kw = EasyDict(channel_base=base, channel_max=cmax, num_fp16_res=fp16_res, conv_clamp=clamp)
         if architecture != "skip":
-            syn_kw.architecture = architecture
+            syn_kw["architecture"] = architecture
         syn_kw.update(synthesis_extra or {})
         kw = dict(z_dim=z_dim, w_dim=w_dim, mapping_kwargs=mk, synthesis_kwargs=syn_kw, c_dim=c_dim,
                   img_resolution=res, img_channels=ch)
     else:
         syn_kw = EasyDict(channel_base=base, channel_max=cmax, fused_modconv_default="inference_only")
         if architecture != "skip":
-            syn_kw.architecture = architecture
+            syn_kw["architecture"] = architecture
         syn_kw.update(synthesis_extra or {})
         kw = dict(z_dim=z_dim, w_dim=w_dim, mapping_kwargs=mk, **syn_kw, c_dim=c_dim,
                   img_resolution=res, img_channels=ch)
@@ -428,3 +428,153 @@ def test_convert_cli_roundtrip(tmp_path):
     r = CliRunner().invoke(app, ["convert", str(bad), str(tmp_path / "x.safetensors")])
     assert r.exit_code == 2
     assert not (tmp_path / "x.safetensors").exists()
+
+
+# -- networks of the stylegan3 repository (--cfg=stylegan2), architectures, conditional networks ---------
+def _load_built(tmp_path, name="g.pkl", **kw):
+    """Write an NVIDIA-layout snapshot pickle (G, D, G_ema, ...) of ``build_nvidia_generator(**kw)``;
+    returns (our loaded generator, G_ema's NVIDIA-named tensors in float64, the file)."""
+    marker = tmp_path / f"{name}.ran"
+    b, flat = nvidia_pickle_bytes(marker, **kw)
+    path = tmp_path / name
+    path.write_bytes(b)
+    G = load_generator(path)
+    assert not marker.exists()
+    return G, {k: v.double() for k, v in flat.items()}, path
+
+
+def test_stylegan3_repo_network_keeps_its_default_clamp(tmp_path):
+    # stylegan3's train.py --cfg=stylegan2 passes channel_base/channel_max at the top level and leaves
+    # conv_clamp=256, num_fp16_res=4 to the class defaults. Biases of +300 push pre-clamp activations
+    # far past 256, so reading the clamp wrongly (None) changes the image by hundreds.
+    G, st, _ = _load_built(tmp_path, repo="sg3", res=16, ch=3, bias_offset=300.0)
+    cfg = G.config()
+    assert (cfg["conv_clamp"], cfg["num_fp16_res"], cfg["channel_base"], cfg["channel_max"]) == (256.0, 4, 64, 8)
+    ws = torch.randn(2, G.num_ws, G.w_dim, generator=torch.Generator().manual_seed(3))
+    want = ref.reference_synthesis(st, ws.double(), 16, "const", 256.0)
+    unclamped = ref.reference_synthesis(st, ws.double(), 16, "const", None)
+    assert (unclamped - want).abs().max() > 100  # what a loader that drops the clamp gets wrong
+    got = G.double()(ws.double())
+    assert (got - want).abs().max().item() < 1e-9
+    G.float()
+    rel = ((G(ws).double() - want).abs().max() / want.abs().max()).item()
+    assert rel < 1e-6, rel  # float32, relative to an image of magnitude ~256
+
+
+def test_stylegan3_repo_fp32_network(tmp_path):
+    # --fp32: train.py sets num_fp16_res=0 and conv_clamp=None (at the top level too)
+    G, st, _ = _load_built(tmp_path, repo="sg3", res=8, ch=1,
+                           extra_kwargs=dict(num_fp16_res=0, conv_clamp=None))
+    assert (G.config()["conv_clamp"], G.config()["num_fp16_res"]) == (None, 0)
+
+
+@pytest.mark.parametrize("repo,arch,c_dim,res,clamp", [("ada", "resnet", 0, 16, 0.6), ("ada", "orig", 0, 8, None),
+                                                      ("ada", "skip", 10, 32, None), ("sg3", "resnet", 4, 16, None),
+                                                      ("sg3", "orig", 0, 16, None)])
+def test_architectures_and_conditional_match_reference(tmp_path, repo, arch, c_dim, res, clamp):
+    extra = dict(embed=6, layer_features=5) if repo == "sg3" and c_dim else {}
+    G, st, path = _load_built(tmp_path, repo=repo, architecture=arch, c_dim=c_dim, res=res, ch=3,
+                              clamp=clamp, **extra)
+    eff_clamp = 256.0 if repo == "sg3" else clamp
+    cfg = G.config()
+    assert cfg.get("architecture", "skip") == arch and cfg.get("c_dim", 0) == c_dim
+    ws = torch.randn(2, G.num_ws, G.w_dim, generator=torch.Generator().manual_seed(5))
+    for mode in ("const", "none"):
+        G.noise_mode = mode
+        want = ref.reference_synthesis(st, ws.double(), res, mode, eff_clamp, arch)
+        assert want.abs().max() > 0.1
+        assert (G(ws).double() - want).abs().max().item() < 1e-4
+    z = torch.randn(3, 8, generator=torch.Generator().manual_seed(1))
+    if c_dim:
+        c = torch.nn.functional.one_hot(torch.tensor([0, 2, 3]), c_dim).float()
+        want = ref.reference_mapping(st, z.double(), 2, c=c.double())
+        assert (G.mapping(z, c).double() - want).abs().max().item() < 1e-4 * want.abs().max().item()
+        H = load_generator(path, class_index=2)
+        want2 = ref.reference_mapping(st, z.double(), 2, c=torch.nn.functional.one_hot(
+            torch.tensor([2] * 3), c_dim).double())
+        assert (H.mapping(z).double() - want2).abs().max().item() < 1e-4 * want2.abs().max().item()
+        with pytest.raises(BRGMError, match="out of range"):
+            load_generator(path, class_index=c_dim)
+    else:
+        want = ref.reference_mapping(st, z.double(), 2)
+        assert (G.mapping(z).double() - want).abs().max().item() < 1e-4 * want.abs().max().item()
+        with pytest.raises(BRGMError, match="unconditional"):
+            load_generator(path, class_index=0)
+
+
+def test_stylegan3_alias_free_refused_by_name(tmp_path):
+    # config-t/-r generators: top-level magnitude_ema_beta (and conv_kernel...), a SynthesisInput module
+    G = NV("Generator", dict(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3,
+                             mapping_kwargs=EasyDict(num_layers=2), channel_base=64, channel_max=8,
+                             magnitude_ema_beta=0.999))
+    S = NV("SynthesisNetwork", dict(w_dim=8, img_resolution=16, img_channels=3))
+    S.input = NV("SynthesisInput", dict(w_dim=8, channels=8, size=36, sampling_rate=16, bandwidth=2))
+    S.L0_36_8 = NV("SynthesisLayer", dict(w_dim=8, is_torgb=False))
+    G.synthesis = S
+    with pytest.raises(BRGMError, match=r"StyleGAN3 \(alias-free\).*not supported") as e:
+        load_generator(_pickle_of(G, tmp_path))
+    assert "\n" not in str(e.value)
+    del G._init_kwargs["magnitude_ema_beta"]  # the structure alone is enough
+    with pytest.raises(BRGMError, match="StyleGAN3"):
+        load_generator(_pickle_of(G, tmp_path, "g2.pkl"))
+
+
+def test_config_audit_every_level(tmp_path):
+    """Every constructor argument is used or refused by name: one unknown argument at each level,
+    the arguments without effect accepted, unsupported values named, and layer attributes that
+    contradict the arguments refused."""
+    cases = [(dict(repo="ada", extra_kwargs=dict(foo=1)), r"Generator argument foo"),
+             (dict(repo="ada", synthesis_extra=dict(foo=1)), r"synthesis_kwargs\.foo"),
+             (dict(repo="sg3", extra_kwargs=dict(foo=1)), r"Generator argument foo"),
+             (dict(repo="ada", synthesis_extra=dict(kernel_size=5)), r"kernel_size=5"),
+             (dict(repo="ada", synthesis_extra=dict(use_noise=False)), r"use_noise=False"),
+             (dict(repo="ada", synthesis_extra=dict(activation="relu")), r"synthesis activation='relu'"),
+             (dict(repo="ada", synthesis_extra=dict(resample_filter=[1, 1])), r"resample_filter=\[1, 1\]")]
+    for i, (kw, pattern) in enumerate(cases):
+        G, _ = build_nvidia_generator(res=8, ch=1, **kw)
+        with pytest.raises(BRGMError, match=pattern) as e:
+            load_generator(_pickle_of(G, tmp_path, f"c{i}.pkl"))
+        assert "\n" not in str(e.value), str(e.value)
+    for repo in ("ada", "sg3"):  # mapping level
+        G, _ = build_nvidia_generator(res=8, ch=1, repo=repo)
+        G._init_kwargs["mapping_kwargs"]["foo"] = 1
+        with pytest.raises(BRGMError, match=r"mapping_kwargs\.foo"):
+            load_generator(_pickle_of(G, tmp_path, f"m{repo}.pkl"))
+        G._init_kwargs["mapping_kwargs"] = EasyDict(num_layers=2, activation="linear")
+        with pytest.raises(BRGMError, match=r"mapping activation='linear'"):
+            load_generator(_pickle_of(G, tmp_path, f"a{repo}.pkl"))
+        G._init_kwargs["mapping_kwargs"] = EasyDict(num_layers=2, w_avg_beta=None)
+        with pytest.raises(BRGMError, match=r"w_avg_beta=None"):
+            load_generator(_pickle_of(G, tmp_path, f"w{repo}.pkl"))
+    # arguments that change nothing in inference are accepted
+    G, _ = build_nvidia_generator(res=8, ch=1, synthesis_extra=dict(fp16_channels_last=True))
+    G._init_kwargs["mapping_kwargs"]["w_avg_beta"] = 0.998
+    assert load_generator(_pickle_of(G, tmp_path, "ok.pkl")).num_ws == 4
+    # an ada-pytorch record whose layers clamp although its arguments do not: refused, not guessed
+    G, _ = build_nvidia_generator(res=8, ch=1)
+    G.synthesis.b8.conv0.conv_clamp = 256
+    with pytest.raises(BRGMError, match=r"synthesis\.b8\.conv0\.conv_clamp=256 \(arguments give None\)"):
+        load_generator(_pickle_of(G, tmp_path, "dis.pkl"))
+
+
+def test_convert_roundtrips_new_kinds(tmp_path):
+    from typer.testing import CliRunner
+
+    from brgm_pyro.cli.app import app
+    import brgm_pyro.cli.convert  # noqa: F401 - registers the command
+
+    kinds = [dict(repo="sg3", res=16, ch=3), dict(repo="ada", architecture="resnet", c_dim=3, res=16, ch=1),
+             dict(repo="ada", architecture="orig", res=8, ch=3, clamp=0.5)]
+    for i, kw in enumerate(kinds):
+        A, st, src = _load_built(tmp_path, name=f"k{i}.pkl", **kw)
+        out = tmp_path / f"k{i}.safetensors"
+        r = CliRunner().invoke(app, ["convert", str(src), str(out)])
+        assert r.exit_code == 0, r.output
+        B = load_generator(out)
+        assert A.config() == B.config()
+        ws = torch.randn(2, A.num_ws, A.w_dim, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(A(ws), B(ws))
+        z = torch.randn(2, 8)
+        c = torch.eye(3)[:2] if kw.get("c_dim") else None
+        assert torch.equal(A.mapping(z, c), B.mapping(z, c))
+        assert torch.equal(A.w_avg, B.w_avg)
