@@ -193,3 +193,27 @@ def test_builtin_faces_percept_loads():
         assert float(torch.corrcoef(torch.stack([pred[:, j], u[:, j]]))[0, 1]) > 0.85, j
     # phi on an 8x8 (x8 downsampled) observation works
     assert phi(F.avg_pool2d(x, 8)).shape[0] == 32
+
+
+def test_faces_encoder_enlarges_small_images_by_pixel_replication():
+    """An 8x8 observation reaches the network as 8x8 blocks (area resize), as in the reference
+    BRGM code; larger images are shrunk bilinearly with anti-aliasing; bilinear stays available."""
+    torch.manual_seed(0)
+    enc = FacesEncoder(channels=(4, 4, 8, 8), out_dim=5)
+    x8 = _images(2, 8)
+    up = enc.prepare(x8)
+    assert up.shape == (2, 3, 64, 64)
+    assert torch.equal(up, x8.repeat_interleave(8, -2).repeat_interleave(8, -1))
+    assert torch.equal(enc.prepare(_images(1, 64)), _images(1, 64))  # the working size is untouched
+    x128 = _images(1, 128)
+    ref = F.interpolate(x128, size=(64, 64), mode="bilinear", align_corners=False, antialias=True)
+    torch.testing.assert_close(enc.prepare(x128), ref)
+    phi = EncoderFeatures(enc)
+    torch.testing.assert_close(phi(x8), phi(up))  # phi sees exactly the replicated image
+    enc.upsample = "bilinear"
+    bil = F.interpolate(x8, size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(enc.prepare(x8), bil)
+    assert not torch.allclose(bil, up)
+    enc.upsample = "lanczos"
+    with pytest.raises(BRGMError, match="upsample must be one of"):
+        enc.prepare(x8)

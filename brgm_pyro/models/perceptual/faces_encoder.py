@@ -11,7 +11,11 @@ for each of the 4 stages ``l`` the activations ``f_l`` (B, C_l, H_l, W_l) are no
 length along channels (as in LPIPS) and scaled by ``1 / sqrt(H_l W_l)``; ``phi(x)`` is their
 concatenation, flattened (B, D). Hence ``||phi(a) - phi(b)||^2 = sum_l mean_hw ||f_l(a) - f_l(b)||^2``
 (an LPIPS-style distance with unit layer weights, between 0 and 16). Any input size H, W >= 8 is
-accepted: images are resized to 64x64 (bilinear) first.
+accepted: images are resized to 64x64 first. A smaller image (an 8x8 super-resolution observation,
+and the prediction f(G(w)) compared with it) is enlarged by area resizing, which for an integer
+factor replicates each pixel into a block, as the reference BRGM code feeds its VGG; a larger one
+is shrunk bilinearly with anti-aliasing. ``FacesEncoder.upsample = "bilinear"`` restores the
+bilinear enlargement used before (see docs/vs_reference.md for what the choice is worth).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from torch import Tensor, nn
 from brgm_pyro.errors import BRGMError
 
 ENCODER_DEFAULTS = dict(in_channels=3, channels=(32, 64, 128, 128), out_dim=40, resolution=64)
+UPSAMPLE_MODES = ("area", "nearest", "bilinear", "bicubic")
 
 
 class FacesEncoder(nn.Module):
@@ -34,7 +39,13 @@ class FacesEncoder(nn.Module):
 
     Four stages; stage ``l`` is conv3x3 + leaky ReLU at its resolution (its output is feature
     ``l``), then a stride-2 conv3x3 + leaky ReLU. A linear head on the 4x4 map predicts the code.
+
+    ``upsample``: how :meth:`prepare` enlarges images smaller than ``resolution`` (one of
+    ``UPSAMPLE_MODES``; default ``"area"``: pixel replication for integer factors). A usage option,
+    not part of the saved config.
     """
+
+    upsample = "area"
 
     def __init__(self, in_channels: int = 3, channels=(32, 64, 128, 128), out_dim: int = 40,
                  resolution: int = 64) -> None:
@@ -57,7 +68,8 @@ class FacesEncoder(nn.Module):
         return dict(self._cfg)
 
     def prepare(self, x: Tensor) -> Tensor:
-        """Resize (B, C, H, W) to the working resolution (bilinear; antialiased when shrinking)."""
+        """Resize (B, C, H, W) to the working resolution (``upsample`` when enlarging; bilinear,
+        anti-aliased, when shrinking)."""
         if x.ndim != 4 or x.shape[1] != self._cfg["in_channels"]:
             raise BRGMError(f"perceptual network expects images (B, {self._cfg['in_channels']}, H, W), "
                             f"got {tuple(x.shape)}")
@@ -65,10 +77,15 @@ class FacesEncoder(nn.Module):
             raise BRGMError(f"perceptual network needs images of at least 8x8 pixels, got "
                             f"{x.shape[-2]}x{x.shape[-1]}")
         r = self.resolution
-        if tuple(x.shape[-2:]) != (r, r):
-            shrink = x.shape[-2] > r or x.shape[-1] > r
-            x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False, antialias=shrink)
-        return x
+        if tuple(x.shape[-2:]) == (r, r):
+            return x
+        if x.shape[-2] > r or x.shape[-1] > r:
+            return F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False, antialias=True)
+        if self.upsample not in UPSAMPLE_MODES:
+            raise BRGMError(f"FacesEncoder.upsample must be one of {', '.join(UPSAMPLE_MODES)}, "
+                            f"got {self.upsample!r}")
+        smooth = self.upsample in ("bilinear", "bicubic")
+        return F.interpolate(x, size=(r, r), mode=self.upsample, **({"align_corners": False} if smooth else {}))
 
     def features(self, x: Tensor) -> list[Tensor]:
         """The 4 stage activations [(B, C_l, 64 / 2^l, 64 / 2^l)] and, last, the 4x4 map."""
