@@ -89,7 +89,7 @@ def main() -> None:
         with torch.no_grad():
             samples = torch.cat([G(sw[i:i + 100]) for i in range(0, C * S, 100)])
         y = model.predict(base)
-        return y, InferenceResult(method="nuts", w=sw.mean(0), image=samples.mean(0), samples_w=sw,
+        return y, InferenceResult(method="nuts", latents={"w": sw.mean(0)}, image=samples.mean(0), draws={"w": sw},
                                   samples=samples, extra={"num_chains": C, "num_draws": S})
 
     y, res = stage("draws in memory (w and images)", make)

@@ -7,7 +7,9 @@ image b we summarise the draws by
 * ``lp``: log p(w, y) (sample_stats), and ``log_lik``: :math:`\sum_k \log p(y_k \mid w)` over the
   observed pixels (log_likelihood group);
 * ``mean_intensity``: the mean of the reconstruction x = G(w) over channels and pixels;
-* ``pc1 .. pcK``: the projection :math:`\langle w - \bar w, v_k\rangle` of the latent on the K
+* every small latent (a learned noise level, a kernel width: at most 16 numbers per image)
+  directly;
+* ``pc1 .. pcK``: for the rendered latent w (and any other large one, ``<name>_pc1..``), the projection :math:`\langle w - \bar w, v_k\rangle` of the latent on the K
   leading principal directions :math:`v_k` of the within-chain covariance (each chain centred on
   its own mean, so that the directions are the posterior's and not the offset between chain
   means, which the pooled draws' PCA would pick when there are few draws in many dimensions and
@@ -46,47 +48,81 @@ def _leading_directions(X, k: int, oversample: int = 6, niter: int = 4, seed: in
     return Vh[:k].T.double()
 
 
-def scalar_summaries(idata, num_components: int = 3):
-    """xarray Dataset of (chain, draw, image) scalar summaries (see module doc)."""
+SMALL_LATENT = 16  # latents with at most this many numbers per image are summarised directly
+
+
+def _pcs(w: np.ndarray, k: int) -> np.ndarray:
+    """(C, S, k) projections of draws w (C, S, D) on the k leading within-chain directions."""
     import torch
+
+    C, S = w.shape[:2]
+    per_chain = torch.from_numpy(w.reshape(C, S, -1))
+    # directions from the within-chain covariance (each chain centred on its own mean): the
+    # posterior's leading directions, not the offset between chain means, which PCA of the
+    # pooled draws picks whenever draws are few and D is large (and R-hat along it is biased up)
+    V = _leading_directions((per_chain - per_chain.mean(1, keepdim=True)).reshape(C * S, -1), k)
+    flat = per_chain.reshape(C * S, -1)
+    proj = ((flat - flat.mean(0)) @ V).numpy()
+    # fix each direction's sign so that it is reproducible (largest |loading| positive)
+    Vn = V[:, :k].numpy()
+    sgn = np.sign(Vn[np.abs(Vn).argmax(0), np.arange(k)])
+    return (proj * sgn).reshape(C, S, k)
+
+
+def _latent_summaries(post, name: str, k: int, out: dict) -> None:
+    """Summaries of one posterior latent: itself if small (and not the rendered w), else its k
+    leading within-chain PCs (per image when it has an image dim)."""
+    v = post[name]
+    C, S = post.sizes["chain"], post.sizes["draw"]
+    per_image = "image" in v.dims
+    v = v.transpose("chain", "draw", *(["image"] if per_image else []), ...)
+    a = np.asarray(v.values, dtype=np.float64)
+    B = a.shape[2] if per_image else 1
+    a = a.reshape(C, S, B, -1) if per_image else a.reshape(C, S, 1, -1)
+    D = a.shape[-1]
+    dims = ("chain", "draw", "image") if per_image else ("chain", "draw")
+    pick = (lambda x: x) if per_image else (lambda x: x[..., 0])
+    image_site = name == post.attrs.get("image_site", "w")
+    if D <= SMALL_LATENT and not image_site:
+        for j in range(D):
+            out[name if D == 1 else f"{name}_{j}"] = (dims, pick(a[..., j]))
+        return
+    prefix = "pc" if image_site else f"{name}_pc"
+    if k:
+        pcs = np.stack([_pcs(a[:, :, b], k) for b in range(B)], axis=2)  # (C, S, B, k)
+        for j in range(k):
+            out[f"{prefix}{j + 1}"] = (dims, pick(pcs[..., j]))
+
+
+def scalar_summaries(idata, num_components: int = 3):
+    """xarray Dataset of (chain, draw[, image]) scalar summaries (see module doc)."""
     import xarray as xr
 
-    if "posterior" not in idata.groups() or "w" not in idata.posterior:
-        raise BRGMError("the file has no posterior of w; write it with brgm reconstruct --method sgld|nuts|...")
+    if "posterior" not in idata.groups():
+        raise BRGMError("the file has no posterior group; write it with brgm reconstruct --method sgld|nuts|...")
     post = idata.posterior
+    latents = [v for v in post.data_vars if v != "x"]
+    if not latents:
+        raise BRGMError("the file has no posterior latents; write it with brgm reconstruct --method sgld|nuts|...")
     C, S = post.sizes["chain"], post.sizes["draw"]
     if C * S < 4:
         raise BRGMError(f"the posterior holds {C * S} draw(s) (a point estimate?): nothing to diagnose")
-    w = np.asarray(post["w"].values, dtype=np.float64)  # (C, S, B, L, d)
-    B = w.shape[2]
     out: dict[str, tuple] = {}
     if "sample_stats" in idata.groups() and "lp" in idata.sample_stats:
-        lp = np.asarray(idata.sample_stats["lp"].values, dtype=float)
-        out["lp"] = (("chain", "draw"), lp)
+        out["lp"] = (("chain", "draw"), np.asarray(idata.sample_stats["lp"].values, dtype=float))
     if "log_likelihood" in idata.groups() and "y" in idata.log_likelihood:
         ll = np.asarray(idata.log_likelihood["y"].values, dtype=float)  # (C, S, B, N)
         out["log_lik"] = (("chain", "draw", "image"), np.nansum(ll, axis=-1))
     if "x" in post:
         x = np.asarray(post["x"].values, dtype=float)
-        out["mean_intensity"] = (("chain", "draw", "image"), x.reshape(C, S, B, -1).mean(-1))
+        out["mean_intensity"] = (("chain", "draw", "image"), x.reshape(C, S, x.shape[2], -1).mean(-1))
     k = max(0, min(int(num_components), C * S - 1))
-    if k:
-        pcs = np.empty((C, S, B, k))
-        for b in range(B):
-            per_chain = torch.from_numpy(w[:, :, b].reshape(C, S, -1))
-            # directions from the within-chain covariance (each chain centred on its own mean): the
-            # posterior's leading directions, not the offset between chain means, which PCA of the
-            # pooled draws picks whenever draws are few and D is large (and R-hat along it is biased up)
-            V = _leading_directions((per_chain - per_chain.mean(1, keepdim=True)).reshape(C * S, -1), k)
-            flat = per_chain.reshape(C * S, -1)
-            centred = flat - flat.mean(0)
-            proj = (centred @ V).numpy()
-            # fix each direction's sign so that it is reproducible (largest |loading| positive)
-            sgn = np.sign(V[:, :k].numpy()[np.abs(V[:, :k].numpy()).argmax(0), np.arange(k)])
-            pcs[:, :, b] = (proj * sgn).reshape(C, S, k)
-        for j in range(k):
-            out[f"pc{j + 1}"] = (("chain", "draw", "image"), pcs[..., j])
-    return xr.Dataset(out, coords={"chain": np.arange(C), "draw": np.arange(S), "image": np.arange(B)})
+    for name in latents:
+        _latent_summaries(post, name, k, out)
+    coords = {"chain": np.arange(C), "draw": np.arange(S)}
+    if "image" in post.dims:
+        coords["image"] = np.arange(post.sizes["image"])
+    return xr.Dataset(out, coords=coords)
 
 
 def diagnose(idata, num_components: int = 3, all_coords: bool = False, summaries=None) -> dict:
@@ -134,10 +170,11 @@ def diagnose(idata, num_components: int = 3, all_coords: bool = False, summaries
             rep["step_size"] = float(np.nanmedian(st["step_size"].values))
         if "tree_depth" in st:
             rep["tree_depth"] = float(np.nanmean(st["tree_depth"].values))
-    if all_coords:
-        w = idata.posterior[["w"]]
-        rep["w_max_r_hat"] = float(az.rhat(w)["w"].max())
-        rep["w_min_ess_bulk"] = float(az.ess(w, method="bulk")["w"].min())
+    if all_coords:  # every coordinate of every latent site
+        lat = idata.posterior[[v for v in idata.posterior.data_vars if v != "x"]]
+        rh, es = az.rhat(lat), az.ess(lat, method="bulk")
+        rep["w_max_r_hat"] = max(float(rh[v].max()) for v in rh.data_vars)
+        rep["w_min_ess_bulk"] = min(float(es[v].min()) for v in es.data_vars)
     rep["seconds"] = time.perf_counter() - t0
     return rep
 
@@ -216,7 +253,7 @@ def format_report(rep: dict) -> list[str]:
     lines.append(f"max r_hat {rep['max_r_hat']:.3f}, min ess_bulk {rep['min_ess_bulk']:.0f}, "
                  f"min ess_tail {rep['min_ess_tail']:.0f}")
     if "w_max_r_hat" in rep:
-        lines.append(f"over every coordinate of w: max r_hat {rep['w_max_r_hat']:.3f}, "
+        lines.append(f"over every latent coordinate: max r_hat {rep['w_max_r_hat']:.3f}, "
                      f"min ess_bulk {rep['w_min_ess_bulk']:.0f}")
     if rep["num_chains"] < 2:
         lines.append("note: one chain; r_hat is split-chain only. Run several chains to check mixing.")

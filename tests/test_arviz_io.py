@@ -35,7 +35,7 @@ def _fake_mcmc(model, y, C=2, S=5):
     samples = render_samples(model, sw)
     stats = {"accept_prob": np.full((C, S), 0.7), "step_size": np.full((C, S), 0.01),
              "diverging": np.zeros((C, S)), "tree_depth": np.full((C, S), 3.0), "n_steps": np.full((C, S), 7.0)}
-    return InferenceResult(method="nuts", w=sw.mean(0), image=samples.mean(0), samples_w=sw, samples=samples,
+    return InferenceResult(method="nuts", latents={"w": sw.mean(0)}, image=samples.mean(0), draws={"w": sw}, samples=samples,
                            extra={"num_chains": C, "num_draws": S, "sample_stats": stats, "grad_evals": 70})
 
 

@@ -35,7 +35,7 @@ def _result(model, y, offsets, S=150, seed=0):
     base = model.init_latents(1)
     sw = torch.cat([base + off + 0.2 * torch.randn(S, 1, *base.shape[1:], generator=g) for off in offsets])
     samples = render_samples(model, sw)
-    return InferenceResult(method="sgld", w=sw.mean(0), image=samples.mean(0), samples_w=sw, samples=samples,
+    return InferenceResult(method="sgld", latents={"w": sw.mean(0)}, image=samples.mean(0), draws={"w": sw}, samples=samples,
                            extra={"num_chains": C, "num_draws": S,
                                   "sample_stats": {"accept_prob": np.ones((C, S)), "diverging": np.zeros((C, S))}})
 
@@ -60,7 +60,7 @@ def test_pc_projection_is_the_leading_direction(problem):
     res = _result(model, y, [0.0, 0.0])
     sw = res.samples_w.clone()
     sw[:, 0, 1, 2] += 3.0 * torch.linspace(-1, 1, sw.shape[0])[torch.randperm(sw.shape[0])]
-    res.samples_w = sw
+    res.draws = {"w": sw}
     ds = scalar_summaries(to_inference_data(res, model, y), num_components=2)
     pc1 = ds["pc1"].values.reshape(-1)
     coord = sw[:, 0, 1, 2].numpy()

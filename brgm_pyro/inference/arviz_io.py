@@ -3,11 +3,13 @@ r"""ArviZ ``InferenceData`` from any inference result (MAP, VI, SGLD, pSGLD, MAL
 Built with :func:`arviz.from_dict` from arrays we compute ourselves (``az.from_pyro`` is slow at
 10^4 latent dimensions and gets per-pixel log-likelihoods wrong; see docs/mcmc.md). Groups:
 
-* ``posterior``: ``w`` (chain, draw, image, layer, w_dim) and the reconstruction ``x`` = G(w)
-  (chain, draw, image, channel, row, col), a deterministic of ``w``.
-* ``sample_stats``: ``lp`` = log p(w, y) (up to a constant), the per-term log densities
-  ``log_prior``, ``log_colinearity``, ``log_lik_pixel``, ``log_lik_perceptual`` (one per model
-  term present; summed over images), and for samplers ``step_size``, ``acceptance_rate``,
+* ``posterior``: every latent site of the model: ``w`` (chain, draw, image, layer, w_dim), each
+  learned scalar (``sigma_pixel`` (chain, draw), or (chain, draw, image) per image;
+  ``kernel_width``, ...), and the reconstruction ``x`` = G(w) (chain, draw, image, channel, row,
+  col), a deterministic of ``w``. ``attrs["latent_sites"]`` lists the sites.
+* ``sample_stats``: ``lp`` = log p(latents, y) (up to a constant), the per-term log densities
+  ``log_prior``, ``log_colinearity``, ``log_sigma_pixel_prior``, ``log_lik_pixel``,
+  ``log_lik_perceptual`` (one per model term present; summed over images), and for samplers ``step_size``, ``acceptance_rate``,
   ``diverging``, ``n_steps`` (gradient evaluations per draw), ``tree_depth`` (NUTS).
 * ``log_likelihood``: ``y`` (chain, draw, image, pixel) per *observed* pixel (in-painting: the
   missing pixels are dropped when all images share the mask, NaN otherwise) and ``y_percept``
@@ -33,6 +35,7 @@ import torch
 from torch import Tensor
 
 from brgm_pyro.errors import BRGMError
+from brgm_pyro.models.density import log_density_terms, plate_layout, scalar_params
 
 STAT_NAMES = {"accept_prob": "acceptance_rate", "step_size": "step_size", "diverging": "diverging",
               "tree_depth": "tree_depth", "n_steps": "n_steps"}
@@ -42,42 +45,51 @@ def _np(x: Tensor) -> np.ndarray:
     return x.detach().cpu().numpy()
 
 
-def _chains(result) -> tuple[Tensor, int, int]:
-    """(C S, B, L, d) draws and (C, S) for any result (a point estimate is one draw)."""
-    if result.samples_w is None:
-        return result.w.detach()[None], 1, 1
-    sw = result.samples_w.detach()
+def _chains(result) -> tuple[dict[str, Tensor], int, int]:
+    """site -> (C S, ...) draws and (C, S) for any result (a point estimate is one draw)."""
+    if result.draws is None:
+        return {k: v.detach()[None] for k, v in result.latents.items()}, 1, 1
+    draws = {k: v.detach() for k, v in result.draws.items()}
+    n = next(iter(draws.values())).shape[0]
     C = int(result.extra.get("num_chains", 1))
-    if sw.shape[0] % C:
-        raise BRGMError(f"{sw.shape[0]} draws do not split into {C} chains")
-    return sw, C, sw.shape[0] // C
+    if n % C:
+        raise BRGMError(f"{n} draws do not split into {C} chains")
+    return draws, C, n // C
 
 
 @torch.no_grad()
-def draw_quantities(model, y: Tensor, samples_w: Tensor, images: Optional[Tensor] = None,
+def draw_quantities(model, y: Tensor, draws, images: Optional[Tensor] = None,
                     chunk: int = 32) -> dict[str, np.ndarray]:
-    """Per-draw quantities for ``samples_w`` (S, B, L, d).
+    """Per-draw quantities for ``draws`` (site -> (S, ...) natural layout; or w (S, B, L, d) alone).
 
     Returns numpy arrays: ``x`` (S, B, C, H, W); ``ll_<site>`` (S, B, N) per element; ``term_<name>``
-    (S, B) per-term log densities (prior terms and likelihood terms, likelihoods tempered as in
-    the model).
+    (S,) per-term log densities (:func:`~brgm_pyro.models.density.log_density_terms`: prior
+    terms, hyperpriors of the scalar latents, tempered likelihood terms), summed over images.
     """
+    draws = draws if isinstance(draws, dict) else {model.image_site: draws}
+    n = draws[model.image_site].shape[0]
     out: dict[str, list] = {}
-    prior = model.prior
-    factors = list(getattr(prior, "factors", []))
-    base = getattr(prior, "base", prior)
-    for i in range(0, samples_w.shape[0], chunk):
-        w = samples_w[i:i + chunk].to(y.device)
+    for i in range(0, n, chunk):
+        part = plate_layout(model, {k: v[i:i + chunk].to(y.device) for k, v in draws.items()}, 1)
+        w = part[model.image_site]
         x = model.render(w) if images is None else images[i:i + chunk].to(y.device)
-        pred = model.corruption(x)
+        params = scalar_params(model, part)
+        pred = model.corruption(x, params)
         out.setdefault("x", []).append(_np(x.float()))
-        out.setdefault(f"term_{base.term}", []).append(_np(base.log_prob(w)))
-        for f in factors:
-            out.setdefault(f"term_{f.term}", []).append(_np(f.log_factor(w)))
+        for term, v in log_density_terms(model, y, part).items():
+            out.setdefault(f"term_{term}", []).append(_np(v))
         for lik in model.likelihoods:
-            out.setdefault(f"term_{lik.term}", []).append(_np(lik.log_prob(pred, y, model.mask) / model.temperature))
-            out.setdefault(f"ll_{lik.site}", []).append(_np(lik.pointwise_log_prob(pred, y, model.mask).float()))
+            out.setdefault(f"ll_{lik.site}", []).append(_np(lik.pointwise_log_prob(pred, y, model.mask, params).float()))
     return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _posterior_dims(model) -> dict[str, list[str]]:
+    """ArviZ dims of every latent site: per-image sites start with ``image``."""
+    out = {}
+    for name, site in model.latent_sites().items():
+        extra = list(site.dims) if site.dims else [f"{name}_dim_{i}" for i in range(len(site.event_shape))]
+        out[name] = (["image"] if site.per_image else []) + extra
+    return out
 
 
 def _constant_data(model) -> dict[str, np.ndarray]:
@@ -118,16 +130,17 @@ def to_inference_data(result, model, y: Tensor):
     """
     import arviz as az
 
-    sw, C, S = _chains(result)
-    imgs = result.samples if (result.samples is not None and result.samples_w is not None) else None
-    q = draw_quantities(model, y, sw, imgs)
-    B = sw.shape[1]
+    draws, C, S = _chains(result)
+    imgs = result.samples if (result.samples is not None and result.draws is not None) else None
+    q = draw_quantities(model, y, draws, imgs)
+    B = y.shape[0]
 
     def cs(a: np.ndarray) -> np.ndarray:  # (C S, ...) -> (C, S, ...)
         return a.reshape(C, S, *a.shape[1:])
 
-    posterior = {"w": cs(_np(sw.float())), "x": cs(q["x"])}
-    dims = {"w": ["image", "layer", "w_dim"], "x": ["image", "channel", "row", "col"]}
+    posterior = {k: cs(_np(v.float())) for k, v in draws.items()}
+    posterior["x"] = cs(q["x"])
+    dims = {**_posterior_dims(model), "x": ["image", "channel", "row", "col"]}
     coords: dict[str, np.ndarray] = {"image": np.arange(B)}
 
     sample_stats: dict[str, np.ndarray] = {}
@@ -135,8 +148,8 @@ def to_inference_data(result, model, y: Tensor):
     for k, v in q.items():
         if k.startswith("term_"):
             name = k[5:]
-            label = f"log_lik_{name}" if name in {l.term for l in model.likelihoods} else f"log_{name}"
-            sample_stats[label] = cs(v.sum(-1))
+            label = f"log_lik_{name}" if name in model.likelihood_terms() else f"log_{name}"
+            sample_stats[label] = cs(v)
             lp = lp + sample_stats[label]
     sample_stats["lp"] = lp
     for k, v in (result.extra.get("sample_stats") or {}).items():
@@ -163,6 +176,8 @@ def to_inference_data(result, model, y: Tensor):
              "num_chains": C, "num_draws": S,
              "model_config": _jsonable(model.config()), "timing": _jsonable(result.timing),
              "stopped": str(result.stopped)}
+    attrs["latent_sites"] = _jsonable(list(model.latent_sites()))
+    attrs["image_site"] = model.image_site
     for k in ("grad_evals", "divergences", "warmup", "thin", "init", "seed"):
         if k in result.extra:
             attrs[k] = _jsonable(result.extra[k])

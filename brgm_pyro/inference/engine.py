@@ -24,12 +24,13 @@ from typing import Callable, Optional
 import pyro
 import torch
 from pyro import poutine
-from pyro.distributions.util import scale_and_mask
+from pyro.distributions import constraints
 from pyro.infer.autoguide import AutoContinuous, AutoNormal
 from torch import Tensor
 
 from brgm_pyro.errors import BRGMError
 from brgm_pyro.models.brgm import BRGMModel
+from brgm_pyro.models.density import trace_terms
 
 ENTROPY, HYPERPRIOR, LOSS = "entropy", "hyperprior", "loss"
 
@@ -51,24 +52,40 @@ def _autonormal_scales(guide: AutoNormal) -> Tensor:
     return torch.cat([guide._get_loc_and_scale(n)[1].reshape(-1) for n in guide.locs._pyro_params])
 
 
-def guide_marginal_std(guide) -> Optional[Tensor]:
-    """sigma_v: the marginal standard deviations of a Gaussian guide (flattened), or None."""
+def _continuous_slices(guide: AutoContinuous) -> dict[str, slice]:
+    """Where each site sits in an AutoContinuous guide's packed latent (Pyro's _unpack_latent order)."""
+    out, pos = {}, 0
+    for name, _ in guide.prototype_trace.iter_stochastic_nodes():
+        n = math.prod(guide._unconstrained_shapes[name])
+        out[name] = slice(pos, pos + n)
+        pos += n
+    return out
+
+
+def guide_marginal_std(guide, site: Optional[str] = None) -> Optional[Tensor]:
+    """sigma_v: the marginal standard deviations of a Gaussian guide in unconstrained coordinates,
+    flattened, for one ``site`` or (None) all of them; None for a guide without them."""
     if isinstance(guide, AutoNormal):
+        if site is not None:
+            return guide._get_loc_and_scale(site)[1].reshape(-1)
         return _autonormal_scales(guide)
     if isinstance(guide, AutoContinuous):
         post = guide.get_posterior()
         if hasattr(post, "scale_tril"):
-            return post.scale_tril.pow(2).sum(-1).sqrt()
-        if hasattr(post, "variance"):
+            sd = post.scale_tril.pow(2).sum(-1).sqrt()
+        elif hasattr(post, "variance"):
             try:
-                return post.variance.sqrt()
+                sd = post.variance.sqrt()
             except NotImplementedError:
                 return None
+        else:
+            return None
+        return sd if site is None else sd[_continuous_slices(guide)[site]]
     return None
 
 
 def analytic_entropy(guide) -> Optional[Tensor]:
-    """H[q] in closed form for Gaussian autoguides; None when there is none."""
+    """H[q] of the guide's unconstrained Gaussian in closed form; None when there is none."""
     if isinstance(guide, AutoNormal):
         scales = _autonormal_scales(guide)
         return scales.log().sum() + 0.5 * scales.numel() * (1.0 + math.log(2 * math.pi))
@@ -80,19 +97,38 @@ def analytic_entropy(guide) -> Optional[Tensor]:
     return None
 
 
+def _constrained_sites(guide) -> list[str]:
+    """The guide's latent sites whose support is not the real line (their Jacobian enters H[q])."""
+    out = []
+    for name, site in guide.prototype_trace.iter_stochastic_nodes():
+        support = site["fn"].support
+        while isinstance(support, constraints.independent):
+            support = support.base_constraint
+        if support is not constraints.real:
+            out.append(name)
+    return out
+
+
 class ELBOTerms:
-    """Computes the loss and its named terms in one pass of guide and model.
+    r"""Computes the loss and its named terms in one pass of guide and model.
+
+    Every latent site of the model enters (``model.site_terms()``): the W+ prior and its
+    factors, the hyperpriors of learned scalars (noise level, kernel width) and the likelihoods.
+    For a guide over unconstrained coordinates u with x = T(u), the entropy of q over x is
+    :math:`H[q_x] = H[q_u] + E_q[\log|\det \partial T/\partial u|]`: the closed-form Gaussian
+    part plus a Monte-Carlo Jacobian term for the constrained sites (e.g. sigma = exp(u)).
 
     Args:
         model: the BRGM model.
-        guide: any Pyro guide over the site ``w`` (AutoDelta for MAP).
+        guide: any Pyro guide over the model's latent sites (AutoDelta for MAP).
         num_particles: P, vectorised.
         entropy: include H[q] (False for MAP / point-mass guides).
-        hyperprior: (alpha, beta) of an inverse-gamma prior on the guide's sigma_v, or None.
-        hyperprior_units: ``"prior"`` (default): the inverse-gamma is on sigma_v / sigma_prior, the
-            guide's std in units of the prior std of the same coordinate, so the paper's (0.1, 0.95)
-            means the same thing for every generator (the paper's StyleGAN2 W has std near 1);
-            ``"absolute"``: on sigma_v itself, as in the paper's formula.
+        hyperprior: (alpha, beta) of an inverse-gamma prior on the guide's sigma_v of the W+
+            prior's site, or None. The learned scalars get none: their posterior is the ELBO's.
+        hyperprior_units: ``"prior"`` (default): the inverse-gamma is on sigma_v / sigma_ref with
+            sigma_ref the prior's :meth:`~brgm_pyro.models.priors.Prior.reference_scale`, so the
+            paper's (0.1, 0.95) means the same thing for every generator (the paper's StyleGAN2 W
+            has std near 1); ``"absolute"``: on sigma_v itself, as in the paper's formula.
     """
 
     def __init__(self, model: BRGMModel, guide, num_particles: int = 1, entropy: bool = True,
@@ -110,25 +146,45 @@ class ELBOTerms:
         self._m = _particles(model, self.num_particles)
         self._g = _particles(guide, self.num_particles)
         self._analytic: Optional[bool] = None
+        self._jacobian_sites: Optional[list[str]] = None
         self._first = True
         if hyperprior_units not in ("prior", "absolute"):
-            raise ValueError("hyperprior_units must be 'prior' or 'absolute'")
+            raise BRGMError("hyperprior_units must be 'prior' or 'absolute'")
         self.hyperprior_units = hyperprior_units
         self._ref_scale: Optional[Tensor] = None
 
     def _reference_scale(self, y: Tensor, n: int) -> Tensor | float:
-        """The prior std of every guide coordinate (flattened like sigma_v), or 1."""
+        """The prior's reference std of every guide coordinate of w (flattened like sigma_v), or 1."""
         if self.hyperprior_units == "absolute":
             return 1.0
-        if self._ref_scale is None or self._ref_scale.numel() != n:
-            try:
-                scale = self.model.prior.distribution().base_dist.scale
-                self._ref_scale = scale.expand(y.shape[0], *scale.shape[-2:]).reshape(-1).to(y)
-            except AttributeError:
-                self._ref_scale = torch.ones(n, dtype=y.dtype, device=y.device)
-            if self._ref_scale.numel() != n:
-                self._ref_scale = torch.ones(n, dtype=y.dtype, device=y.device)
+        if self._ref_scale is None:
+            ref = self.model.prior.reference_scale()
+            if ref is None:
+                raise BRGMError(f"the prior {type(self.model.prior).__name__} states no reference scale, which "
+                                "the VI hyperprior in 'prior' units needs; use hyperprior_units='absolute' or "
+                                "hyperprior=None")
+            ref = ref.expand(y.shape[0], *ref.shape[-2:]).reshape(-1).to(y)
+            if ref.numel() != n:
+                raise BRGMError(f"the prior's reference scale has {ref.numel()} entries, the guide's w {n}")
+            self._ref_scale = ref
         return self._ref_scale
+
+    def _entropy(self, g_tr) -> Tensor:
+        P = self.num_particles
+        h = analytic_entropy(self.guide) if self._analytic is not False else None
+        if self._analytic is None:
+            self._analytic = h is not None
+        if h is None:  # Monte Carlo: -E_q[log q(x)] (the guide's Delta sites carry -log|J|)
+            g_tr.compute_log_prob()
+            logq = sum(s["log_prob_sum"] for s in g_tr.nodes.values()
+                       if s["type"] == "sample" and not s["is_observed"] and "log_prob_sum" in s)
+            return -logq / P
+        if self._jacobian_sites is None:
+            self._jacobian_sites = _constrained_sites(self.guide)
+        for name in self._jacobian_sites:  # + E_q[log|J|] = - E_q[Delta log_density]
+            ld = getattr(g_tr.nodes[name]["fn"], "log_density", 0.0)
+            h = h - (ld.sum() if isinstance(ld, Tensor) else ld) / P
+        return h
 
     def __call__(self, y: Tensor) -> tuple[Tensor, Tensor]:
         """Return (loss, terms) with terms a 1-D tensor aligned with ``self.names`` (losses).
@@ -141,30 +197,15 @@ class ELBOTerms:
             g_tr = poutine.trace(self._g).get_trace(y)
             m_tr = poutine.trace(poutine.replay(self._m, trace=g_tr)).get_trace(y)
         P = self.num_particles
-        terms: dict[str, Tensor] = {}
-        for name, site in m_tr.nodes.items():
-            term = self.site_terms.get(name)
-            if term is None or site["type"] != "sample":
-                continue
-            lp = site["fn"].log_prob(site["value"])
-            lp = scale_and_mask(lp, site["scale"], site["mask"]).sum() / P
-            terms[term] = terms.get(term, 0.0) - lp
+        terms: dict[str, Tensor] = {k: -v / P for k, v in trace_terms(m_tr, self.site_terms).items()}
         if self.entropy:
-            h = analytic_entropy(self.guide) if self._analytic is not False else None
-            if self._analytic is None:
-                self._analytic = h is not None
-            if h is not None:
-                terms[ENTROPY] = -h
-            else:
-                g_tr.compute_log_prob()
-                logq = sum(s["log_prob_sum"] for s in g_tr.nodes.values()
-                           if s["type"] == "sample" and not s["is_observed"] and "log_prob_sum" in s)
-                terms[ENTROPY] = logq / P
+            terms[ENTROPY] = -self._entropy(g_tr)
         if self.hyperprior is not None:
             alpha, beta = self.hyperprior
-            s = guide_marginal_std(self.guide)
+            s = guide_marginal_std(self.guide, self.model.image_site)
             if s is None:
-                raise ValueError("the hyperprior needs a Gaussian guide with marginal scales")
+                raise BRGMError(f"the VI hyperprior needs a Gaussian guide with marginal scales; "
+                                f"{type(self.guide).__name__} has none (use hyperprior=None)")
             s = s / self._reference_scale(y, s.numel())
             # log InvGamma(s | a, b) = a log b - lgamma(a) - (a + 1) log s - b / s
             logp = (alpha * math.log(beta) - math.lgamma(alpha) - (alpha + 1) * s.log() - beta / s).sum()

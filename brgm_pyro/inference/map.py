@@ -12,11 +12,11 @@ from typing import Callable, Optional
 import pyro
 import torch
 from pyro.infer.autoguide import AutoDelta
-from pyro.infer.autoguide.initialization import init_to_value
 from torch import Tensor
 
 from brgm_pyro.inference.engine import ELBOTerms, optimise, save_checkpoint
 from brgm_pyro.inference.result import InferenceResult
+from brgm_pyro.inference.sites import init_loc_fn, initial_values
 from brgm_pyro.models.brgm import BRGMModel
 
 DEFAULT_MAP_STEPS = 300
@@ -42,50 +42,54 @@ def run_map(
     lr_rampdown: float = 0.0,
     seed: int = 0,
     init_w: Optional[Tensor] = None,
+    init: Optional[dict] = None,
+    num_samples: int = 0,
     progress: bool = True,
     callback: Optional[Callable] = None,
     checkpoint_path: Optional[str] = None,
     checkpoint_every: int = 100,
-    **_ignored,
 ) -> InferenceResult:
-    """MAP estimate of w for a batch of observations.
+    """MAP estimate of every latent site (w and any learned scalars) for a batch of observations.
 
     Args:
         model: a :class:`BRGMModel`. y: (B, C, h, w) observations in [-1, 1].
-        steps: Adam steps (default 300). lr: learning rate (latent units per step).
+        steps: Adam steps (default 300). lr: learning rate (latent units per step; scalar latents
+            move in their unconstrained coordinates, e.g. log sigma).
         lr_decay: the learning rate ends at ``lr * lr_decay`` at the last step.
         lr_rampdown: how it gets there: geometrically over the whole run (0), or, for r in (0, 1],
             constant for the first 1 - r of the steps, then along a half cosine (see :func:`optimise`).
         seed: Pyro/torch seed (MAP is deterministic given the seed).
-        init_w: (B, L, d) starting latents (default: the prior mean for each image).
+        init_w: (B, L, d) starting latents (default: the prior's initial value for each image).
+        init: starting values of any latent sites by name (overrides the components' own).
+        num_samples: accepted for a common method signature; a MAP has no draws.
         progress: show a progress bar with the loss terms.
         callback: ``callback(step, terms) -> False`` to stop early.
         checkpoint_path: save the current latents there (safetensors) every ``checkpoint_every`` steps.
     Returns:
-        :class:`InferenceResult` with ``w`` (B, L, d) and ``image`` = G(w) (B, C, H, W).
+        :class:`InferenceResult` with ``latents`` (every site; ``.w`` (B, L, d)) and ``image`` =
+        G(w) (B, C, H, W).
     """
     steps = DEFAULT_MAP_STEPS if steps is None else int(steps)
     model.check_observation(y)
     pyro.set_rng_seed(seed)
-    B = y.shape[0]
-    init = (model.init_latents(B) if init_w is None else init_w.detach().clone()).to(y)
+    values = initial_values(model, y, init, init_w)
     with pyro.get_param_store().scope():
-        guide = AutoDelta(model, init_loc_fn=init_to_value(values={"w": init}))
+        guide = AutoDelta(model, init_loc_fn=init_loc_fn(values))
         guide(y)  # creates the parameters
         elbo = ELBOTerms(model, guide, num_particles=1, entropy=False)
 
-        def current_w() -> Tensor:
-            return guide.median(y)["w"]
+        def current() -> dict[str, Tensor]:
+            return guide.median(y)
 
         ckpt = None
         if checkpoint_path is not None:
-            ckpt = lambda step: save_checkpoint(checkpoint_path, {"w": current_w()}, {"step": step, "method": "map"})
+            ckpt = lambda step: save_checkpoint(checkpoint_path, current(), {"step": step, "method": "map"})
         out = optimise(lambda: list(guide.parameters()), lambda: elbo(y), elbo.names, steps=steps, lr=lr,
                        lr_decay=lr_decay, lr_rampdown=lr_rampdown, desc="MAP", progress=progress, callback=callback,
                        checkpoint=ckpt, checkpoint_every=checkpoint_every)
         with torch.no_grad():
-            w = current_w().detach().clone()
-            image = model.render(w)
-    return InferenceResult(method="map", w=w, image=image, history=out["history"],
-                           timing=out["timing"], stopped=out["stopped"],
+            latents = {k: v.detach().clone() for k, v in current().items()}
+            image = model.render(latents[model.image_site])
+    return InferenceResult(method="map", latents=latents, image=image, history=out["history"],
+                           timing=out["timing"], stopped=out["stopped"], image_site=model.image_site,
                            extra={"lr": lr, "lr_decay": lr_decay, "lr_rampdown": lr_rampdown, "seed": seed})

@@ -16,7 +16,8 @@ Set ``hyperprior=None`` for the plain ELBO (the true variational optimum).
 
 Guides: ``"normal"`` (AutoNormal), ``"diagonal"`` (AutoDiagonalNormal), ``"lowrank"``
 (AutoLowRankMultivariateNormal), ``"mvn"`` (AutoMultivariateNormal), or any callable
-``factory(model) -> guide`` (register more in ``GUIDES``).
+``factory(model, init_loc_fn, init_scale) -> guide`` (register more in ``GUIDES``). Every guide
+covers every latent site of the model (w and the learned scalars), as Pyro's autoguides do.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ import pyro
 import torch
 from pyro.infer.autoguide import (AutoDiagonalNormal, AutoLowRankMultivariateNormal, AutoMultivariateNormal,
                                   AutoNormal)
-from pyro.infer.autoguide.initialization import init_to_value
 from torch import Tensor
 
 from brgm_pyro.inference.engine import ELBOTerms, _particles, guide_marginal_std, optimise, save_checkpoint
 from brgm_pyro.inference.result import InferenceResult
+from brgm_pyro.inference.sites import init_loc_fn, initial_values
 from brgm_pyro.models.brgm import BRGMModel
+from brgm_pyro.models.density import natural_layout
 from brgm_pyro.registry import Registry
 
 DEFAULT_VI_STEPS = 300
@@ -63,16 +65,20 @@ def _mvn(model, init_loc_fn, init_scale, **kw):
     return AutoMultivariateNormal(model, init_loc_fn=init_loc_fn, init_scale=init_scale, **kw)
 
 
-def _draw(guide, y: Tensor, num: int, chunk: int = 64) -> Tensor:
-    """num draws of w from the guide: (num, B, L, d)."""
-    out = []
+def _draw(model: BRGMModel, guide, y: Tensor, num: int, chunk: int = 64) -> dict[str, Tensor]:
+    """num draws of every latent site from the guide: site -> (num, *value shape) (natural layout)."""
+    out: dict[str, list] = {}
     done = 0
     while done < num:
         n = min(chunk, num - done)
-        draws = _particles(guide, n)(y)["w"] if n > 1 else guide(y)["w"][None]
-        out.append(draws.reshape(n, *y.shape[:1], *draws.shape[-2:]))
+        if n > 1:
+            d = natural_layout(model, _particles(guide, n)(y), 1)
+        else:
+            d = {k: v[None] for k, v in guide(y).items()}
+        for k, v in d.items():
+            out.setdefault(k, []).append(v.detach())
         done += n
-    return torch.cat(out)
+    return {k: torch.cat(v) for k, v in out.items()}
 
 
 def render_samples(model: BRGMModel, samples_w: Tensor, chunk: int = 16) -> Tensor:
@@ -94,6 +100,7 @@ def run_vi(
     hyperprior_units: str = "prior",
     num_samples: int = 16,
     init_w: Optional[Tensor] = None,
+    init: Optional[dict] = None,
     init_scale: float = DEFAULT_INIT_SCALE,
     seed: int = 0,
     progress: bool = True,
@@ -101,45 +108,45 @@ def run_vi(
     guide_options: Optional[dict] = None,
     checkpoint_path: Optional[str] = None,
     checkpoint_every: int = 100,
-    **_ignored,
 ) -> InferenceResult:
-    """Fit a variational posterior q(w) and draw ``num_samples`` reconstructions from it.
+    """Fit a variational posterior q over every latent site and draw ``num_samples`` reconstructions.
 
     Args:
         model, y: as in :func:`run_map`.
-        guide: a registered name or ``factory(model) -> guide``.
+        guide: a registered name or ``factory(model, init_loc_fn, init_scale) -> guide``.
         steps, lr, lr_decay: Adam settings (lr decays to ``lr * lr_decay``).
         num_particles: reparameterised draws per step (vectorised).
-        hyperprior: (alpha, beta) of the inverse-gamma on sigma_v, or None for the plain ELBO.
-        hyperprior_units: ``"prior"`` (sigma_v / sigma_prior, default) or ``"absolute"``.
-        num_samples: posterior draws returned (``samples_w``, ``samples``).
-        init_w: (B, L, d) initial means (default: prior mean; pass a MAP to warm-start).
-        init_scale: initial sigma_v (latent units).
+        hyperprior: (alpha, beta) of the inverse-gamma on sigma_v of w, or None for the plain ELBO.
+        hyperprior_units: ``"prior"`` (sigma_v / the prior's reference scale, default) or ``"absolute"``.
+        num_samples: posterior draws returned (``draws``, ``samples``).
+        init_w: (B, L, d) initial means of w (default: the prior's; pass a MAP to warm-start).
+        init: initial means of any latent sites by name (e.g. ``map_result.latents``).
+        init_scale: initial sigma_v (unconstrained units).
     Returns:
-        :class:`InferenceResult`: ``w`` = posterior mean of w (the guide's loc), ``image`` =
-        posterior mean of G(w) over the draws, ``samples_w``/``samples`` the draws, ``extra['scale']``
-        the marginal sigma_v reshaped like w when the guide is mean-field.
+        :class:`InferenceResult`: ``latents`` = the guide's medians (``.w`` its loc), ``image`` =
+        posterior mean of G(w) over the draws, ``draws``/``samples`` the draws, ``extra['scale']``
+        the marginal sigma_v of w reshaped like w when the guide has marginal scales.
     """
     steps = DEFAULT_VI_STEPS if steps is None else int(steps)
     model.check_observation(y)
     pyro.set_rng_seed(seed)
-    B = y.shape[0]
-    init = (model.init_latents(B) if init_w is None else init_w.detach().clone()).to(y)
-    init_loc_fn = init_to_value(values={"w": init})
+    loc_fn = init_loc_fn(initial_values(model, y, init, init_w))
+    site = model.image_site
     with pyro.get_param_store().scope():
         if callable(guide) and not isinstance(guide, str):
-            q = guide(model)
+            q = guide(model, loc_fn, float(init_scale))
             guide_name = getattr(guide, "__name__", type(q).__name__)
         else:
-            q = GUIDES.build(guide, model, init_loc_fn, float(init_scale), **(guide_options or {}))
+            q = GUIDES.build(guide, model, loc_fn, float(init_scale), **(guide_options or {}))
             guide_name = guide
         q(y)  # creates the parameters
         elbo = ELBOTerms(model, q, num_particles=num_particles, entropy=True, hyperprior=hyperprior,
-                            hyperprior_units=hyperprior_units)
+                         hyperprior_units=hyperprior_units)
 
         def snapshot() -> dict[str, Tensor]:
-            out = {"loc": q.median(y)["w"]}
-            s = guide_marginal_std(q)
+            med = q.median(y)
+            out = {"loc": med[site], **{f"loc_{k}": v for k, v in med.items() if k != site}}
+            s = guide_marginal_std(q, site)
             if s is not None:
                 out["scale"] = s.reshape(out["loc"].shape)
             return out
@@ -151,14 +158,16 @@ def run_vi(
                        lr_decay=lr_decay, desc=f"VI ({guide_name})", progress=progress, callback=callback,
                        checkpoint=ckpt, checkpoint_every=checkpoint_every)
         with torch.no_grad():
+            latents = {k: v.detach().clone() for k, v in q.median(y).items()}
             snap = {k: v.detach().clone() for k, v in snapshot().items()}
-            samples_w = _draw(q, y, num_samples) if num_samples > 0 else None
+            draws = _draw(model, q, y, num_samples) if num_samples > 0 else None
             if hasattr(q, "get_posterior") and not isinstance(q, AutoNormal):
                 snap["posterior"] = q.get_posterior()
-    samples = render_samples(model, samples_w) if samples_w is not None else None
+    samples = render_samples(model, draws[site]) if draws is not None else None
     with torch.no_grad():
-        image = samples.mean(0) if samples is not None else model.render(snap["loc"])
+        image = samples.mean(0) if samples is not None else model.render(latents[site])
     extra = {"guide": guide_name, "lr": lr, "num_particles": num_particles, "hyperprior": hyperprior,
              "seed": seed, **snap}
-    return InferenceResult(method="vi", w=snap["loc"], image=image, samples_w=samples_w, samples=samples,
-                           history=out["history"], timing=out["timing"], stopped=out["stopped"], extra=extra)
+    return InferenceResult(method="vi", latents=latents, image=image, draws=draws, samples=samples,
+                           history=out["history"], timing=out["timing"], stopped=out["stopped"], extra=extra,
+                           image_site=site)

@@ -1,9 +1,11 @@
 """The BRGM generative model as a Pyro program (paper Eq. 2, 4, 9; graphical model Fig. 7).
 
+    theta ~ p(theta)                                  # shared scalar latents (a learned noise level)
     for each image b (plate "images"):
         w_b ~ prior                                   # site "w", (L, d); plus factor sites
         x_b = G(w_b)                                  # clean image, (C, H, W), in [-1, 1]
         y_b ~ N(f(x_b), sigma_pixel^2 I)              # site "y", observed pixels only
+                                                      # (sigma_pixel may be a latent site too)
         phi(y_b) ~ N(phi(f(x_b)), sigma_percept^2 I)  # site "y_percept", if a phi is given
 
 Every box is an object with a narrow interface (generator, prior, corruption, likelihoods), so
@@ -17,7 +19,8 @@ lambda_c = -2 kappa (see docs/defaults.md).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Union
 
 import pyro
 import torch
@@ -27,11 +30,30 @@ from torch import Tensor, nn
 from brgm_pyro.errors import BRGMError
 from brgm_pyro.models.corruptions import Corruption
 from brgm_pyro.models.generators import Generator, LatentStats, compute_latent_stats
-from brgm_pyro.models.likelihoods import Likelihood, PerceptualGaussian, PixelGaussian
+from brgm_pyro.models.latents import ScalarLatent, positive_prior
+from brgm_pyro.models.likelihoods import Likelihood, PerceptualGaussian
 from brgm_pyro.models.priors import DEFAULT_KAPPA, Prior, make_prior
 
 DEFAULT_SIGMA_PIXEL = 0.05
 DEFAULT_SIGMA_PERCEPT = 1.0
+
+
+@dataclass(frozen=True)
+class LatentSite:
+    """What inference needs to know about one latent site of the model.
+
+    ``per_image``: inside the images plate (value (B, *event_shape)) or shared by the batch
+    (value ``event_shape``); ``component``: the prior / likelihood / corruption that owns it.
+    """
+
+    name: str
+    event_shape: tuple
+    per_image: bool
+    component: Any
+    dims: tuple = ()
+
+    def value_shape(self, batch: int) -> tuple:
+        return ((batch,) if self.per_image else ()) + tuple(self.event_shape)
 
 
 class BRGMModel:
@@ -40,10 +62,15 @@ class BRGMModel:
     Args:
         generator: G, frozen (its parameters get no gradients).
         prior: a :class:`Prior` adding the site ``w`` (and factor sites).
-        corruption: f.
-        likelihoods: observed terms, e.g. ``[PixelGaussian(0.05), PerceptualGaussian(phi, 1.0)]``.
+        corruption: f (it may own latents, e.g. an inferred kernel width).
+        likelihoods: observed terms, e.g. ``[PixelGaussian(0.05), PerceptualGaussian(phi, 1.0)]``
+            (they may own latents, e.g. a learned noise level).
         temperature: T; likelihoods are scaled by 1/T (T = 1 is the Bayesian posterior; T > 1
             widens it, T < 1 sharpens it).
+
+    The latent sites are the prior's ``w`` plus every :class:`~brgm_pyro.models.latents.ScalarLatent`
+    the components own (:meth:`latent_sites`); shared ones are sampled before the images plate,
+    per-image ones inside it.
     """
 
     def __init__(self, generator: Generator, prior: Prior, corruption: Corruption,
@@ -59,19 +86,39 @@ class BRGMModel:
         self.temperature = float(temperature)
         corruption.check_input(generator.image_shape)
         self.obs_shape = tuple(corruption.out_shape(generator.image_shape))
+        self.scalar_latents = [*prior.latents(), *corruption.latents(), *[l for k in self.likelihoods
+                                                                          for l in k.latents()]]
+        names = [prior.site, *[l.name for l in self.scalar_latents]]
+        if len(set(names)) != len(names):
+            raise BRGMError(f"two model components use the same latent site name: {names}")
 
     # --- the Pyro program -------------------------------------------------------------------
     def __call__(self, y: Tensor) -> Tensor:
         self.check_observation(y)
+        params = {lat.name: lat.sample() for lat in self.scalar_latents if not lat.per_image}
         with pyro.plate("images", y.shape[0], dim=-1):
-            w = self.prior.sample("w")
-            pred = self.predict(w)
+            w = self.prior.sample(self.prior.site)
+            params.update({lat.name: lat.sample() for lat in self.scalar_latents if lat.per_image})
+            pred = self.predict(w, params)
             with poutine.scale(scale=1.0 / self.temperature):
                 for lik in self.likelihoods:
-                    lik.observe(pred, y, self.mask)
+                    lik.observe(pred, y, self.mask, params)
         return w
 
     # --- pieces reused by inference, diagnostics and the CLI ---------------------------------
+    @property
+    def image_site(self) -> str:
+        """The latent that G renders (the prior's site, ``w``)."""
+        return self.prior.site
+
+    def latent_sites(self) -> dict[str, LatentSite]:
+        """Every latent site, in program order: name -> :class:`LatentSite`."""
+        out = {self.prior.site: LatentSite(self.prior.site, tuple(self.generator.latent_shape), True, self.prior,
+                                           tuple(self.prior.dims))}
+        for lat in self.scalar_latents:
+            out[lat.name] = LatentSite(lat.name, (), lat.per_image, lat)
+        return out
+
     @property
     def mask(self) -> Optional[Tensor]:
         return self.corruption.mask
@@ -80,28 +127,56 @@ class BRGMModel:
         """G(w): (..., L, d) -> (..., C, H, W)."""
         return self.generator(w)
 
-    def predict(self, w: Tensor) -> Tensor:
-        """f(G(w)): (..., L, d) -> (..., C, h, w)."""
-        return self.corruption(self.generator(w))
+    def predict(self, w: Tensor, params: Optional[dict] = None) -> Tensor:
+        """f(G(w)): (..., L, d) -> (..., C, h, w); ``params``: the scalar latents' values (plate layout)."""
+        return self.corruption(self.generator(w), params)
 
     def site_terms(self) -> dict[str, str]:
         """Site name -> loss-term name (e.g. ``{"w": "prior", "y": "pixel", ...}``)."""
         out = self.prior.sites()
+        for lat in self.scalar_latents:
+            out[lat.name] = lat.term
         for lik in self.likelihoods:
             out[lik.site] = lik.term
         return out
 
-    def log_joint(self, w: Tensor, y: Tensor) -> Tensor:
-        """log p(w, y) up to a constant, per image, computed directly (no Pyro): (..., B)."""
-        pred = self.predict(w)
-        out = self.prior.log_prob(w)
-        for lik in self.likelihoods:
-            out = out + lik.log_prob(pred, y, self.mask) / self.temperature
-        return out
+    def likelihood_terms(self) -> set[str]:
+        return {lik.term for lik in self.likelihoods}
+
+    def log_joint(self, latents: Union[Tensor, dict], y: Tensor) -> Tensor:
+        """log p(latents, y) up to a constant, summed over images: (*S,) for S leading sample dims.
+
+        ``latents``: a dict site -> value (plate layout, see :func:`log_density_terms`), or the
+        tensor w alone when w is the model's only latent.
+        """
+        from brgm_pyro.models.density import log_density_terms
+
+        return sum(log_density_terms(self, y, self.as_latents(latents)).values())
+
+    def as_latents(self, latents: Union[Tensor, dict]) -> dict:
+        if isinstance(latents, dict):
+            return latents
+        if self.scalar_latents:
+            raise BRGMError(f"the model has latents {list(self.latent_sites())}: give them all as a dict")
+        return {self.image_site: latents}
 
     def init_latents(self, batch: int) -> Tensor:
-        """The prior mean repeated for each image: (B, L, d)."""
+        """The prior's initial w repeated for each image: (B, L, d)."""
         return self.prior.init_value().expand(batch, *self.generator.latent_shape).clone()
+
+    def init_values(self, batch: int, device=None) -> dict[str, Tensor]:
+        """The starting value of every latent site, stated by its component: name -> value."""
+        out = {self.image_site: self.init_latents(batch)}
+        out.update({lat.name: lat.init_value(batch) for lat in self.scalar_latents})
+        return {k: v.to(device) for k, v in out.items()} if device is not None else out
+
+    def draw_inits(self, num: int, batch: int, seed: int) -> dict[str, Tensor]:
+        """``num`` independent starting points of every latent (CPU): name -> (num, *value shape)."""
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        out = {self.image_site: self.prior.draw_init(num * batch, g).reshape(num, batch,
+                                                                            *self.generator.latent_shape)}
+        out.update({lat.name: lat.draw_init(num, batch, g) for lat in self.scalar_latents})
+        return out
 
     def check_observation(self, y: Tensor) -> None:
         if y.ndim != 4 or tuple(y.shape[1:]) != self.obs_shape:
@@ -113,6 +188,7 @@ class BRGMModel:
                 "prior": {"class": type(self.prior).__name__, **self.prior.config()},
                 "corruption": self.corruption.config(),
                 "likelihoods": [{"class": type(l).__name__, **l.config()} for l in self.likelihoods],
+                "latent_sites": list(self.latent_sites()),
                 "temperature": self.temperature}
 
 
@@ -121,7 +197,10 @@ def build_model(
     corruption: Corruption,
     *,
     prior: str | Prior = "brgm",
-    sigma_pixel: Optional[float] = DEFAULT_SIGMA_PIXEL,
+    sigma_pixel: Union[float, str, ScalarLatent, None] = DEFAULT_SIGMA_PIXEL,
+    noise: str = "gaussian",
+    noise_prior: str = "lognormal",
+    noise_per_image: bool = False,
     sigma_percept: Optional[float] = None,
     phi: Optional[nn.Module] = None,
     kappa: float = DEFAULT_KAPPA,
@@ -129,14 +208,22 @@ def build_model(
     temperature: float = 1.0,
     stats: Optional[LatentStats] = None,
     prior_options: Optional[dict] = None,
+    noise_options: Optional[dict] = None,
 ) -> BRGMModel:
     """The BRGM model with defaults stated as noise levels.
 
     Args:
         generator, corruption: G and f.
         prior: a registered prior name (``brgm``, ``gaussian``, ``standard_normal``, ``geocross``,
-            ``flat``) or a :class:`Prior`.
-        sigma_pixel: pixel noise std in units of ``image_scale`` (None: no pixel likelihood).
+            ``studentt``, ``flat``) or a :class:`Prior`.
+        sigma_pixel: pixel noise scale in units of ``image_scale`` (None: no pixel likelihood);
+            ``"learn"``: a latent site ``sigma_pixel`` with the hyperprior ``noise_prior``
+            (see :func:`noise_latent`); or a :class:`ScalarLatent` of your own.
+        noise: the pixel noise model: ``gaussian`` (sigma = std), ``laplace`` (sigma = Laplace
+            scale b; RLS's L1 fidelity) or ``studentt`` (sigma = Student-t scale; ``df`` in
+            ``noise_options``).
+        noise_prior, noise_per_image: the learned noise level's hyperprior (``lognormal``,
+            ``invgamma``, ``halfnormal``) and whether each image has its own.
         sigma_percept: perceptual noise std in feature units (default: ``phi.default_sigma`` if
             phi has it, else 1.0). Ignored without ``phi``.
         phi: perceptual feature network (None: no perceptual likelihood).
@@ -145,23 +232,53 @@ def build_model(
             divided by it (1.0: sigma in [-1, 1] units; 127.5: sigma in 0..255 units).
         temperature: likelihood tempering (VI option; 1 = exact posterior).
         stats: latent statistics (default: 10,000 mapped samples, seed 0, cached).
-        prior_options: extra options for the prior factory.
+        prior_options, noise_options: extra options for the prior factory / the noise model.
     """
+    from brgm_pyro.models.likelihoods import LIKELIHOODS, PIXEL_NOISE
+
     if stats is None:
         stats = compute_latent_stats(generator)
-    stats = stats.to(generator.device())
-    if isinstance(prior, str):
-        p = make_prior(prior, generator, stats, kappa=kappa, **(prior_options or {}))
-    else:
-        p = prior
+    device = generator.device()
+    stats = stats.to(device)
+    p = make_prior(prior, generator, stats, kappa=kappa, **(prior_options or {})) if isinstance(prior, str) else prior
     liks: list[Likelihood] = []
     if sigma_pixel is not None:
-        liks.append(PixelGaussian(sigma_pixel / image_scale))
+        if noise not in PIXEL_NOISE:
+            raise BRGMError(f"unknown noise model {noise!r}; choose one of: {', '.join(PIXEL_NOISE)}")
+        if isinstance(sigma_pixel, str):
+            if sigma_pixel not in ("learn", "auto"):
+                raise BRGMError(f"sigma_pixel must be a number, 'learn' or a ScalarLatent; got {sigma_pixel!r}")
+            scale: Union[float, ScalarLatent] = noise_latent(noise_prior, per_image=noise_per_image)
+        elif isinstance(sigma_pixel, ScalarLatent):
+            scale = sigma_pixel
+        else:
+            scale = float(sigma_pixel) / image_scale
+        liks.append(LIKELIHOODS.build(PIXEL_NOISE[noise], scale, **(noise_options or {})))
     if phi is not None:
         if sigma_percept is None:
             sigma_percept = float(getattr(phi, "default_sigma", DEFAULT_SIGMA_PERCEPT))
         liks.append(PerceptualGaussian(phi, sigma_percept))
-    return BRGMModel(generator, p, corruption.to(generator.device()), liks, temperature=temperature)
+    model = BRGMModel(generator, p, corruption.to(device), liks, temperature=temperature)
+    if hasattr(p, "to"):
+        p.to(device)
+    for lat in model.scalar_latents:
+        lat.to(device)
+    return model
 
 
-__all__ = ["BRGMModel", "build_model", "DEFAULT_SIGMA_PIXEL", "DEFAULT_SIGMA_PERCEPT", "DEFAULT_KAPPA"]
+def noise_latent(kind: str = "lognormal", guess: float = DEFAULT_SIGMA_PIXEL, spread: float = 1.0,
+                 per_image: bool = False, name: str = "sigma_pixel") -> ScalarLatent:
+    r"""The learned pixel noise level, a latent site with a weakly informative hyperprior.
+
+    Default: :math:`\log\sigma \sim N(\log 0.05, 1)`, i.e. the noise level is known to within a
+    factor e = 2.7 around 0.05 [-1, 1] units (68 %; 95 % between 0.007 and 0.37). The log-normal's
+    density vanishes faster than any power of sigma at 0, so the joint mode of (w, sigma) stays
+    finite even when G can fit the observation exactly (with a flat or half-normal prior the MAP
+    of sigma is then 0). ``invgamma`` and ``halfnormal`` are the alternatives
+    (:func:`~brgm_pyro.models.latents.positive_prior`).
+    """
+    return ScalarLatent(name, positive_prior(kind, guess, spread), per_image=per_image, init=guess,
+                        units="[-1, 1] image units (noise scale)")
+
+
+__all__ = ["BRGMModel", "LatentSite", "build_model", "noise_latent", "DEFAULT_SIGMA_PIXEL", "DEFAULT_SIGMA_PERCEPT", "DEFAULT_KAPPA"]

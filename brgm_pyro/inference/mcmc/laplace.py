@@ -4,12 +4,13 @@ At the MAP :math:`\hat w` the posterior is approximately :math:`\mathcal N(\hat 
 
 .. math::
 
-    P = \mathrm{diag}(\sigma_{prior}^{-2}) + \sum_{\ell} \frac{1}{T \sigma_\ell^2} J_\ell^\top J_\ell,
+    P = \mathrm{diag}(c_{prior}) + \sum_{\ell} \frac{1}{T} J_\ell^\top \mathrm{diag}(I_\ell) J_\ell,
     \qquad J_\ell = \frac{\partial m_\ell(w)}{\partial w}\Big|_{\hat w}
 
 where :math:`m_\ell` is the mean of likelihood :math:`\ell` (the observed pixels of f(G(w)) for
-the pixel term, phi(f(G(w))) for the perceptual term), :math:`\sigma_\ell` its noise level and T
-the temperature. (The colinearity factor's curvature, of order :math:`\kappa / \lVert w_i\rVert^2`,
+the pixel term, phi(f(G(w))) for the perceptual term), :math:`I_\ell` the Fisher information of
+its noise per element (1/sigma^2 for a Gaussian; stated by the likelihood), :math:`c_{prior}` the
+prior's stated curvature (1/sigma_prior^2 for the Gaussian) and T the temperature. (The colinearity factor's curvature, of order :math:`\kappa / \lVert w_i\rVert^2`,
 is left out: it is orders of magnitude below the prior's.) ``J`` has one row per observed value;
 with M rows it costs M vector-Jacobian products (one backward pass each). When M exceeds
 ``max_rows`` (in-painting observes most pixels) a Gaussian sketch is used instead:
@@ -32,77 +33,87 @@ from torch import Tensor
 from brgm_pyro.errors import BRGMError
 
 
-def _mean_functions(model, pred: Tensor):
-    """[(term, mean values flattened over observed elements, sigma)] of the Gaussian likelihoods."""
-    from brgm_pyro.models.likelihoods import PerceptualGaussian, PixelGaussian
-
-    out = []
-    for lik in model.likelihoods:
-        if isinstance(lik, PixelGaussian):
-            m = pred if model.mask is None else pred[model.mask.expand_as(pred)]
-            out.append((lik.term, m.reshape(-1), lik.sigma))
-        elif isinstance(lik, PerceptualGaussian):
-            out.append((lik.term, lik.features(pred).reshape(-1), lik.sigma))
-        else:
-            raise BRGMError(f"Laplace preconditioning does not know the likelihood {type(lik).__name__}; "
-                            "use a diagonal mass matrix instead")
-    return out
+def _prior_precision(model, B: int, device) -> Tensor:
+    """diag(-d^2 log p(w)) as the prior states it (its curvature), expanded over images: (D,) float64."""
+    curv = model.prior.curvature()
+    if curv is None:
+        raise BRGMError(f"the prior {type(model.prior).__name__} states no curvature, which the Laplace metric "
+                        "needs; use mass='diag' (--mass diag) or init='map'/'prior'")
+    return curv.detach().double().expand(B, *curv.shape[-2:]).reshape(-1).to(device)
 
 
-def gauss_newton_precision(model, y: Tensor, w: Tensor, max_rows: int = 512, seed: int = 0,
+def gauss_newton_precision(model, y: Tensor, w, max_rows: int = 512, seed: int = 0,
                            info: dict | None = None) -> Tensor:
-    """The Gauss-Newton posterior precision P (D, D) at ``w`` (B, L, d), D = B L d, float64.
+    """The generalised Gauss-Newton precision P (D, D) of w at ``w``, D = B L d, float64.
+
+    P = diag(prior curvature) + sum_l (1/T) J_l^T diag(I_l) J_l, with J_l the Jacobian of
+    likelihood l's mean function and I_l the Fisher information of its noise per element
+    (1/sigma^2 for a Gaussian): both stated by the likelihood (:meth:`Likelihood.gauss_newton`).
 
     Args:
-        model: a :class:`~brgm_pyro.models.brgm.BRGMModel` with Gaussian prior base and Gaussian
-            likelihoods (pixel, perceptual).
+        model: a :class:`~brgm_pyro.models.brgm.BRGMModel` whose prior states its curvature and
+            whose likelihoods state their Fisher information.
         y: (B, C, h, w) observation (only used for shapes; P does not depend on y).
-        w: the point, usually the MAP.
+        w: the point, usually the MAP: the latents dict (scalars are held at their values) or w.
         max_rows: above this many observed values per likelihood, sketch J^T J with max_rows
             Gaussian combinations.
         seed: the sketch's seed.
         info: if a dict, ``info["backward_passes"]`` is set to the number of VJPs computed.
     """
-    B = w.shape[0]
-    D = w.numel()
-    prior_sd = model.prior.distribution().stddev.detach()  # (L, d)
-    prec = torch.diag((1.0 / prior_sd.double() ** 2).expand(B, *prior_sd.shape).reshape(-1)).to(w.device)
+    lat = model.as_latents(w)
+    w = lat[model.image_site]
+    params = {lat_.name: lat[lat_.name].detach() for lat_ in model.scalar_latents}
+    B, D = w.shape[0], w.numel()
+    prec = torch.diag(_prior_precision(model, B, w.device))
     wv = w.detach().clone().requires_grad_(True)
-    pred = model.predict(wv)
+    pred = model.predict(wv, params)
     g = torch.Generator(device="cpu").manual_seed(seed)
     passes = 0
-    for _, mean, sigma in _mean_functions(model, pred):
+    for lik in model.likelihoods:
+        mean, fisher = lik.gauss_newton(pred, model.mask, params)
         flat = mean.reshape(-1)
         M = flat.numel()
-        scale = 1.0 / (model.temperature * sigma ** 2)
+        root = torch.as_tensor(fisher, dtype=flat.dtype, device=flat.device).sqrt().expand(M) / model.temperature ** 0.5
         passes += min(M, max_rows)
         if M <= max_rows:
-            rows = [torch.autograd.grad(flat[i], wv, retain_graph=True)[0].reshape(-1) for i in range(M)]
+            rows = [torch.autograd.grad(flat[i], wv, retain_graph=True)[0].reshape(-1) * root[i] for i in range(M)]
             J = torch.stack(rows).double()
-            prec += scale * (J.T @ J)
+            prec += J.T @ J
         else:
             acc = torch.zeros(D, D, dtype=torch.float64, device=w.device)
             for _ in range(max_rows):
                 s = torch.randn(M, generator=g).to(flat)
-                v = torch.autograd.grad(flat, wv, grad_outputs=s, retain_graph=True)[0].reshape(-1).double()
+                v = torch.autograd.grad(flat, wv, grad_outputs=s * root, retain_graph=True)[0].reshape(-1).double()
                 acc += torch.outer(v, v)
-            prec += scale * acc / max_rows
+            prec += acc / max_rows
     if info is not None:
         info["backward_passes"] = passes
     return prec
 
 
-def hessian_precision(model, y: Tensor, w: Tensor, chunk: int = 32, info: dict | None = None) -> Tensor:
-    r"""The exact Hessian of :math:`U = -\log p(w, y)` at ``w``, made positive definite: (D, D) float64.
+def _fold(H: Tensor, floor: float, info: dict | None = None) -> Tensor:
+    """Symmetrise and make positive definite: eigenvalues -> max(|lambda|, floor) (SoftAbs-like)."""
+    H = 0.5 * (H + H.T)
+    lam, V = torch.linalg.eigh(H)
+    if info is not None:
+        info["negative_eigenvalues"] = info.get("negative_eigenvalues", 0) + int((lam < 0).sum())
+    return (V * lam.abs().clamp_min(floor)) @ V.T
+
+
+def hessian_precision(model, y: Tensor, w, chunk: int = 32, info: dict | None = None) -> Tensor:
+    r"""The exact Hessian in w of :math:`U = -\log p(\text{latents}, y)` at ``w`` (scalars held fixed),
+    made positive definite: (D, D) float64.
 
     D Hessian-vector products by double backward (``chunk`` at a time); eigenvalues are replaced
-    by :math:`\max(|\lambda|, \min_k \sigma_{prior,k}^{-2})` (negative curvature away from a mode
-    is folded, as in SoftAbs). Costs about D gradient evaluations: use it for D up to a few
-    thousand (faces64: D = 1280), Gauss-Newton above.
+    by :math:`\max(|\lambda|, \min_k c_k)` with c the prior's curvature (negative curvature away
+    from a mode is folded, as in SoftAbs). Costs about D gradient evaluations: use it for D up to
+    a few thousand (faces64: D = 1280), Gauss-Newton above.
     """
+    lat = model.as_latents(w)
+    w = lat[model.image_site]
     D = w.numel()
     wv = w.detach().clone().requires_grad_(True)
-    U = -model.log_joint(wv, y).sum()
+    U = -model.log_joint({**{k: v.detach() for k, v in lat.items()}, model.image_site: wv}, y).sum()
     (g,) = torch.autograd.grad(U, wv, create_graph=True)
     cols = []
     eye = torch.eye(D, dtype=wv.dtype, device=wv.device)
@@ -110,33 +121,67 @@ def hessian_precision(model, y: Tensor, w: Tensor, chunk: int = 32, info: dict |
         E = eye[i:i + chunk].reshape(-1, *wv.shape)
         (h,) = torch.autograd.grad(g, wv, grad_outputs=E, retain_graph=True, is_grads_batched=True)
         cols.append(h.reshape(E.shape[0], D).double())
-    H = torch.cat(cols)
-    H = 0.5 * (H + H.T)
-    floor = float((1.0 / model.prior.distribution().stddev.detach().double() ** 2).min())
-    lam, V = torch.linalg.eigh(H)
-    lam = lam.abs().clamp_min(floor)
     if info is not None:
         info["backward_passes"] = D
-        info["negative_eigenvalues"] = int((torch.linalg.eigvalsh(H) < 0).sum())
-    return (V * lam) @ V.T
+    return _fold(torch.cat(cols), float(_prior_precision(model, w.shape[0], w.device).min()), info)
 
 
-def laplace_covariance(model, y: Tensor, w: Tensor, max_rows: int = 512, seed: int = 0,
+def scalar_precision(model, y: Tensor, latents: dict, info: dict | None = None) -> dict[str, Tensor]:
+    r"""Exact Hessian of U in the unconstrained coordinates u of each scalar latent (w held fixed).
+
+    With :math:`\theta = T(u)` (e.g. sigma = exp(u)), :math:`U(u) = -\log p(\theta, w, y) - \log|T'(u)|`,
+    Pyro's potential in the coordinates NUTS moves in. Returns site -> (k, k) float64, k = 1 or B.
+    """
+    from torch.distributions import biject_to
+
+    out = {}
+    fixed = {k: v.detach() for k, v in latents.items()}
+    for lat in model.scalar_latents:
+        t = biject_to(lat.prior.support)
+        theta0 = fixed[lat.name]
+        u0 = t.inv(theta0).detach().reshape(-1)
+
+        def U(u, lat=lat, t=t, shape=theta0.shape):
+            uu = u.reshape(shape)
+            theta = t(uu)
+            return -(model.log_joint({**fixed, lat.name: theta}, y).sum() + t.log_abs_det_jacobian(uu, theta).sum())
+
+        H = torch.autograd.functional.hessian(U, u0).double().reshape(u0.numel(), u0.numel())
+        out[lat.name] = _fold(H, 1e-8 * max(float(H.abs().max()), 1e-12), info)
+        if info is not None:
+            info["backward_passes"] = info.get("backward_passes", 0) + 2 * u0.numel()
+    return out
+
+
+def laplace_covariance(model, y: Tensor, w, max_rows: int = 512, seed: int = 0,
                        jitter: float = 1e-8, info: dict | None = None, curvature: str = "gauss_newton") -> Tensor:
-    """P^{-1} (D, D), the Laplace posterior covariance at ``w`` (float32, symmetric positive definite).
+    """P^{-1} (D, D): the Laplace posterior covariance at ``w`` in the unconstrained coordinates of
+    every latent site, sites in sorted-name order (the order of Pyro's and our kernels' flat
+    vectors), float32, symmetric positive definite. Block-diagonal: w's block from ``curvature``,
+    each scalar latent's from :func:`scalar_precision` (cross terms are left out).
 
+    ``w``: the latents dict at the point (or w alone for a model without scalar latents).
     ``curvature``: ``"gauss_newton"`` (:func:`gauss_newton_precision`, M backward passes, scales to
     any D) or ``"hessian"`` (:func:`hessian_precision`, D Hessian-vector products, exact at ``w``).
     """
+    lat = model.as_latents(w)
+    info = {} if info is None else info
     if curvature == "hessian":
-        P = hessian_precision(model, y, w, info=info)
+        blocks = {model.image_site: hessian_precision(model, y, lat, info=info)}
     elif curvature == "gauss_newton":
-        P = gauss_newton_precision(model, y, w, max_rows=max_rows, seed=seed, info=info)
+        blocks = {model.image_site: gauss_newton_precision(model, y, lat, max_rows=max_rows, seed=seed, info=info)}
     else:
         raise BRGMError(f"curvature must be 'gauss_newton' or 'hessian'; got {curvature!r}")
-    L = torch.linalg.cholesky(P + jitter * torch.eye(P.shape[0], dtype=P.dtype, device=P.device))
-    cov = torch.cholesky_inverse(L)
+    passes = info.get("backward_passes", 0)
+    blocks.update(scalar_precision(model, y, lat, info=info))
+    info["backward_passes"] = info.get("backward_passes", passes)
+    covs = []
+    for name in sorted(blocks):
+        P = blocks[name]
+        L = torch.linalg.cholesky(P + jitter * torch.eye(P.shape[0], dtype=P.dtype, device=P.device))
+        covs.append(torch.cholesky_inverse(L))
+    cov = torch.block_diag(*covs)
     return (0.5 * (cov + cov.T)).float()
 
 
-__all__ = ["gauss_newton_precision", "hessian_precision", "laplace_covariance"]
+__all__ = ["gauss_newton_precision", "hessian_precision", "scalar_precision", "laplace_covariance"]

@@ -7,9 +7,10 @@ r"""Run MCMC chains on a BRGM model and return an :class:`InferenceResult`.
 Chains run sequentially in this process by default (deterministic per-chain seeds, the same code
 on CPU and GPU: tensors follow ``y``'s device), or ``workers`` at a time in spawned CPU processes
 (same draws as the sequential run; see :func:`run_mcmc`). The
-result holds ``samples_w`` (C S, B, L, d) flattened chain-major and, in ``extra``:
-``num_chains``, ``num_draws``, ``sample_stats`` (name -> numpy (C, S)), ``grad_evals``,
-``init_w`` (C, B, L, d), ``map_w`` and the kernel settings.
+result holds ``draws`` of every latent site (C S, *value shape), flattened chain-major, and, in
+``extra``: ``num_chains``, ``num_draws``, ``sample_stats`` (name -> numpy (C, S)), ``grad_evals``,
+``init`` (site -> (C, *value shape)), ``map`` (site -> value) and the kernel settings. Chains move in
+the unconstrained coordinates of every site (e.g. log sigma for a learned noise level), as Pyro's.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ from typing import Optional
 import numpy as np
 import pyro
 import torch
+from pyro import poutine
 from pyro.infer import MCMC
+from torch.distributions import biject_to
 from torch import Tensor
 
 from brgm_pyro.errors import BRGMError
 from brgm_pyro.inference.mcmc.hmc import StatsHMC, StatsNUTS
 from brgm_pyro.inference.mcmc.langevin import DensePreconditioner, Langevin
 from brgm_pyro.inference.result import InferenceResult
+from brgm_pyro.inference.sites import initial_values
 
 SAMPLERS = ("sgld", "psgld", "mala", "hmc", "nuts")
 DEFAULT_WARMUP = {"sgld": 200, "psgld": 200, "mala": 200, "hmc": 200, "nuts": 200}
@@ -67,9 +71,9 @@ def make_kernel(method: str, model, *, step_size=None, thin: int = 1, seed: int 
     raise BRGMError(f"unknown sampler {method!r}; choose one of: {', '.join(SAMPLERS)}")
 
 
-def _run_chain(model, y: Tensor, *, method: str, c: int, w0: Tensor, seed: int, warmup: int, num_samples: int,
+def _run_chain(model, y: Tensor, *, method: str, c: int, z0: dict, seed: int, warmup: int, num_samples: int,
                thin: int, step_size, kopts: dict, progress: bool) -> dict:
-    """One chain: ``{"w": (S, B, L, d) cpu, "infos": [per-draw dict], "grad_evals", "seconds"}``."""
+    """One chain from unconstrained ``z0``: ``{"draws": site -> (S, ...) cpu, "infos", "grad_evals", "seconds"}``."""
     langevin = method in ("sgld", "psgld", "mala")
     pyro.set_rng_seed(seed)
     kernel = make_kernel(method, model, step_size=step_size, thin=thin if langevin else 1, seed=seed, **kopts)
@@ -80,7 +84,7 @@ def _run_chain(model, y: Tensor, *, method: str, c: int, w0: Tensor, seed: int, 
             infos.append(dict(k.last_info))
 
     n_run = num_samples if langevin else num_samples * thin
-    mcmc = MCMC(kernel, num_samples=n_run, warmup_steps=warmup, initial_params={"w": w0},
+    mcmc = MCMC(kernel, num_samples=n_run, warmup_steps=warmup, initial_params=dict(z0),
                 hook_fn=hook, disable_progbar=not progress)
     t0 = time.perf_counter()
     try:
@@ -88,12 +92,12 @@ def _run_chain(model, y: Tensor, *, method: str, c: int, w0: Tensor, seed: int, 
     except KeyboardInterrupt:
         raise BRGMError(f"{method} interrupted in chain {c}") from None
     seconds = time.perf_counter() - t0
-    w = mcmc.get_samples()["w"].detach()
+    draws = {k: v.detach() for k, v in mcmc.get_samples().items()}
     if not langevin and thin > 1:
-        w, infos = w[thin - 1::thin], infos[thin - 1::thin]
-    if not torch.isfinite(w).all():
+        draws, infos = {k: v[thin - 1::thin] for k, v in draws.items()}, infos[thin - 1::thin]
+    if not all(torch.isfinite(v).all() for v in draws.values()):
         raise BRGMError(f"{method} produced non-finite draws in chain {c}; lower --step-size")
-    return {"w": w.reshape(num_samples, *w0.shape).cpu(), "infos": infos,
+    return {"draws": {k: v.cpu() for k, v in draws.items()}, "infos": infos,
             "grad_evals": int(kernel.num_grad_evals), "seconds": seconds}
 
 
@@ -131,50 +135,148 @@ def _run_chains_parallel(model, y: Tensor, jobs: list[dict], workers: int, threa
         ex.shutdown(wait=True, cancel_futures=True)
 
 
-def _initial_latents(model, y: Tensor, init, num_chains: int, seed: int, map_steps: Optional[int],
-                     progress: bool, init_jitter: float,
-                     map_w: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor], float, int]:
-    """(C, B, L, d) starting latents, the MAP (or None), seconds and gradient evaluations spent."""
-    B = y.shape[0]
-    lat = (B, *model.generator.latent_shape)
-    w_map, t, grads = None, 0.0, 0
-    if isinstance(init, Tensor):
-        w0 = init.detach().to(y)
-        if w0.shape == lat:
-            w0 = w0.expand(num_chains, *lat).clone()
-        if tuple(w0.shape) != (num_chains, *lat):
-            raise BRGMError(f"init_w must have shape {lat} or {(num_chains, *lat)}; got {tuple(w0.shape)}")
-    elif init in ("map", "laplace") and map_w is not None:
-        w_map = map_w.detach().to(y)
-        if tuple(w_map.shape) != lat:
-            raise BRGMError(f"map_w must have shape {lat}; got {tuple(w_map.shape)}")
-        w0 = w_map.expand(num_chains, *lat).clone()
-    elif init in ("map", "laplace"):
-        from brgm_pyro.inference.map import run_map
+def _supports(model, y: Tensor) -> dict:
+    """site -> its support (from one trace of the model), for the unconstrained coordinates."""
+    with poutine.block(), torch.no_grad(), torch.random.fork_rng(devices=[]):
+        tr = poutine.trace(model).get_trace(y)
+    return {k: tr.nodes[k]["fn"].support for k in model.latent_sites()}
 
-        t0 = time.perf_counter()
-        res = run_map(model, y, steps=map_steps, seed=seed, progress=progress)
-        t = time.perf_counter() - t0
-        grads = int(res.timing.get("steps", map_steps or 0))
-        if res.stopped is not None:
-            raise BRGMError(f"the MAP warm start stopped early ({res.stopped}); use --init prior")
-        w_map = res.w.detach().to(y)
-        w0 = w_map.expand(num_chains, *lat).clone()
-    elif init == "prior":
-        g = torch.Generator(device="cpu").manual_seed(seed)
-        d = model.prior.distribution()
-        loc = d.mean.detach().cpu()
-        scale = d.stddev.detach().cpu()
-        w0 = (loc + scale * torch.randn(num_chains, B, *loc.shape, generator=g)).to(y)
-    else:
-        raise BRGMError(f"init must be 'map', 'laplace', 'prior' or a tensor of latents; got {init!r}")
-    if init_jitter > 0:
-        g = torch.Generator(device="cpu").manual_seed(seed + 1)
-        scale = model.prior.distribution().stddev.detach().cpu()
-        noise = init_jitter * scale * torch.randn(num_chains, B, *scale.shape, generator=g)
+
+def _unconstrain(values: dict, supports: dict) -> dict:
+    return {k: biject_to(supports[k]).inv(v) for k, v in values.items()}
+
+
+def _constrain(values: dict, supports: dict) -> dict:
+    return {k: biject_to(supports[k])(v) for k, v in values.items()}
+
+
+def _map_start(model, y, init, num_chains, seed, map_steps, progress, map_latents):
+    """(MAP latents, seconds, gradients) for init='map'|'laplace'."""
+    if map_latents is not None:
+        given = map_latents if isinstance(map_latents, dict) else {model.image_site: map_latents}
+        return {k: v.detach().to(y) for k, v in initial_values(model, y, given).items()}, 0.0, 0
+    from brgm_pyro.inference.map import run_map
+
+    t0 = time.perf_counter()
+    res = run_map(model, y, steps=map_steps, seed=seed, progress=progress)
+    if res.stopped is not None:
+        raise BRGMError(f"the MAP warm start stopped early ({res.stopped}); use --init prior")
+    return {k: v.detach() for k, v in res.latents.items()}, time.perf_counter() - t0, int(res.timing.get("steps", 0))
+
+
+def _initial_points(model, y: Tensor, init, num_chains: int, seed: int, map_steps, progress: bool,
+                    map_latents) -> tuple[dict, Optional[dict], float, int]:
+    """Starting points site -> (C, *value shape) (constrained), the MAP (or None), seconds, gradients."""
+    B, C = y.shape[0], num_chains
+    if isinstance(init, (Tensor, dict)):
+        given = init if isinstance(init, dict) else {model.image_site: init}
+        unknown = sorted(set(given) - set(model.latent_sites()))
+        if unknown:
+            raise BRGMError(f"init names unknown latent site(s) {unknown}")
+        base = initial_values(model, y)
+        out = {}
+        for k, v in base.items():
+            v0 = torch.as_tensor(given.get(k, v)).detach().to(y)
+            if tuple(v0.shape) == tuple(v.shape):
+                v0 = v0.expand(C, *v.shape).clone()
+            if tuple(v0.shape) != (C, *v.shape):
+                raise BRGMError(f"the starting value of {k!r} must have shape {tuple(v.shape)} or "
+                                f"{(C, *v.shape)}; got {tuple(v0.shape)}")
+            out[k] = v0
+        return out, None, 0.0, 0
+    if init in ("map", "laplace"):
+        lat, t, grads = _map_start(model, y, init, C, seed, map_steps, progress, map_latents)
+        return {k: v.expand(C, *v.shape).clone() for k, v in lat.items()}, lat, t, grads
+    if init == "prior":
+        return {k: v.to(y) for k, v in model.draw_inits(C, B, seed).items()}, None, 0.0, 0
+    raise BRGMError(f"init must be 'map', 'laplace', 'prior' or a tensor/dict of latents; got {init!r}")
+
+
+def _jitter(model, z0: dict, init_jitter: float, seed: int) -> dict:
+    """Unconstrained starting points + noise for chains 1.. : w by init_jitter * the prior's reference
+    scale, scalar latents by init_jitter in their unconstrained units (log sigma)."""
+    if init_jitter <= 0:
+        return z0
+    g = torch.Generator(device="cpu").manual_seed(seed + 1)
+    out = {}
+    for k in z0:  # insertion order = program order: reproducible
+        scale = 1.0
+        if k == model.image_site:
+            ref = model.prior.reference_scale()
+            if ref is None:
+                raise BRGMError(f"init_jitter needs a reference scale, and the prior {type(model.prior).__name__} "
+                                "states none; use init_jitter=0")
+            scale = ref.detach().cpu()
+        noise = init_jitter * scale * torch.randn(z0[k].shape, generator=g)
         noise[0] = 0.0  # chain 0 starts exactly at the initial point
-        w0 = w0 + noise.to(y)
-    return w0, w_map, t, grads
+        out[k] = z0[k] + noise.to(z0[k])
+    return out
+
+
+def _flat_order(z0: dict) -> list[str]:
+    return sorted(z0)  # the order of Pyro's (and our Langevin kernel's) flat vectors
+
+
+def _laplace_draws(z_map: dict, cov: Tensor, C: int, seed: int) -> dict:
+    """C draws of N(z_MAP, cov) in the unconstrained coordinates, chain 0 included."""
+    g = torch.Generator(device="cpu").manual_seed(seed + 7)
+    Lc = torch.linalg.cholesky(cov.double()).float().cpu()
+    xi = (torch.randn(C, Lc.shape[0], generator=g) @ Lc.T)
+    out, pos = {}, 0
+    for k in _flat_order(z_map):
+        v = z_map[k]
+        out[k] = v + xi[:, pos:pos + v.numel()].reshape(C, *v.shape).to(v)
+        pos += v.numel()
+    return out
+
+
+def _metric(model, y, method, mass, init, init_given, lat_map, z0, supports, kopts, laplace_rows,
+            curvature, seed) -> tuple[dict, Optional[str], float, int]:
+    """Laplace covariance where asked: sets the inverse mass / preconditioner, may redraw the starts."""
+    langevin = method in ("sgld", "psgld", "mala")
+    want = ((mass == "laplace" and not langevin) or (langevin and kopts.get("preconditioner") == "laplace")
+            or (init == "laplace" and not init_given))
+    if not want:
+        if not langevin and mass == "dense":
+            kopts.setdefault("full_mass", True)
+        return z0, None, 0.0, 0
+    from brgm_pyro.inference.mcmc.laplace import laplace_covariance
+
+    t0 = time.perf_counter()
+    info: dict = {}
+    curvature = curvature or "gauss_newton"
+    point = lat_map if lat_map is not None else {k: v[0] for k, v in _constrain(z0, supports).items()}
+    cov = laplace_covariance(model, y, point, max_rows=laplace_rows, seed=seed, info=info, curvature=curvature)
+    if init == "laplace" and not init_given:  # each chain starts at a draw of N(MAP, cov)
+        z0 = _laplace_draws(_unconstrain(point, supports), cov, next(iter(z0.values())).shape[0], seed)
+    if langevin and kopts.get("preconditioner") == "laplace":
+        kopts["preconditioner"] = DensePreconditioner(cov)
+    elif not langevin and mass == "laplace":
+        kopts["inverse_mass"] = cov
+    return z0, curvature, time.perf_counter() - t0, int(info.get("backward_passes", 0))
+
+
+def _check_args(method, num_samples, num_chains, workers, y, thin_arg, options) -> int:
+    if method not in SAMPLERS:
+        raise BRGMError(f"unknown sampler {method!r}; choose one of: {', '.join(SAMPLERS)}")
+    if num_samples < 1 or num_chains < 1:
+        raise BRGMError("num_samples and num_chains must be >= 1")
+    if int(workers) < 1:
+        raise BRGMError(f"workers must be >= 1, got {workers}")
+    if int(workers) > 1 and y.device.type != "cpu":
+        raise BRGMError("parallel chains (workers > 1) run on the CPU only; on a GPU use workers=1 "
+                        "(the chains then share the device one after another)")
+    wrong = sorted(set(options) & MAP_VI_OPTIONS)
+    if wrong:
+        raise BRGMError(f"{', '.join(wrong)}: option(s) of MAP/VI, not of {method}")
+    thin = DEFAULT_THIN[method] if thin_arg is None else int(thin_arg)
+    if thin < 1:
+        raise BRGMError(f"thin must be >= 1, got {thin}")
+    return thin
+
+
+MAP_VI_OPTIONS = {"lr", "lr_decay", "lr_rampdown", "guide", "num_particles", "hyperprior", "hyperprior_units",
+                  "guide_options", "init_scale", "callback", "checkpoint_path", "checkpoint_every"}
 
 
 def run_mcmc(
@@ -189,7 +291,7 @@ def run_mcmc(
     init_w: Optional[Tensor] = None,
     init_jitter: float = 0.0,
     map_steps: Optional[int] = None,
-    map_w: Optional[Tensor] = None,
+    map_w=None,
     thin: Optional[int] = None,
     step_size=None,
     seed: int = 0,
@@ -202,11 +304,10 @@ def run_mcmc(
     threads_per_worker: Optional[int] = None,
     **options,
 ) -> InferenceResult:
-    """Sample p(w | y) with ``method`` in ``num_chains`` chains.
+    """Sample the posterior of every latent site with ``method`` in ``num_chains`` chains.
 
     Args:
-        model: a :class:`~brgm_pyro.models.brgm.BRGMModel` (any Pyro model with a site ``w`` and
-            ``render``/``prior``/``generator`` attributes works).
+        model: a :class:`~brgm_pyro.models.brgm.BRGMModel`.
         y: (B, C, h, w) observations.
         method: ``sgld``, ``psgld``, ``mala``, ``hmc`` or ``nuts``.
         steps: warm-up draws per chain (adaptation: step size, mass matrix, pSGLD preconditioner;
@@ -216,12 +317,14 @@ def run_mcmc(
         init: ``"laplace"`` (default: MAP by ``map_steps`` Adam steps, then each chain starts at an
             independent draw of the Laplace approximation N(MAP, P^-1), which is already in the
             typical set; in 10^3 dimensions that is far from the mode), ``"map"`` (every chain
-            at the MAP), ``"prior"`` (a draw from the Gaussian part of the prior per chain) or a
-            (B, L, d) / (C, B, L, d) tensor (``init_w`` is the same).
-        map_w: a MAP computed beforehand (B, L, d), used by ``init="map"|"laplace"`` instead of
-            running the optimisation again.
-        init_jitter: add ``init_jitter * sigma_prior`` Gaussian noise to chains 1.. (chain 0 is
-            left at the initial point) so that R-hat sees dispersed starts.
+            at the MAP), ``"prior"`` (each component's own draw of starting points per chain), a
+            (B, L, d) / (C, B, L, d) tensor of w, or a dict site -> value (sites not given start at
+            their components' initial values). ``init_w`` is the tensor form.
+        map_w: a MAP computed beforehand (the latents dict, or w (B, L, d) for a model without
+            scalar latents), used by ``init="map"|"laplace"`` instead of optimising again.
+        init_jitter: add ``init_jitter * reference scale`` Gaussian noise to w (and init_jitter in
+            unconstrained units to the scalars) of chains 1.. (chain 0 is left at the initial
+            point) so that R-hat sees dispersed starts.
         thin: Langevin steps per kept draw (default 10 SGLD/pSGLD, 5 MALA), or keep every
             ``thin``-th NUTS/HMC draw (default 1).
         step_size: initial step size (default: ``"auto"`` for Langevin, Pyro's heuristic for HMC/NUTS).
@@ -241,102 +344,70 @@ def run_mcmc(
             hang, see docs/mcmc.md); starting one costs a few seconds.
         threads_per_worker: torch threads in each worker (default: this process's threads divided
             by ``workers``, at least 1).
-        kernel_options: extra kernel options (see :func:`make_kernel`); unknown top-level options
-            are merged in too.
+        kernel_options: extra kernel options (see :func:`make_kernel`); other top-level options
+            are merged in too, and a kernel that does not take one refuses it (one line); MAP/VI
+            options (``lr``, ``guide``, ...) are refused by name.
     Returns:
-        :class:`InferenceResult` with ``w`` = posterior mean of w, ``image`` = posterior mean of
-        G(w), ``samples_w`` (C S, B, L, d), ``samples`` (C S, B, C, H, W), ``history["loss"]`` =
-        the potential U = -log p(w, y) of every kept draw, and chain structure in ``extra``.
+        :class:`InferenceResult` with ``latents`` = posterior means, ``image`` = posterior mean of
+        G(w), ``draws`` site -> (C S, ...), ``samples`` (C S, B, C, H, W), ``history["loss"]`` =
+        the potential U of every kept draw, and chain structure in ``extra``.
     """
-    from brgm_pyro.inference.vi import render_samples
-
-    if method not in SAMPLERS:
-        raise BRGMError(f"unknown sampler {method!r}; choose one of: {', '.join(SAMPLERS)}")
-    if num_samples < 1 or num_chains < 1:
-        raise BRGMError("num_samples and num_chains must be >= 1")
-    if int(workers) < 1:
-        raise BRGMError(f"workers must be >= 1, got {workers}")
-    if int(workers) > 1 and y.device.type != "cpu":
-        raise BRGMError("parallel chains (workers > 1) run on the CPU only; on a GPU use workers=1 "
-                        "(the chains then share the device one after another)")
+    thin = _check_args(method, num_samples, num_chains, workers, y, thin, options)
     model.check_observation(y)
     warmup = DEFAULT_WARMUP[method] if steps is None else int(steps)
-    thin = DEFAULT_THIN[method] if thin is None else int(thin)
-    if thin < 1:
-        raise BRGMError(f"thin must be >= 1, got {thin}")
     kopts = {**options, **(kernel_options or {})}
-    for k in ("lr", "guide", "num_particles", "hyperprior", "callback", "checkpoint_path", "checkpoint_every"):
-        kopts.pop(k, None)  # options meant for MAP/VI runners
     pyro.set_rng_seed(seed)
     t_start = time.perf_counter()
-    w0, w_map, t_map, map_grads = _initial_latents(model, y, init_w if init_w is not None else init,
-                                                   num_chains, seed, map_steps, progress, init_jitter, map_w)
-    if map_w is not None:
-        map_grads = 0  # computed by the caller
+    given = init_w if init_w is not None else (init if isinstance(init, (Tensor, dict)) else None)
+    start, lat_map, t_map, map_grads = _initial_points(model, y, given if given is not None else init, num_chains,
+                                                       seed, map_steps, progress, map_w)
     langevin = method in ("sgld", "psgld", "mala")
-    if mass is None:
-        mass = "laplace" if (w_map is not None and not langevin) else "diag"
+    mass = mass or ("laplace" if (lat_map is not None and not langevin) else "diag")
     if mass not in ("diag", "dense", "laplace"):
         raise BRGMError(f"mass must be 'diag', 'dense' or 'laplace'; got {mass!r}")
-    want_laplace = ((mass == "laplace" and not langevin) or (langevin and kopts.get("preconditioner") == "laplace")
-                    or (init == "laplace" and init_w is None))
-    t_lap, lap_grads = 0.0, 0
-    if want_laplace:
-        from brgm_pyro.inference.mcmc.laplace import laplace_covariance
-
-        t0 = time.perf_counter()
-        info: dict = {}
-        if curvature is None:
-            curvature = "gauss_newton"
-        cov = laplace_covariance(model, y, w_map if w_map is not None else w0[0], max_rows=laplace_rows,
-                                 seed=seed, info=info, curvature=curvature)
-        t_lap, lap_grads = time.perf_counter() - t0, int(info.get("backward_passes", 0))
-        if init == "laplace" and init_w is None:  # each chain starts at a draw of N(MAP, cov)
-            g = torch.Generator(device="cpu").manual_seed(seed + 7)
-            Lc = torch.linalg.cholesky(cov.double()).float().cpu()
-            xi = torch.randn(num_chains, Lc.shape[0], generator=g)
-            w0 = w_map.expand_as(w0) + (xi @ Lc.T).reshape(w0.shape).to(w0)
-        if langevin and kopts.get("preconditioner") == "laplace":
-            kopts["preconditioner"] = DensePreconditioner(cov)
-        elif not langevin and mass == "laplace":
-            kopts["inverse_mass"] = cov
-    elif not langevin and mass == "dense":
-        kopts.setdefault("full_mass", True)
-    draws, stats, grad_evals, chain_times = [], [], 0, []
-    divergences = 0
-    jobs = [dict(method=method, c=c, w0=w0[c], seed=seed + 1000 * c, warmup=warmup, num_samples=num_samples,
-                 thin=thin, step_size=step_size, kopts=kopts, progress=progress) for c in range(num_chains)]
+    supports = _supports(model, y)
+    z0 = _jitter(model, _unconstrain(start, supports), init_jitter, seed)
+    z0, curvature, t_lap, lap_grads = _metric(model, y, method, mass, init, given is not None, lat_map, z0, supports,
+                                              kopts, laplace_rows, curvature, seed)
+    jobs = [dict(method=method, c=c, z0={k: v[c] for k, v in z0.items()}, seed=seed + 1000 * c, warmup=warmup,
+                 num_samples=num_samples, thin=thin, step_size=step_size, kopts=kopts, progress=progress)
+            for c in range(num_chains)]
     workers = max(1, min(int(workers), num_chains))
     if workers == 1:
         outs = [_run_chain(model, y, **job) for job in jobs]
     else:
         outs = _run_chains_parallel(model, y, jobs, workers, threads_per_worker, progress)
-    for c, out in enumerate(outs):
-        draws.append(out["w"].to(y.device))
-        stats.append(out["infos"])
-        chain_times.append(out["seconds"])
-        grad_evals += out["grad_evals"]
-        divergences += sum(bool(i.get("diverging", False)) for i in out["infos"])
-    samples_w = torch.cat(draws)  # (C S, B, L, d)
     t_sample = time.perf_counter() - t_start - t_map - t_lap
-    samples = render_samples(model, samples_w)
+    timing = {"map_s": t_map, "laplace_s": t_lap, "sampling_s": t_sample, "steps": warmup + num_samples * thin}
+    settings = dict(num_chains=num_chains, num_draws=num_samples, warmup=warmup, thin=thin, workers=workers,
+                    laplace_grad_evals=lap_grads, map_grad_evals=map_grads, mass=None if langevin else mass,
+                    curvature=curvature, init=init if given is None and isinstance(init, str) else "value",
+                    init_points={k: v.detach().cpu() for k, v in _constrain(z0, supports).items()},
+                    map=None if lat_map is None else {k: v.detach().cpu() for k, v in lat_map.items()}, seed=seed,
+                    kernel={"method": method, "step_size": step_size, "mass": None if langevin else mass,
+                            **{k: v for k, v in kopts.items() if isinstance(v, (int, float, str, bool))}})
+    return _collect(model, y, method, outs, settings, timing, t_start)
+
+
+def _collect(model, y, method, outs, settings, timing, t_start) -> InferenceResult:
+    """Chain outputs -> InferenceResult (draws chain-major, sample stats (C, S), timing)."""
+    from brgm_pyro.inference.vi import render_samples
+
+    draws = {k: torch.cat([o["draws"][k] for o in outs]).to(y.device) for k in outs[0]["draws"]}
+    stats = [o["infos"] for o in outs]
+    grad_evals = sum(o["grad_evals"] for o in outs)
+    samples = render_samples(model, draws[model.image_site])
     keys = sorted(set().union(*[set(i) for s in stats for i in s]))
     sample_stats = {k: np.array([[float(i.get(k, np.nan)) for i in s] for s in stats]) for k in keys}
-    total = time.perf_counter() - t_start
     history = {"loss": [float(v) for v in sample_stats.get("potential_energy", np.zeros((0,))).reshape(-1)]}
-    extra = {
-        "num_chains": num_chains, "num_draws": num_samples, "warmup": warmup, "thin": thin, "workers": workers,
-        "sample_stats": sample_stats, "grad_evals": grad_evals + map_grads * (1 if w_map is not None else 0) + lap_grads,
-        "laplace_grad_evals": lap_grads, "mass": mass if not langevin else None,
-        "curvature": curvature if want_laplace else None,
-        "sampler_grad_evals": grad_evals, "map_grad_evals": map_grads, "divergences": divergences,
-        "init": init if isinstance(init, str) and init_w is None else "value", "init_w": w0.detach().cpu(),
-        "map_w": None if w_map is None else w_map.detach().cpu(), "seed": seed,
-        "kernel": {"method": method, "step_size": step_size, "mass": mass if not langevin else None,
-                   **{k: v for k, v in kopts.items()
-                                                               if isinstance(v, (int, float, str, bool))}},
-    }
-    timing = {"total_s": total, "map_s": t_map, "laplace_s": t_lap, "sampling_s": t_sample, "chain_s": chain_times,
-              "steps": warmup + num_samples * thin, "per_step_s": t_sample / max(grad_evals, 1)}
-    return InferenceResult(method=method, w=samples_w.mean(0), image=samples.mean(0), samples_w=samples_w,
-                           samples=samples, history=history, timing=timing, extra=extra)
+    map_grads = settings["map_grad_evals"] if settings["map"] is not None else 0
+    extra = {**settings, "sample_stats": sample_stats, "sampler_grad_evals": grad_evals,
+             "grad_evals": grad_evals + map_grads + settings["laplace_grad_evals"],
+             "divergences": sum(bool(i.get("diverging", False)) for s in stats for i in s),
+             "init_w": settings["init_points"][model.image_site],
+             "map_w": None if settings["map"] is None else settings["map"][model.image_site]}
+    timing = {"total_s": time.perf_counter() - t_start, **timing, "chain_s": [o["seconds"] for o in outs],
+              "per_step_s": timing["sampling_s"] / max(grad_evals, 1)}
+    latents = {k: v.mean(0) for k, v in draws.items()}
+    return InferenceResult(method=method, latents=latents, image=samples.mean(0), draws=draws, samples=samples,
+                           history=history, timing=timing, extra=extra, image_site=model.image_site)

@@ -5,6 +5,10 @@ to the observation (..., C, h, w). Leading dims are free (images, Pyro particles
 ``mask`` says which output pixels are observed (True) and therefore enter the likelihood;
 ``None`` means all. Missing pixels are *not observed*: they are dropped from the likelihood,
 never compared with a fill value.
+
+A corruption with an unknown parameter (blind reconstruction, e.g. the width of a blur kernel)
+owns a :class:`~brgm_pyro.models.latents.ScalarLatent` (:meth:`Corruption.latents`) and reads
+its value from ``params`` in :meth:`Corruption.forward`.
 """
 
 from __future__ import annotations
@@ -32,7 +36,12 @@ class Corruption(nn.Module):
     def apply(self, x: Tensor) -> Tensor:  # (N, C, H, W) -> (N, C, h, w)
         raise NotImplementedError
 
-    def forward(self, x: Tensor) -> Tensor:
+    def latents(self) -> list:
+        """The scalar latents this operator owns (none by default)."""
+        return []
+
+    def forward(self, x: Tensor, params: Optional[dict] = None) -> Tensor:
+        """f(x): (..., C, H, W) -> (..., C, h, w); ``params`` holds the values of :meth:`latents`."""
         lead = x.shape[:-3]
         out = self.apply(x.reshape(-1, *x.shape[-3:]))
         return out.reshape(*lead, *out.shape[-3:])

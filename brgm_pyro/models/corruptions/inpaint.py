@@ -55,7 +55,7 @@ class Inpainting(Corruption):
     def apply(self, x: Tensor) -> Tensor:
         return x * self._mask.to(x.dtype)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, params: Optional[dict] = None) -> Tensor:
         # broadcast directly: a batch of masks lines up with the images dimension
         self.check_input(tuple(x.shape[-3:]))
         return x * self._mask.to(x.dtype)
@@ -72,5 +72,5 @@ class Identity(Corruption):
     def apply(self, x: Tensor) -> Tensor:
         return x
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, params: Optional[dict] = None) -> Tensor:
         return x

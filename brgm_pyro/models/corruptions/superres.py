@@ -11,6 +11,7 @@ from torch import Tensor
 
 from brgm_pyro.errors import BRGMError
 from brgm_pyro.models.corruptions.base import Corruption
+from brgm_pyro.models.latents import ScalarLatent
 from brgm_pyro.models.corruptions.kernels import KERNELS, default_gauss_sigma, downsample_matrix, make_gaussian
 
 
@@ -24,9 +25,14 @@ class SuperResolution(Corruption):
             1-D (separable, applied to rows and columns) or 2-D (k x k, applied as a stride-s
             convolution centred on each output pixel's block as closely as the parities of k and s
             allow, weights renormalised over the taps inside the image).
-        gauss_sigma: width of the Gaussian kernel in input pixels.
+        gauss_sigma: width of the Gaussian kernel in input pixels: a number, or a
+            :class:`~brgm_pyro.models.latents.ScalarLatent` to infer it (blind reconstruction; the
+            site is usually ``kernel_width``, see :func:`blur_width_latent`). ``factor=1`` is a
+            plain Gaussian blur.
 
-    Shapes: (..., C, H, W) -> (..., C, H/s, W/s). Units are unchanged (a weighted mean).
+    Shapes: (..., C, H, W) -> (..., C, H/s, W/s). Units are unchanged (a weighted mean). With a
+    latent width, its value may be () or (B,) (per image), with any leading sample dims in the
+    plate layout ((*S, 1) or (*S, B)); the kernel is built per value, differentiably in the width.
     """
 
     name = "superres"
@@ -41,8 +47,15 @@ class SuperResolution(Corruption):
         self.gauss_sigma = gauss_sigma
         self._kernel_fn = None
         self._kernel2d: Optional[Tensor] = None
+        self.width_latent: Optional[ScalarLatent] = None
+        if isinstance(gauss_sigma, ScalarLatent):
+            if kernel != "gauss":
+                raise BRGMError("a latent kernel width needs kernel='gauss'")
+            self.width_latent, self.gauss_sigma = gauss_sigma, None
         if isinstance(kernel, str):
-            if kernel == "gauss":
+            if kernel == "gauss" and self.width_latent is not None:
+                pass  # built per value in forward()
+            elif kernel == "gauss":
                 self.gauss_sigma = float(gauss_sigma or default_gauss_sigma(self.factor))
                 self._kernel_fn = make_gaussian(self.gauss_sigma)
             elif kernel in KERNELS:
@@ -59,6 +72,23 @@ class SuperResolution(Corruption):
                 raise BRGMError("a 2-D user kernel must be square (k x k)")
             self._kernel2d = (k / k.sum()).float()
         self._mats: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    def latents(self) -> list:
+        return [] if self.width_latent is None else [self.width_latent]
+
+    def forward(self, x: Tensor, params: Optional[dict] = None) -> Tensor:
+        if self.width_latent is None:
+            return super().forward(x)
+        self.check_input(tuple(x.shape[-3:]))
+        try:
+            width = params[self.width_latent.name]
+        except (KeyError, TypeError):
+            raise BRGMError(f"this super-resolution infers its kernel width: pass params[{self.width_latent.name!r}]") \
+                from None
+        width = torch.as_tensor(width, dtype=x.dtype, device=x.device)
+        dh = gauss_matrix(x.shape[-2], self.factor, width)[..., None, :, :]  # (*width, 1, h, H)
+        dw = gauss_matrix(x.shape[-1], self.factor, width)[..., None, :, :]
+        return dh @ x @ dw.transpose(-1, -2)
 
     def out_shape(self, in_shape):
         c, h, w = in_shape
@@ -105,5 +135,38 @@ class SuperResolution(Corruption):
         return num / den
 
     def config(self) -> dict:
-        return {"name": self.name, "factor": self.factor, "kernel": self.kernel_name,
-                "gauss_sigma": self.gauss_sigma}
+        out = {"name": self.name, "factor": self.factor, "kernel": self.kernel_name,
+               "gauss_sigma": self.gauss_sigma}
+        if self.width_latent is not None:
+            out["gauss_sigma"] = "learned"
+            out["kernel_width_latent"] = self.width_latent.config()
+        return out
+
+
+def gauss_matrix(size: int, factor: int, width: Tensor) -> Tensor:
+    """Down-sampling matrices of Gaussian kernels of std ``width`` (...,) input pixels: (..., size // s, size).
+
+    The same kernel as :func:`~brgm_pyro.models.corruptions.kernels.make_gaussian` (truncated at
+    4 widths, rows normalised), differentiable in the width.
+    """
+    out = size // factor
+    i = torch.arange(size, dtype=width.dtype, device=width.device)
+    c = torch.arange(out, dtype=width.dtype, device=width.device) * factor + (factor - 1) / 2
+    t = i[None, :] - c[:, None]  # (out, size)
+    s = width[..., None, None]
+    k = torch.exp(-0.5 * (t / s) ** 2) * (t.abs() <= 4 * s)
+    return k / k.sum(-1, keepdim=True)
+
+
+def blur_width_latent(factor: int, guess: Optional[float] = None, spread: float = 0.5,
+                      per_image: bool = False) -> ScalarLatent:
+    """The latent ``kernel_width`` (input pixels) with a LogNormal(log guess, spread) prior.
+
+    ``guess`` defaults to s/2 (:func:`default_gauss_sigma`); ``spread`` 0.5 puts 95 % of the prior
+    between guess/2.7 and guess*2.7.
+    """
+    from brgm_pyro.models.latents import positive_prior
+
+    g = float(guess) if guess is not None else default_gauss_sigma(max(factor, 2))
+    return ScalarLatent("kernel_width", positive_prior("lognormal", g, spread), per_image=per_image,
+                        units="input pixels (std of the Gaussian kernel)")

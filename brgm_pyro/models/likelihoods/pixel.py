@@ -1,46 +1,72 @@
-"""Pixel-wise Gaussian likelihood N(y | f(G(w)), sigma_pixel^2 I)."""
+"""Pixel-wise noise models y_k ~ p(y_k | f(G(w))_k, scale): the Gaussian, and the base of all."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from brgm_pyro.models.likelihoods.base import Likelihood
+from brgm_pyro.models.latents import ScalarLatent, as_image
+from brgm_pyro.models.likelihoods.base import Likelihood, NoiseScaleMixin, Params, masked_flat, nan_unobserved
 
 
-class PixelGaussian(Likelihood):
-    """y_k ~ N(f(G(w))_k, sigma^2) independently for every observed pixel k.
-
-    Args:
-        sigma: noise standard deviation in image units ([-1, 1] range: 2 = full range).
+class PixelNoise(NoiseScaleMixin, Likelihood):
+    """y_k ~ p(. | f(G(w))_k, scale) independently for every observed pixel k.
 
     Unobserved pixels (mask False) are left out of the log-likelihood via ``.mask``: they are not
-    observed, so their (arbitrary) values in ``y`` never matter. Paper: lambda_pixel = sigma^-2.
+    observed, so their (arbitrary) values in ``y`` never matter. Subclasses give the element
+    distribution (:meth:`element`) and its Fisher information for the location (:meth:`fisher`).
+
+    Args:
+        scale: the noise scale in image units ([-1, 1] range: 2 = full range), fixed or a
+            :class:`~brgm_pyro.models.latents.ScalarLatent` (learned).
     """
 
     site = "y"
     term = "pixel"
+    scale_name = "sigma_pixel"
 
-    def __init__(self, sigma: float) -> None:
-        if not sigma > 0:
-            raise ValueError("sigma_pixel must be positive")
-        self.sigma = float(sigma)
+    def __init__(self, scale: Union[float, ScalarLatent]) -> None:
+        self._init_scale(scale, self.scale_name)
 
-    def distribution(self, pred: Tensor, y: Tensor, mask: Optional[Tensor]):
-        d = dist.Normal(pred, self.sigma)
+    def element(self, loc: Tensor, scale) -> dist.TorchDistribution:
+        raise NotImplementedError
+
+    def fisher(self, scale):
+        """Fisher information of the location of one element: E[(d/dloc log p)^2]."""
+        raise NotImplementedError
+
+    def distribution(self, pred: Tensor, y: Tensor, mask: Optional[Tensor], params: Params = None):
+        d = self.element(pred, self.scale_value(params))
         if mask is not None:
             d = d.mask(mask)
             y = torch.where(mask, y, torch.zeros((), dtype=y.dtype, device=y.device))
         return d.to_event(3), y
 
-    def pointwise_log_prob(self, pred: Tensor, y: Tensor, mask: Optional[Tensor]) -> Tensor:
-        lp = dist.Normal(pred, self.sigma).log_prob(y)
-        if mask is not None:
-            lp = torch.where(mask, lp, torch.full((), float("nan"), dtype=lp.dtype, device=lp.device))
-        return lp.flatten(-3)
+    def pointwise_log_prob(self, pred: Tensor, y: Tensor, mask: Optional[Tensor], params: Params = None) -> Tensor:
+        lp = self.element(pred, self.scale_value(params)).log_prob(y)
+        return nan_unobserved(lp, mask).flatten(-3)
+
+    def gauss_newton(self, pred: Tensor, mask: Optional[Tensor], params: Params = None):
+        info = self.fisher(self.scale_value(params))
+        if isinstance(info, Tensor):
+            info = masked_flat(info.expand_as(pred), mask)
+        return masked_flat(pred, mask), info
 
     def config(self) -> dict:
-        return {"sigma_pixel": self.sigma}
+        return self.scale_config()
+
+
+class PixelGaussian(PixelNoise):
+    """y_k ~ N(f(G(w))_k, sigma^2). Paper: lambda_pixel = sigma^-2."""
+
+    def element(self, loc, scale):
+        return dist.Normal(loc, scale)
+
+    def fisher(self, scale):
+        return scale ** -2
+
+
+__all__ = ["PixelNoise", "PixelGaussian", "as_image"]

@@ -10,6 +10,7 @@ from brgm_pyro.models.priors.base import Factor, Prior, ProductPrior, pairwise_c
 from brgm_pyro.models.priors.colinearity import ColinearityFactor
 from brgm_pyro.models.priors.gaussian import GaussianPrior, StandardNormalPrior
 from brgm_pyro.models.priors.geocross import GeocrossFactor
+from brgm_pyro.models.priors.studentt import StudentTPrior, fit_student_df
 from brgm_pyro.registry import Registry
 
 PRIORS: Registry[Prior] = Registry("prior")
@@ -46,6 +47,16 @@ def geocross_prior(generator, stats, geocross_weight: float = 1.0, scalar_sigma:
     return ProductPrior(_gaussian(generator, stats, scalar_sigma), [GeocrossFactor(geocross_weight)])
 
 
+@PRIORS.register("studentt")
+def studentt_prior(generator, stats, df: float | None = None, kappa: float = DEFAULT_KAPPA, colinearity: bool = True,
+                   **_) -> Prior:
+    """Heavy-tailed W+: every coordinate StudentT(nu, mu_k, s_k) with W's mean and std, nu fitted by
+    maximum likelihood to 2,000 mapped latents unless given; times the colinearity factor."""
+    nu = fit_student_df(generator, stats.mu, stats.sigma) if df is None else float(df)
+    base = StudentTPrior(stats.mu, stats.sigma, nu, generator.num_ws, generator.w_dim)
+    return ProductPrior(base, [ColinearityFactor(kappa)]) if colinearity else base
+
+
 @PRIORS.register("flat")
 def flat_prior(generator, stats, **_) -> Prior:
     """An (improper-in-spirit) very wide Gaussian around mu: 'no prior' for ablations (sigma = 1e3)."""
@@ -57,4 +68,4 @@ def make_prior(name: str, generator, stats, **options) -> Prior:
 
 
 __all__ = ["Prior", "Factor", "ProductPrior", "GaussianPrior", "StandardNormalPrior", "ColinearityFactor",
-           "GeocrossFactor", "PRIORS", "make_prior", "pairwise_cosines", "DEFAULT_KAPPA"]
+           "GeocrossFactor", "StudentTPrior", "PRIORS", "make_prior", "pairwise_cosines", "DEFAULT_KAPPA"]

@@ -5,11 +5,22 @@ log-density term on ``w`` through ``pyro.factor`` (the colinearity term of the p
 :class:`ProductPrior` multiplies a prior by factors: p(w) ∝ p_0(w) prod_k exp(phi_k(w)).
 
 Each site has a *term* name used in loss histories (e.g. site ``w`` -> term ``prior``).
+
+A prior states what inference needs, and nothing is probed from its distribution:
+
+* :meth:`Prior.init_value`: the starting latent (MAP, VI, the MCMC warm start);
+* :meth:`Prior.draw_init`: independent starting points (MCMC ``init="prior"``);
+* :meth:`Prior.reference_scale`: a per-coordinate scale (L, d) in which VI's inverse-gamma
+  hyperprior measures the guide's std, or None when the prior has none;
+* :meth:`Prior.curvature`: a positive diagonal of -d^2 log p / dw^2 (its expected Fisher
+  information) for the Laplace metric, or None.
+
+A method that needs one the prior lacks stops with one line naming the prior.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import pyro
 import torch
@@ -38,8 +49,15 @@ class Prior:
 
     site: str = "w"
     term: str = "prior"
+    dims: tuple[str, str] = ("layer", "w_dim")
     num_ws: int
     w_dim: int
+
+    def _lacks(self, what: str, needed_by: str):
+        from brgm_pyro.errors import BRGMError
+
+        return BRGMError(f"the prior {type(self).__name__} does not state {what}, which {needed_by} needs; "
+                         "use another prior or method, or implement it")
 
     def distribution(self) -> pyro.distributions.TorchDistribution:
         """The distribution of one image's latent, event shape (L, d)."""
@@ -58,8 +76,24 @@ class Prior:
         return {self.site: self.term}
 
     def init_value(self) -> Tensor:
-        """A sensible starting latent (L, d): the prior mean."""
-        return self.distribution().mean
+        """A sensible starting latent (L, d), e.g. the prior mean."""
+        raise self._lacks("an initial value", "every inference method")
+
+    def draw_init(self, num: int, generator: torch.Generator) -> Tensor:
+        """``num`` independent starting latents (num, L, d) drawn with ``generator``."""
+        raise self._lacks("how to draw starting points", "MCMC with init='prior'")
+
+    def reference_scale(self) -> Optional[Tensor]:
+        """Per-coordinate scale (L, d) of the prior (VI hyperprior units), or None if it has none."""
+        return None
+
+    def curvature(self) -> Optional[Tensor]:
+        """A positive (L, d) diagonal curvature of -log p(w) for the Laplace metric, or None."""
+        return None
+
+    def latents(self) -> list:
+        """Scalar latents the prior owns (hyperparameters it learns); none by default."""
+        return []
 
     def config(self) -> dict:
         return {}
@@ -72,6 +106,7 @@ class ProductPrior(Prior):
         self.base = base
         self.factors = list(factors)
         self.num_ws, self.w_dim = base.num_ws, base.w_dim
+        self.site, self.term, self.dims = base.site, base.term, base.dims
 
     def distribution(self):
         return self.base.distribution()
@@ -96,6 +131,24 @@ class ProductPrior(Prior):
 
     def init_value(self) -> Tensor:
         return self.base.init_value()
+
+    def draw_init(self, num: int, generator: torch.Generator) -> Tensor:
+        return self.base.draw_init(num, generator)
+
+    def reference_scale(self) -> Optional[Tensor]:
+        return self.base.reference_scale()
+
+    def curvature(self) -> Optional[Tensor]:
+        # the factors' curvature (colinearity: ~kappa / |w_i|^2) is orders of magnitude below the base's
+        return self.base.curvature()
+
+    def latents(self) -> list:
+        return self.base.latents()
+
+    def to(self, device) -> "ProductPrior":
+        if hasattr(self.base, "to"):
+            self.base.to(device)
+        return self
 
     def config(self) -> dict:
         return {"base": type(self.base).__name__, **self.base.config(),

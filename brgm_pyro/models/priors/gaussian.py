@@ -35,6 +35,19 @@ class GaussianPrior(Prior):
             self._dist = dist.Normal(loc, scale).to_event(2)
         return self._dist
 
+    def init_value(self) -> Tensor:
+        return self.mu.expand(self.num_ws, self.w_dim)
+
+    def draw_init(self, num: int, generator: torch.Generator) -> Tensor:
+        xi = torch.randn(num, self.num_ws, self.w_dim, generator=generator)
+        return self.mu.cpu() + self.sigma.cpu() * xi
+
+    def reference_scale(self) -> Tensor:
+        return self.sigma.expand(self.num_ws, self.w_dim)
+
+    def curvature(self) -> Tensor:
+        return self.sigma.expand(self.num_ws, self.w_dim) ** -2
+
     def to(self, device) -> "GaussianPrior":
         self.mu, self.sigma, self._dist = self.mu.to(device), self.sigma.to(device), None
         return self
