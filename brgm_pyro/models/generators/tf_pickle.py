@@ -249,7 +249,7 @@ def tf_to_ours(variables: Dict[str, np.ndarray], cfg: dict) -> Dict[str, Tensor]
     for ours, (tf, fn) in table.items():
         a = variables[tf]
         try:
-            out[ours] = torch.from_numpy(np.ascontiguousarray(fn(a), dtype=np.float32))
+            out[ours] = torch.from_numpy(np.array(fn(a), dtype=np.float32, order="C"))  # 0-d kept 0-d
         except (ValueError, IndexError):
             raise BRGMError(f"TensorFlow variable {tf} has shape {tuple(a.shape)}, which does not fit {ours}") from None
     return out
