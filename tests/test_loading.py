@@ -247,3 +247,39 @@ def test_latent_stats_cached_beside_weights(tmp_path):
     B = load_generator("builtin:conv16")
     latent_stats_for(B, num_samples=100)
     assert sorted(os.listdir(tmp_path)) == ["g.safetensors", "g.safetensors.latent_stats.safetensors"]
+
+
+# -- conditional networks and other architectures --------------------------------------------------------
+@pytest.mark.parametrize("extra", [dict(architecture="resnet"), dict(architecture="orig", img_channels=3),
+                                   dict(c_dim=4, embed_features=5, layer_features=6)])
+def test_new_kinds_roundtrip_and_infer(tmp_path, extra):
+    G = sg2(conv_clamp=None, **extra)
+    H = load_generator(save_generator(G, tmp_path / "g.safetensors"))
+    assert H.config() == G.config() and all(H.config()[k] == v for k, v in extra.items())
+    w = ws_for(G)
+    assert torch.equal(G(w), H(w))
+    c = torch.eye(4)[:2] if G.c_dim else None
+    z = torch.ones(2, G.z_dim)
+    assert torch.equal(G.mapping(z, c), H.mapping(z, c))
+    torch.save(G.state_dict(), tmp_path / "bare.pt")  # config inferred from the shapes
+    B = load_generator(tmp_path / "bare.pt")
+    assert {k: B.config().get(k) for k in extra} == extra
+    assert torch.equal(G(w), B(w)) and torch.equal(G.mapping(z, c), B.mapping(z, c))
+
+
+def test_class_index_on_load(tmp_path):
+    G = sg2(c_dim=3)
+    p = save_generator(G, tmp_path / "c.safetensors")
+    H = load_generator(p, class_index=2)
+    assert H.class_index == 2
+    z = torch.randn(3, G.z_dim, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(H.mapping(z), G.mapping(z, torch.eye(3)[[2, 2, 2]]))
+    s = latent_stats_for(H, num_samples=200)
+    assert s.class_index == 2 and (tmp_path / "c.safetensors.class2.latent_stats.safetensors").is_file()
+    with pytest.raises(BRGMError, match="out of range") as e:
+        load_generator(p, class_index=3)
+    one_line(e)
+    with pytest.raises(BRGMError, match="unconditional"):
+        load_generator("builtin:conv16", class_index=0)
+    with pytest.raises(BRGMError, match="unconditional"):
+        load_generator(save_generator(sg2(), tmp_path / "u.safetensors"), class_index=0)

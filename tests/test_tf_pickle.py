@@ -92,15 +92,16 @@ def tf_generator(kw, repo="stylegan2-ada", seed=0, src=""):
         x_in = out
     sv = _synthesis_variables(kw, rnd)
     sfunc = "G_synthesis_stylegan2" if repo == "stylegan2" else "G_synthesis"
-    mapping = Network("G_mapping", "G_mapping", dict(kw, dlatent_broadcast=2 * int(math.log2(kw["resolution"])) - 2),
-                      mv, src=src)
+    num_ws = 2 * int(math.log2(kw["resolution"])) - 2
+    mapping = Network("G_mapping", "G_mapping", dict(kw, dlatent_broadcast=num_ws), mv, src=src)
     synthesis = Network("G_synthesis", sfunc, kw, sv, src=src)
     gv = {"lod": f32(0.0), "dlatent_avg": rnd(w)}
     return Network("G", "G_main", kw, gv, dict(synthesis=synthesis, mapping=mapping), src=src)
 
 
 def _synthesis_variables(kw, rnd):
-    res_log2, arch, ch, w = int(math.log2(kw["resolution"])), kw.get("architecture", "skip"), kw["num_channels"], kw["dlatent_size"]
+    res_log2, arch = int(math.log2(kw["resolution"])), kw.get("architecture", "skip")
+    ch, w = kw["num_channels"], kw["dlatent_size"]
     v = {}
     for i in range(2 * res_log2 - 3):
         r = 2 ** ((i + 5) // 2)
@@ -130,7 +131,8 @@ def tf_pickle_bytes(kw, repo="stylegan2-ada", protocol=4, marker=None):
     src = "" if marker is None else f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
     G, Gs = tf_generator(kw, repo, seed=1, src=src), tf_generator(kw, repo, seed=0, src=src)
     D = Network("D", "D_main" if repo == "stylegan2-ada" else "D_stylegan2",
-                dict(num_channels=kw["num_channels"], resolution=kw["resolution"], label_size=kw.get("label_size", 0)),
+                dict(num_channels=kw["num_channels"], resolution=kw["resolution"],
+                     label_size=kw.get("label_size", 0)),
                 {"Output/weight": np.ones((4, 1), np.float32)}, src=src)
     return _dumps((G, D, Gs), protocol), Gs
 

@@ -552,5 +552,6 @@ def _is_tf(data: Any) -> bool:
         isinstance(data, tuple) and len(data) > 0 and all(isinstance(n, TFNetworkRecord) for n in data))
 
 
-__all__ = ["RestrictedUnpickler", "PersistentRecord", "TFNetworkRecord", "NDArrayRecord", "ALLOWED_GLOBALS", "safe_load_pickle",
+__all__ = ["RestrictedUnpickler", "PersistentRecord", "TFNetworkRecord", "NDArrayRecord", "ALLOWED_GLOBALS",
+           "safe_load_pickle", "check_state_dict",
            "config_from_record", "nvidia_to_ours", "generator_from_record", "load_nvidia_pickle"]

@@ -94,7 +94,8 @@ def compute_latent_stats(
     if cache_path is not None and Path(cache_path).is_file():
         try:
             cached = LatentStats.load(cache_path)
-            if (cached.num_samples, cached.seed, cached.class_index) == key and cached.mu.numel() == generator.w_dim:
+            same = (cached.num_samples, cached.seed, cached.class_index) == key
+            if same and cached.mu.numel() == generator.w_dim:
                 stats = cached
         except Exception:  # a corrupt cache is recomputed, never fatal
             stats = None

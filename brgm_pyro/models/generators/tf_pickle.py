@@ -114,7 +114,8 @@ def tf_config(net: TFNetworkRecord) -> dict:
                         "refusing rather than guessing what they do")
     kw = {**_DEFAULTS[repo], **kw}
     _refuse_tf_settings(kw, repo)
-    z_dim, w_dim, res = int(kw.get("latent_size", 512)), int(kw.get("dlatent_size", 512)), int(kw.get("resolution", 1024))
+    z_dim, w_dim = int(kw.get("latent_size", 512)), int(kw.get("dlatent_size", 512))
+    res = int(kw.get("resolution", 1024))
     c_dim = int(kw.get("label_size", 0) or 0)
     base, cmax, cmin = float(kw.get("fmap_base", 16384)), int(kw.get("fmap_max", 512)), int(kw.get("fmap_min", 1))
     if res < 4 or res & (res - 1):
@@ -213,8 +214,9 @@ def tf_name_table(cfg: dict) -> Dict[str, tuple[str, Callable[[np.ndarray], np.n
     T[S + "b4.const"] = ("synthesis/4x4/Const/const", lambda a: a[0])
 
     def layer(ours: str, tf: str, noise: int, wfn: Callable) -> None:
-        for o, t, f in (("weight", "weight", wfn), ("bias", "bias", _same), ("noise_strength", "noise_strength", _same),
-                        ("affine.weight", "mod_weight", _t), ("affine.bias", "mod_bias", lambda a: a + 1)):
+        for o, t, f in (("weight", "weight", wfn), ("bias", "bias", _same),
+                        ("noise_strength", "noise_strength", _same), ("affine.weight", "mod_weight", _t),
+                        ("affine.bias", "mod_bias", lambda a: a + 1)):
             T[f"{S}{ours}.{o}"] = (f"synthesis/{tf}/{t}", f)
         T[f"{S}{ours}.noise_const"] = (f"synthesis/noise{noise}", lambda a: a[0, 0])
 
@@ -251,7 +253,8 @@ def tf_to_ours(variables: Dict[str, np.ndarray], cfg: dict) -> Dict[str, Tensor]
         try:
             out[ours] = torch.from_numpy(np.array(fn(a), dtype=np.float32, order="C"))  # 0-d kept 0-d
         except (ValueError, IndexError):
-            raise BRGMError(f"TensorFlow variable {tf} has shape {tuple(a.shape)}, which does not fit {ours}") from None
+            raise BRGMError(f"TensorFlow variable {tf} has shape {tuple(a.shape)}, "
+                            f"which does not fit {ours}") from None
     return out
 
 
