@@ -1,7 +1,9 @@
 """``brgm convert NETWORK OUT.safetensors``: NVIDIA pickle (or any loadable generator) to our format.
 
-The network is read with the restricted unpickler (nothing in the pickle is executed) and written
-as safetensors with the generator config in the file's metadata (see docs/stylegan2.md).
+NVIDIA pickles of StyleGAN2 generators (PyTorch: stylegan2-ada-pytorch, stylegan3's --cfg=stylegan2;
+TensorFlow: stylegan2, stylegan2-ada; conditional ones and the orig/resnet architectures too) are read
+with the restricted unpickler (nothing in the pickle is executed) and written as safetensors with the
+generator config in the file's metadata (see docs/stylegan2.md).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from brgm_pyro.errors import BRGMError
 @app.command()
 @user_errors
 def convert(
-    network: str = typer.Argument(..., help="NVIDIA stylegan2-ada-pytorch .pkl, .safetensors, .pt/.pth "
-                                            "state dict, or builtin:NAME."),
+    network: str = typer.Argument(..., help="NVIDIA StyleGAN2 .pkl (PyTorch or TensorFlow), .safetensors, "
+                                            ".pt/.pth state dict, or builtin:NAME."),
     out: Path = typer.Argument(..., help="Output file, ending in .safetensors."),
     stats: bool = typer.Option(False, "--stats/--no-stats",
                                help="Also compute the latent statistics (10,000 seeded samples) and "
@@ -35,10 +37,13 @@ def convert(
     if not out.parent.is_dir():
         raise BRGMError(f"the directory of {out} does not exist; create it first")
     G = load_generator(network)
+    if stats and getattr(G, "c_dim", 0):
+        raise BRGMError(f"{network} is conditional ({G.c_dim} classes): its latent statistics are per class; "
+                        "convert without --stats, they are computed when reconstructing with --class K")
     save_generator(G, out)
     cfg = G.config()
-    summary = ", ".join(f"{k}={cfg[k]}" for k in ("img_resolution", "img_channels", "w_dim", "z_dim")
-                        if k in cfg)
+    summary = ", ".join(f"{k}={cfg[k]}" for k in ("img_resolution", "img_channels", "w_dim", "z_dim",
+                                                   "c_dim", "architecture") if k in cfg)
     typer.echo(f"wrote {out} ({type(G).__name__}: {summary}, num_ws={G.num_ws})")
     if stats:
         s = latent_stats_for(G, out)

@@ -5,8 +5,10 @@ Specs accepted by :func:`load_generator`:
 * ``builtin:NAME``: a factory registered in :data:`BUILTIN_GENERATORS`
   (``@BUILTIN_GENERATORS.register("name")`` on a function returning a Generator, here or in a
   module ``brgm_pyro/models/generators/builtin_<name>.py``, imported on the first builtin lookup);
-* an NVIDIA stylegan2-ada-pytorch network pickle (read by the restricted unpickler of
-  :mod:`~brgm_pyro.models.generators.nvidia_pickle`, nothing in it is executed; ``G_ema`` is used);
+* an NVIDIA StyleGAN2 network pickle: PyTorch (stylegan2-ada-pytorch, or the stylegan3 repository's
+  ``--cfg=stylegan2``) or TensorFlow (stylegan2, stylegan2-ada), read by the restricted unpickler of
+  :mod:`~brgm_pyro.models.generators.nvidia_pickle` (TF ones mapped by
+  :mod:`~brgm_pyro.models.generators.tf_pickle`); nothing in it is executed; ``G_ema``/``Gs`` is used;
 * our format, ``.safetensors``: the state dict as tensors, and in the file's metadata
   ``format = "brgm-generator"``, ``class`` (e.g. ``StyleGAN2Generator``) and ``config`` (JSON of
   the constructor kwargs). A JSON file beside it (``<file>.json``: ``{"class": ..., "config": ...}``)

@@ -1,4 +1,9 @@
-"""Read NVIDIA stylegan2-ada-pytorch network pickles without executing anything from them.
+"""Read NVIDIA StyleGAN2 network pickles without executing anything from them.
+
+PyTorch pickles of stylegan2-ada-pytorch (``training/networks.py``) and of the stylegan3 repository's
+StyleGAN2 (``training/networks_stylegan2.py``, ``--cfg=stylegan2``) are mapped here; TensorFlow
+pickles (stylegan2, stylegan2-ada) are unpickled here and mapped by
+:mod:`~brgm_pyro.models.generators.tf_pickle`. StyleGAN3 (alias-free) generators are refused by name.
 
 An NVIDIA pickle (``network-snapshot-*.pkl``, ``ffhq.pkl``, ...) is a plain pickle of a dict such as
 ``{'G': ..., 'D': ..., 'G_ema': ..., 'augment_pipe': ..., 'training_set_kwargs': ...}``. Every
@@ -18,11 +23,14 @@ parameters through ``torch._utils._rebuild_parameter``.
 a function of ours (never to the named object, except the harmless containers ``set``,
 ``frozenset``, ``OrderedDict``); any other global is refused in ``find_class``, i.e. before any
 object is called, with a :class:`~brgm_pyro.errors.BRGMError` naming it. Storage bytes are decoded
-with ``torch.load(weights_only=True)``, torch's own allow-list loader.
+with ``torch.load(weights_only=True)``, torch's own allow-list loader; numpy arrays (TF pickles) with
+``numpy.frombuffer`` on their raw bytes, numeric dtypes only.
 
-:func:`generator_from_record` reads the constructor arguments from the ``G_ema`` record and maps
-every parameter and buffer onto :class:`~brgm_pyro.models.generators.stylegan2.StyleGAN2Generator`;
-unknown, missing or mis-shaped tensors are an error that names them.
+:func:`generator_from_record` reads the constructor arguments from the ``G_ema`` record
+(:func:`config_from_record`: every argument used or refused by name, the two repositories' layouts and
+defaults, the record's layer attributes checked against the result) and maps every parameter and
+buffer onto :class:`~brgm_pyro.models.generators.stylegan2.StyleGAN2Generator`; unknown, missing or
+mis-shaped tensors are an error that names them.
 """
 
 from __future__ import annotations
