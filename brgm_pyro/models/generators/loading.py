@@ -103,11 +103,25 @@ def load_generator(spec: Any, device: str | torch.device = "cpu",
     :func:`latent_stats_for` to place its cache.
     """
     G = _load_any(spec)
-    if class_index is not None:
-        if not hasattr(type(G), "class_index"):
-            raise BRGMError(f"a class ({class_index}) was given, but this {type(G).__name__} is unconditional")
-        G.class_index = class_index
+    choose_class(G, class_index)
     return G.to(device)
+
+
+def choose_class(G: Generator, class_index: Optional[int], required: bool = False) -> Generator:
+    """Set the class K of a conditional generator (``G.class_index``); None leaves it unset.
+
+    A class for an unconditional generator, or out of range, is an error; so is no class for a
+    conditional one when ``required`` (the CLI: its statistics and mapping need one)."""
+    c_dim = int(getattr(G, "c_dim", 0) or 0)
+    if class_index is None:
+        if required and c_dim > 0 and getattr(G, "class_index", None) is None:
+            raise BRGMError(f"this generator is conditional ({c_dim} classes): choose one with --class K "
+                            f"(0..{c_dim - 1})")
+        return G
+    if c_dim == 0 or not hasattr(type(G), "class_index"):
+        raise BRGMError(f"--class {class_index} was given, but this {type(G).__name__} is unconditional (c_dim=0)")
+    G.class_index = class_index
+    return G
 
 
 def _load_any(spec: Any) -> Generator:
@@ -389,5 +403,5 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
-__all__ = ["BUILTIN_GENERATORS", "GENERATOR_CLASSES", "load_generator", "save_generator",
+__all__ = ["BUILTIN_GENERATORS", "GENERATOR_CLASSES", "load_generator", "choose_class", "save_generator",
            "latent_stats_for", "infer_stylegan2_config"]
