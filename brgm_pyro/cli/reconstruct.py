@@ -419,6 +419,8 @@ def reconstruct(
     mask: List[Path] = typer.Option([], "--mask", help="In-painting mask (white = observed, black = missing); "
                                                        "once for all inputs or once per input."),
     generator: str = typer.Option(DEFAULT_GENERATOR, help="builtin:NAME or a .pkl/.safetensors generator file."),
+    class_index: Optional[int] = typer.Option(None, "--class", help="Class K of a conditional generator "
+                                              "(required for those): mapping and latent statistics of class K."),
     method: str = typer.Option("map", help="Inference method: map | vi | sgld | psgld | mala | hmc | nuts."),
     steps: Optional[int] = typer.Option(None, help="Optimisation/sampling steps (default: the method's)."),
     num_samples: int = typer.Option(16, help="Posterior samples to draw (per chain for MCMC methods)."),
@@ -444,14 +446,15 @@ def reconstruct(
     code = guarded(run_reconstruct, inputs=inputs, task=task, factor=factor, kernel=kernel, masks=mask,
                    generator=generator, method=method, steps=steps, num_samples=num_samples, chains=chains, seed=seed,
                    workers=workers, device=device, out=out, simulate=simulate, sigma_pixel=sigma_pixel,
-                   percept=percept, lr=lr, vgg16=vgg16, overwrite=overwrite, quiet=quiet, threads=threads)
+                   percept=percept, lr=lr, vgg16=vgg16, overwrite=overwrite, quiet=quiet, threads=threads,
+                   class_index=class_index)
     if code:
         raise typer.Exit(code)
 
 
 def run_reconstruct(*, inputs, task, factor, kernel, masks, generator, method, steps, num_samples, seed, device,
                     out, simulate, sigma_pixel, percept, lr, vgg16, overwrite, quiet, chains=None,
-                    threads=None, workers=1) -> int:
+                    threads=None, workers=1, class_index=None) -> int:
     t_start = time.perf_counter()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     timings: dict[str, float] = {}
@@ -501,6 +504,9 @@ def run_reconstruct(*, inputs, task, factor, kernel, masks, generator, method, s
     # 2. generator, observation, model
     t0 = time.perf_counter()
     G = load_generator_checked(generator, device)
+    from brgm_pyro.models.generators.loading import choose_class
+
+    choose_class(G, class_index, required=True)  # conditional generators: --class K
     timings["load_generator_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     batch, corruption = prepare_batch(inputs, task=task, factor=factor, kernel=kernel, masks=list(masks),
