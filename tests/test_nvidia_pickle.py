@@ -86,6 +86,91 @@ def _filter():
     return torch.outer(f, f) / 64
 
 
+class _Builder:
+    """Makes NVIDIA-structured modules with random weights, recording {NVIDIA name: tensor} in ``flat``."""
+
+    def __init__(self, seed, w_dim, clamp):
+        self.g, self.flat, self.w_dim, self.clamp = torch.Generator().manual_seed(seed), {}, w_dim, clamp
+
+    def param(self, mod, prefix, name, shape, scale=1.0, offset=0.0):
+        t = torch.randn(shape, generator=self.g) * scale + offset
+        mod.register_parameter(name, nn.Parameter(t))
+        self.flat[f"{prefix}.{name}"] = t.clone()
+
+    def buffer(self, mod, prefix, name, t):
+        mod.register_buffer(name, t)
+        self.flat[f"{prefix}.{name}"] = t.clone()
+
+    def fc(self, prefix, cin, cout, lr=1.0, act="linear", bias_init=0.0):
+        m = NV("FullyConnectedLayer", dict(in_features=cin, out_features=cout, activation=act,
+                                           lr_multiplier=lr, bias_init=bias_init))
+        m.in_features, m.out_features, m.activation = cin, cout, act
+        self.param(m, prefix, "weight", (cout, cin), 1.0 / lr)
+        self.param(m, prefix, "bias", (cout,), 0.2 / lr, bias_init / lr)
+        m.weight_gain = np.float64(lr / np.sqrt(cin))  # numpy scalar, as NVIDIA
+        m.bias_gain = lr
+        return m
+
+    def layer(self, prefix, cin, cout, r, up, bias_offset):
+        w_dim, clamp = self.w_dim, self.clamp
+        m = NV("SynthesisLayer", dict(in_channels=cin, out_channels=cout, w_dim=w_dim, resolution=r, up=up,
+                                      resample_filter=[1, 3, 3, 1], conv_clamp=clamp, channels_last=False))
+        m.in_channels, m.out_channels, m.w_dim = cin, cout, w_dim
+        m.resolution, m.up, m.use_noise, m.activation, m.conv_clamp = r, up, True, "lrelu", clamp
+        self.buffer(m, prefix, "resample_filter", _filter())
+        m.padding = 1
+        m.act_gain = np.float64(np.sqrt(2))
+        m.affine = self.fc(prefix + ".affine", w_dim, cin, bias_init=1.0)
+        self.param(m, prefix, "weight", (cout, cin, 3, 3))
+        self.buffer(m, prefix, "noise_const", torch.randn((r, r), generator=self.g))
+        self.param(m, prefix, "noise_strength", (), 0.3)
+        self.param(m, prefix, "bias", (cout,), 0.2, bias_offset)
+        return m
+
+    def torgb(self, prefix, c, ch):
+        T = NV("ToRGBLayer", dict(in_channels=c, out_channels=ch, w_dim=self.w_dim, conv_clamp=self.clamp,
+                                  channels_last=False))
+        T.in_channels, T.out_channels, T.w_dim, T.conv_clamp = c, ch, self.w_dim, self.clamp
+        T.affine = self.fc(prefix + ".affine", self.w_dim, c, bias_init=1.0)
+        self.param(T, prefix, "weight", (ch, c, 1, 1))
+        self.param(T, prefix, "bias", (ch,), 0.2)
+        T.weight_gain = np.float64(1 / np.sqrt(c))
+        return T
+
+    def skip(self, prefix, cin, c):
+        K = NV("Conv2dLayer", dict(in_channels=cin, out_channels=c, kernel_size=1, bias=False, up=2,
+                                   resample_filter=[1, 3, 3, 1], channels_last=False))
+        K.in_channels, K.out_channels, K.activation, K.up, K.down, K.conv_clamp = cin, c, "linear", 2, 1, None
+        self.buffer(K, prefix, "resample_filter", _filter())
+        K.padding, K.weight_gain, K.act_gain = 0, np.float64(1 / np.sqrt(cin)), 1.0
+        self.param(K, prefix, "weight", (c, cin, 1, 1))
+        K.bias = None
+        return K
+
+    def block(self, r, cin, c, ch, res, use_fp16, architecture, block_kw, repo, bias_offset):
+        p = f"synthesis.b{r}"
+        B = NV("SynthesisBlock", dict(in_channels=cin, out_channels=c, w_dim=self.w_dim, resolution=r,
+                                      img_channels=ch, is_last=r == res, use_fp16=use_fp16, **block_kw))
+        B.in_channels, B.w_dim, B.resolution, B.img_channels = cin, self.w_dim, r, ch
+        B.is_last, B.architecture, B.use_fp16, B.channels_last = r == res, architecture, use_fp16, False
+        if repo == "sg3":
+            B.fused_modconv_default = "inference_only"
+        self.buffer(B, p, "resample_filter", _filter())
+        B.num_conv = B.num_torgb = 0
+        if cin == 0:
+            self.param(B, p, "const", (c, r, r))
+        else:
+            B.conv0 = self.layer(p + ".conv0", cin, c, r, 2, bias_offset)
+            B.num_conv += 1
+        B.conv1 = self.layer(p + ".conv1", c, c, r, 1, bias_offset)
+        B.num_conv += 1
+        if r == res or architecture == "skip":
+            B.torgb, B.num_torgb = self.torgb(p + ".torgb", c, ch), 1
+        if cin != 0 and architecture == "resnet":
+            B.skip = self.skip(p + ".skip", cin, c)
+        return B
+
+
 def build_nvidia_generator(res, ch, w_dim=8, z_dim=8, layers=2, base=64, cmax=8, clamp=None, seed=0,
                            extra_kwargs=None, synthesis_extra=None, repo="ada", architecture="skip",
                            c_dim=0, embed=None, layer_features=None, fp16_res=0, bias_offset=0.0):
@@ -97,47 +182,11 @@ def build_nvidia_generator(res, ch, w_dim=8, z_dim=8, layers=2, base=64, cmax=8,
     and num_fp16_res left to the class defaults 256 and 4 unless given in ``extra_kwargs``).
     The unpickled attributes (conv_clamp, use_fp16, ...) are what NVIDIA's constructors would set.
     """
-    g = torch.Generator().manual_seed(seed)
-    flat = {}
     if repo == "sg3":  # class defaults, unless train.py passed them (--fp32)
         clamp, fp16_res = (extra_kwargs or {}).get("conv_clamp", 256), (extra_kwargs or {}).get("num_fp16_res", 4)
     log2 = int(math.log2(res))
     fp16_from = max(2 ** (log2 + 1 - fp16_res), 8)
-
-    def param(mod, prefix, name, shape, scale=1.0, offset=0.0):
-        t = torch.randn(shape, generator=g) * scale + offset
-        mod.register_parameter(name, nn.Parameter(t))
-        flat[f"{prefix}.{name}"] = t.clone()
-
-    def buffer(mod, prefix, name, t):
-        mod.register_buffer(name, t)
-        flat[f"{prefix}.{name}"] = t.clone()
-
-    def fc(prefix, cin, cout, lr=1.0, act="linear", bias_init=0.0):
-        m = NV("FullyConnectedLayer", dict(in_features=cin, out_features=cout, activation=act,
-                                           lr_multiplier=lr, bias_init=bias_init))
-        m.in_features, m.out_features, m.activation = cin, cout, act
-        param(m, prefix, "weight", (cout, cin), 1.0 / lr)
-        param(m, prefix, "bias", (cout,), 0.2 / lr, bias_init / lr)
-        m.weight_gain = np.float64(lr / np.sqrt(cin))  # numpy scalar, as NVIDIA
-        m.bias_gain = lr
-        return m
-
-    def layer(prefix, cin, cout, r, up, last_format):
-        m = NV("SynthesisLayer", dict(in_channels=cin, out_channels=cout, w_dim=w_dim, resolution=r, up=up,
-                                      resample_filter=[1, 3, 3, 1], conv_clamp=clamp, channels_last=last_format))
-        m.in_channels, m.out_channels, m.w_dim = cin, cout, w_dim
-        m.resolution, m.up, m.use_noise, m.activation, m.conv_clamp = r, up, True, "lrelu", clamp
-        buffer(m, prefix, "resample_filter", _filter())
-        m.padding = 1
-        m.act_gain = np.float64(np.sqrt(2))
-        m.affine = fc(prefix + ".affine", w_dim, cin, bias_init=1.0)
-        param(m, prefix, "weight", (cout, cin, 3, 3))
-        buffer(m, prefix, "noise_const", torch.randn((r, r), generator=g))
-        param(m, prefix, "noise_strength", (), 0.3)
-        param(m, prefix, "bias", (cout,), 0.2, bias_offset)
-        return m
-
+    mk = _Builder(seed, w_dim, clamp)
     chans = {r: min(base // r, cmax) for r in [2 ** i for i in range(2, log2 + 1)]}
     G, syn_kw = _generator_record(repo, z_dim, c_dim, w_dim, res, ch, layers, base, cmax, clamp, fp16_res,
                                   architecture, embed, layer_features, extra_kwargs, synthesis_extra)
@@ -145,45 +194,16 @@ def build_nvidia_generator(res, ch, w_dim=8, z_dim=8, layers=2, base=64, cmax=8,
     S.w_dim, S.img_resolution, S.img_resolution_log2, S.img_channels = w_dim, res, log2, ch
     S.block_resolutions = list(chans)
     S.num_ws = 0
+    block_kw = {k: v for k, v in syn_kw.items() if k not in ("channel_base", "channel_max", "num_fp16_res")}
     for r, c in chans.items():
-        p = f"synthesis.b{r}"
-        cin = chans[r // 2] if r > 4 else 0
-        use_fp16 = r >= fp16_from
-        B = NV("SynthesisBlock", dict(in_channels=cin, out_channels=c, w_dim=w_dim, resolution=r,
-                                      img_channels=ch, is_last=r == res, use_fp16=use_fp16,
-                                      **{k: v for k, v in syn_kw.items() if k not in
-                                         ("channel_base", "channel_max", "num_fp16_res")}))
-        B.in_channels, B.w_dim, B.resolution, B.img_channels = cin, w_dim, r, ch
-        B.is_last, B.architecture, B.use_fp16, B.channels_last = r == res, architecture, use_fp16, False
-        if repo == "sg3":
-            B.fused_modconv_default = "inference_only"
-        buffer(B, p, "resample_filter", _filter())
-        B.num_conv = B.num_torgb = 0
-        if cin == 0:
-            param(B, p, "const", (c, r, r))
-        else:
-            B.conv0 = layer(p + ".conv0", cin, c, r, 2, False)
-            B.num_conv += 1
-        B.conv1 = layer(p + ".conv1", c, c, r, 1, False)
-        B.num_conv += 1
-        if r == res or architecture == "skip":
-            B.torgb = _torgb(p + ".torgb", c, ch, w_dim, clamp, fc, param)
-            B.num_torgb = 1
-        if cin != 0 and architecture == "resnet":
-            K = NV("Conv2dLayer", dict(in_channels=cin, out_channels=c, kernel_size=1, bias=False, up=2,
-                                       resample_filter=[1, 3, 3, 1], channels_last=False))
-            K.in_channels, K.out_channels, K.activation, K.up, K.down, K.conv_clamp = cin, c, "linear", 2, 1, None
-            buffer(K, p + ".skip", "resample_filter", _filter())
-            K.padding, K.weight_gain, K.act_gain = 0, np.float64(1 / np.sqrt(cin)), 1.0
-            param(K, p + ".skip", "weight", (c, cin, 1, 1))
-            K.bias = None
-            B.skip = K
+        B = mk.block(r, chans[r // 2] if r > 4 else 0, c, ch, res, r >= fp16_from, architecture, block_kw,
+                     repo, bias_offset)
         S.num_ws += B.num_conv + (B.num_torgb if r == res else 0)
         setattr(S, f"b{r}", B)
     G.synthesis = S
     G.num_ws = S.num_ws
-    G.mapping = _mapping_record(z_dim, c_dim, w_dim, S.num_ws, layers, embed, layer_features, fc, buffer, g)
-    return G, flat
+    G.mapping = _mapping_record(mk, z_dim, c_dim, w_dim, S.num_ws, layers, embed, layer_features)
+    return G, mk.flat
 
 
 def _generator_record(repo, z_dim, c_dim, w_dim, res, ch, layers, base, cmax, clamp, fp16_res, architecture,
@@ -213,17 +233,7 @@ def _generator_record(repo, z_dim, c_dim, w_dim, res, ch, layers, base, cmax, cl
     return G, syn_kw
 
 
-def _torgb(prefix, c, ch, w_dim, clamp, fc, param):
-    T = NV("ToRGBLayer", dict(in_channels=c, out_channels=ch, w_dim=w_dim, conv_clamp=clamp, channels_last=False))
-    T.in_channels, T.out_channels, T.w_dim, T.conv_clamp = c, ch, w_dim, clamp
-    T.affine = fc(prefix + ".affine", w_dim, c, bias_init=1.0)
-    param(T, prefix, "weight", (ch, c, 1, 1))
-    param(T, prefix, "bias", (ch,), 0.2)
-    T.weight_gain = np.float64(1 / np.sqrt(c))
-    return T
-
-
-def _mapping_record(z_dim, c_dim, w_dim, num_ws, layers, embed, layer_features, fc, buffer, g):
+def _mapping_record(mk, z_dim, c_dim, w_dim, num_ws, layers, embed, layer_features):
     kw = dict(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=num_ws, num_layers=layers)
     M = NV("MappingNetwork", dict(kw, **({} if embed is None else dict(embed_features=embed)),
                                   **({} if layer_features is None else dict(layer_features=layer_features))))
@@ -232,10 +242,10 @@ def _mapping_record(z_dim, c_dim, w_dim, num_ws, layers, embed, layer_features, 
     hidden = w_dim if layer_features is None else layer_features
     feats = [z_dim + e] + [hidden] * (layers - 1) + [w_dim]
     if c_dim:
-        M.embed = fc("mapping.embed", c_dim, e)
+        M.embed = mk.fc("mapping.embed", c_dim, e)
     for i in range(layers):
-        setattr(M, f"fc{i}", fc(f"mapping.fc{i}", feats[i], feats[i + 1], lr=0.01, act="lrelu"))
-    buffer(M, "mapping", "w_avg", torch.randn(w_dim, generator=g))
+        setattr(M, f"fc{i}", mk.fc(f"mapping.fc{i}", feats[i], feats[i + 1], lr=0.01, act="lrelu"))
+    mk.buffer(M, "mapping", "w_avg", torch.randn(w_dim, generator=mk.g))
     return M
 
 

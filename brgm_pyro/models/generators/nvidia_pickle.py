@@ -312,9 +312,8 @@ _SYNTHESIS_ARGS = {"channel_base", "channel_max", "num_fp16_res",  # SynthesisNe
                    "architecture", "resample_filter", "conv_clamp", "fp16_channels_last",  # SynthesisBlock
                    "fused_modconv_default",  # SynthesisBlock (stylegan3 repository only)
                    "kernel_size", "use_noise", "activation"}  # SynthesisLayer
-# Arguments that change no output of the generator in inference: the training-time decay of w_avg,
-# memory layout, and fused vs. non-fused modulated convolution (the same function).
-_NO_EFFECT = {"w_avg_beta", "fp16_channels_last", "fused_modconv_default"}
+# Of these, w_avg_beta (the training-time decay of w_avg), fp16_channels_last (memory layout) and
+# fused_modconv_default (fused vs. non-fused modulated convolution, the same function) change no output.
 # StyleGAN3 (alias-free, networks_stylegan3.py) constructor arguments and sub-modules.
 _SG3_ARGS = {"magnitude_ema_beta", "conv_kernel", "use_radial_filters", "num_critical", "first_cutoff",
              "first_stopband", "last_stopband_rel", "margin_size", "output_scale", "filter_size",
