@@ -1,9 +1,14 @@
 """A tiny name -> factory registry, so that adding a prior, corruption, guide or sampler is one
-new file plus one ``@REGISTRY.register("name")`` line."""
+new file plus one ``@REGISTRY.register("name")`` line.
+
+``register(name, example=fn)`` also records how to build a small instance for the contract tests
+(``tests/test_contracts.py``): every registered component is tested by being registered, and one
+whose factory needs arguments must give an example (the tests fail otherwise).
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Generic, TypeVar
+from typing import Callable, Dict, Generic, Optional, TypeVar
 
 from brgm_pyro.errors import BRGMError
 
@@ -14,15 +19,24 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: Dict[str, Callable[..., T]] = {}
+        self._examples: Dict[str, Callable[..., T]] = {}
 
-    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    def register(self, name: str, example: Optional[Callable[..., T]] = None
+                 ) -> Callable[[Callable[..., T]], Callable[..., T]]:
         def deco(factory: Callable[..., T]) -> Callable[..., T]:
             if name in self._items:
                 raise KeyError(f"{self.kind} {name!r} is registered twice")
             self._items[name] = factory
+            if example is not None:
+                self._examples[name] = example
             return factory
 
         return deco
+
+    def example(self, name: str) -> Optional[Callable[..., T]]:
+        """The small-instance builder registered with ``name`` (None if none was given)."""
+        self.get(name)
+        return self._examples.get(name)
 
     def get(self, name: str) -> Callable[..., T]:
         try:

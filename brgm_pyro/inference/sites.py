@@ -16,23 +16,25 @@ from brgm_pyro.errors import BRGMError
 
 def initial_values(model, y: Tensor, init: Optional[dict] = None, init_w: Optional[Tensor] = None) -> dict:
     """site -> starting value (natural layout, on y's device): the model's, updated by ``init``/``init_w``."""
-    values = model.init_values(y.shape[0], device=y.device)
-    unknown = sorted(set(init or {}) - set(values))
-    if unknown:
-        raise BRGMError(f"init names unknown latent site(s) {unknown}; the model's are {sorted(values)}")
-    for k, v in (init or {}).items():
-        values[k] = _checked(k, v, values[k]).to(y)
+    given = dict(init or {})
     if init_w is not None:
-        values[model.image_site] = _checked(model.image_site, init_w, values[model.image_site]).to(y)
-    return values
+        given[model.image_site] = init_w
+    sites = model.latent_sites()
+    unknown = sorted(set(given) - set(sites))
+    if unknown:
+        raise BRGMError(f"init names unknown latent site(s) {unknown}; the model's are {sorted(sites)}")
+    values = model.init_values(y.shape[0], device=y.device, skip=list(given))
+    for k, v in given.items():
+        values[k] = _checked(k, v, sites[k].value_shape(y.shape[0])).to(y)
+    return {k: values[k] for k in sites}
 
 
-def _checked(name: str, v, like: Tensor) -> Tensor:
+def _checked(name: str, v, shape: tuple) -> Tensor:
     import torch
 
     v = torch.as_tensor(v).detach().clone()
-    if tuple(v.shape) != tuple(like.shape):
-        raise BRGMError(f"the starting value of {name!r} must have shape {tuple(like.shape)}; got {tuple(v.shape)}")
+    if tuple(v.shape) != tuple(shape):
+        raise BRGMError(f"the starting value of {name!r} must have shape {tuple(shape)}; got {tuple(v.shape)}")
     return v
 
 

@@ -113,10 +113,10 @@ class BRGMModel:
 
     def latent_sites(self) -> dict[str, LatentSite]:
         """Every latent site, in program order: name -> :class:`LatentSite`."""
-        out = {self.prior.site: LatentSite(self.prior.site, tuple(self.generator.latent_shape), True, self.prior,
-                                           tuple(self.prior.dims))}
-        for lat in self.scalar_latents:
-            out[lat.name] = LatentSite(lat.name, (), lat.per_image, lat)
+        out = {lat.name: LatentSite(lat.name, (), False, lat) for lat in self.scalar_latents if not lat.per_image}
+        out[self.prior.site] = LatentSite(self.prior.site, tuple(self.generator.latent_shape), True, self.prior,
+                                          tuple(self.prior.dims))
+        out.update({lat.name: LatentSite(lat.name, (), True, lat) for lat in self.scalar_latents if lat.per_image})
         return out
 
     @property
@@ -164,10 +164,10 @@ class BRGMModel:
         """The prior's initial w repeated for each image: (B, L, d)."""
         return self.prior.init_value().expand(batch, *self.generator.latent_shape).clone()
 
-    def init_values(self, batch: int, device=None) -> dict[str, Tensor]:
-        """The starting value of every latent site, stated by its component: name -> value."""
-        out = {self.image_site: self.init_latents(batch)}
-        out.update({lat.name: lat.init_value(batch) for lat in self.scalar_latents})
+    def init_values(self, batch: int, device=None, skip: Sequence[str] = ()) -> dict[str, Tensor]:
+        """The starting value of every latent site (but ``skip``), stated by its component: name -> value."""
+        out = {} if self.image_site in skip else {self.image_site: self.init_latents(batch)}
+        out.update({lat.name: lat.init_value(batch) for lat in self.scalar_latents if lat.name not in skip})
         return {k: v.to(device) for k, v in out.items()} if device is not None else out
 
     def draw_inits(self, num: int, batch: int, seed: int) -> dict[str, Tensor]:

@@ -173,15 +173,16 @@ def _initial_points(model, y: Tensor, init, num_chains: int, seed: int, map_step
         unknown = sorted(set(given) - set(model.latent_sites()))
         if unknown:
             raise BRGMError(f"init names unknown latent site(s) {unknown}")
-        base = initial_values(model, y)
+        base = model.init_values(B, device=y.device, skip=list(given))
         out = {}
-        for k, v in base.items():
-            v0 = torch.as_tensor(given.get(k, v)).detach().to(y)
-            if tuple(v0.shape) == tuple(v.shape):
-                v0 = v0.expand(C, *v.shape).clone()
-            if tuple(v0.shape) != (C, *v.shape):
-                raise BRGMError(f"the starting value of {k!r} must have shape {tuple(v.shape)} or "
-                                f"{(C, *v.shape)}; got {tuple(v0.shape)}")
+        for k, site in model.latent_sites().items():
+            shape = site.value_shape(B)
+            v0 = torch.as_tensor(given[k]).detach().to(y) if k in given else base[k]
+            if tuple(v0.shape) == tuple(shape):
+                v0 = v0.expand(C, *shape).clone()
+            if tuple(v0.shape) != (C, *shape):
+                raise BRGMError(f"the starting value of {k!r} must have shape {tuple(shape)} or "
+                                f"{(C, *shape)}; got {tuple(v0.shape)}")
             out[k] = v0
         return out, None, 0.0, 0
     if init in ("map", "laplace"):

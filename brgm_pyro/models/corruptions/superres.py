@@ -170,3 +170,10 @@ def blur_width_latent(factor: int, guess: Optional[float] = None, spread: float 
     g = float(guess) if guess is not None else default_gauss_sigma(max(factor, 2))
     return ScalarLatent("kernel_width", positive_prior("lognormal", g, spread), per_image=per_image,
                         units="input pixels (std of the Gaussian kernel)")
+
+
+def blind_superres(factor: int, guess: Optional[float] = None, spread: float = 0.5,
+                   per_image: bool = False) -> SuperResolution:
+    """Super-resolution (or, with factor 1, deblurring) with a Gaussian kernel of unknown width,
+    inferred as the latent ``kernel_width`` (:func:`blur_width_latent`)."""
+    return SuperResolution(factor, "gauss", gauss_sigma=blur_width_latent(factor, guess, spread, per_image))

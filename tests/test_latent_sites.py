@@ -1,0 +1,193 @@
+"""Scalar latents against exact posteriors: a learned noise level and an inferred blur width.
+
+Linear G, Gaussian prior on w, Gaussian pixel noise. Given the scalar theta (sigma, or the
+kernel width t) the model is linear-Gaussian, so w integrates out in closed form:
+
+    p(y | theta) = N(y | F_t (A mu + b), F_t A S0 A^T F_t^T + sigma^2 I)
+
+and the posterior of theta follows from one-dimensional quadrature of p(theta) p(y | theta);
+E[w | y] = int p(theta | y) E[w | y, theta] dtheta. NUTS (the project's runner, every site),
+MAP (against a direct optimiser of the joint density) and VI are checked against it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyro.distributions as dist
+import pytest
+import torch
+from scipy.optimize import minimize
+
+from brgm_pyro.inference import run_map, run_vi
+from brgm_pyro.inference.mcmc import run_mcmc
+from brgm_pyro.models.brgm import build_model
+from brgm_pyro.models.corruptions import Identity, SuperResolution
+from brgm_pyro.models.corruptions.superres import blur_width_latent
+from brgm_pyro.models.generators import LinearGenerator
+from brgm_pyro.models.latents import ScalarLatent
+from tests.test_mcmc_helpers import zscores
+
+SIGMA_TRUE = 0.3
+IG = (3.0, 0.6)  # InverseGamma(a, b) on sigma: mean 0.3, mode 0.15
+
+
+def _linear_parts(model):
+    """(A (P, D), c (P,)) with f(G(w)) = A vec(w) + c for a linear model at fixed scalars, float64."""
+    G = model.generator
+    L, d = G.num_ws, G.w_dim
+    D = L * d
+    A = G.A.double().reshape(-1, D)
+    b = G.b.double()
+    return A, b
+
+
+def _prior(model):
+    base = model.prior.distribution().base_dist
+    return base.loc.double().reshape(-1), base.scale.double().reshape(-1) ** 2
+
+
+def _cond_posterior(F, A, b, m0, s0, sigma, y):
+    """p(y | theta) (log) and E[w | y, theta] for the linear model with operator F."""
+    J, c = F @ A, F @ b
+    cov_y = J @ torch.diag(s0) @ J.T + sigma ** 2 * torch.eye(J.shape[0], dtype=torch.float64)
+    r = y - (J @ m0 + c)
+    lml = dist.MultivariateNormal(torch.zeros_like(r), covariance_matrix=cov_y).log_prob(r)
+    mean = m0 + s0 * (J.T @ torch.linalg.solve(cov_y, r))
+    return float(lml), mean
+
+
+def _quadrature(grid, log_prior, lml, means):
+    """Posterior mean, 5/95 % quantiles and density of theta on ``grid``, and E[w | y]."""
+    lp = log_prior + lml
+    p = np.exp(lp - lp.max())
+    dx = np.gradient(grid)
+    p = p / (p * dx).sum()
+    cdf = np.cumsum(p * dx)
+    q05, q95 = np.interp([0.05, 0.95], cdf, grid)
+    ew = (p[:, None] * dx[:, None] * means).sum(0)
+    return {"mean": float((grid * p * dx).sum()), "q05": float(q05), "q95": float(q95), "density": p,
+            "grid": grid, "ew": ew}
+
+
+def _quantile_z(draws: np.ndarray, q: float, truth: float, grid, density, ess: float) -> float:
+    """z-score of an empirical quantile: se = sqrt(q (1 - q) / ESS) / p(truth)."""
+    f = float(np.interp(truth, grid, density))
+    return (float(np.quantile(draws, q)) - truth) / (math.sqrt(q * (1 - q) / ess) / f)
+
+
+@pytest.fixture(scope="module")
+def noise_problem():
+    G = LinearGenerator(num_ws=2, w_dim=3, img_channels=1, img_resolution=4, scale=2.0, seed=3)
+    lat = ScalarLatent("sigma_pixel", dist.InverseGamma(torch.tensor(IG[0]), torch.tensor(IG[1])))
+    model = build_model(G, Identity(), prior="gaussian", sigma_pixel=lat)
+    g = torch.Generator().manual_seed(5)
+    w_true = model.init_latents(1) + 0.3 * torch.randn(1, 2, 3, generator=g)
+    with torch.no_grad():
+        y = model.predict(w_true) + SIGMA_TRUE * torch.randn(1, *model.obs_shape, generator=g)
+    A, b = _linear_parts(model)
+    m0, s0 = _prior(model)
+    yv = y.double().reshape(-1)
+    grid = np.linspace(0.02, 2.0, 4000)
+    F = torch.eye(A.shape[0], dtype=torch.float64)
+    rows = [_cond_posterior(F, A, b, m0, s0, s, yv) for s in grid]
+    log_prior = dist.InverseGamma(torch.tensor(IG[0], dtype=torch.float64),
+                                  torch.tensor(IG[1], dtype=torch.float64)).log_prob(torch.tensor(grid)).numpy()
+    exact = _quadrature(grid, log_prior, np.array([r[0] for r in rows]), torch.stack([r[1] for r in rows]).numpy())
+    return model, y, exact
+
+
+def test_learned_sigma_sites_and_exact_posterior_nuts(noise_problem):
+    model, y, exact = noise_problem
+    assert list(model.latent_sites()) == ["sigma_pixel", "w"]
+    res = run_mcmc(model, y, method="nuts", num_chains=2, num_samples=800, steps=200, seed=0, progress=False)
+    s = res.draws["sigma_pixel"].double().numpy()
+    assert s.shape == (1600,)
+    S = s.reshape(2, 800, 1)
+    z_mean = zscores(S, np.array([exact["mean"]]))[0]
+    from tests.test_mcmc_helpers import ess
+
+    n_eff = float(ess(S)[0])
+    z05 = _quantile_z(s, 0.05, exact["q05"], exact["grid"], exact["density"], n_eff)
+    z95 = _quantile_z(s, 0.95, exact["q95"], exact["grid"], exact["density"], n_eff)
+    assert abs(z_mean) < 4 and abs(z05) < 4 and abs(z95) < 4, (z_mean, z05, z95, exact["mean"], s.mean())
+    w = res.draws["w"].double().reshape(2, 800, -1).numpy()
+    zw = zscores(w, exact["ew"])
+    assert np.abs(zw).max() < 4.5, zw
+    summary = res.scalar_summary()["sigma_pixel"]
+    assert summary["q05"] < exact["mean"] < summary["q95"]
+
+
+def _neg_log_joint_np(model, y, v):
+    """-log p(w, sigma, y) in (w, sigma) coordinates (no Jacobian: the mode of the density), numpy."""
+    A, b = _linear_parts(model)
+    m0, s0 = _prior(model)
+    w, sigma = torch.tensor(v[:-1]), float(v[-1])
+    if sigma <= 0:
+        return 1e10
+    r = y.double().reshape(-1) - (A @ w + b)
+    lp = dist.Normal(m0, s0.sqrt()).log_prob(w).sum() + dist.Normal(0.0, sigma).log_prob(r).sum()
+    lp = lp + dist.InverseGamma(torch.tensor(IG[0], dtype=torch.float64), IG[1]).log_prob(torch.tensor(sigma))
+    return -float(lp)
+
+
+def test_learned_sigma_map_is_the_joint_mode(noise_problem):
+    model, y, _ = noise_problem
+    res = run_map(model, y, steps=1500, lr=0.05, lr_decay=0.001, progress=False)
+    got = np.concatenate([res.w.double().reshape(-1).numpy(), [float(res.latents["sigma_pixel"])]])
+    m0, _ = _prior(model)
+    # the mode of the density in (w, sigma); optimised over (w, log sigma), which moves no mode
+    f = lambda v: _neg_log_joint_np(model, y, np.concatenate([v[:-1], [math.exp(v[-1])]]))  # noqa: E731
+    direct = minimize(f, np.concatenate([m0.numpy(), [math.log(0.3)]]), method="BFGS", options={"gtol": 1e-9})
+    mode = np.concatenate([direct.x[:-1], [math.exp(direct.x[-1])]])
+    assert np.abs(got - mode).max() < 2e-3, (got, mode)
+    assert _neg_log_joint_np(model, y, got) <= direct.fun + 1e-5
+
+
+def test_learned_sigma_vi_side_of_truth(noise_problem):
+    """Mean-field VI's q(sigma) lands on the same side of the simulated sigma as the exact
+    posterior mean, inside the exact 90 % interval."""
+    model, y, exact = noise_problem
+    res = run_vi(model, y, steps=1500, lr=0.02, num_particles=8, hyperprior=None, num_samples=4000,
+                 progress=False, init_scale=0.05)
+    s = res.draws["sigma_pixel"].double().numpy()
+    assert np.sign(s.mean() - SIGMA_TRUE) == np.sign(exact["mean"] - SIGMA_TRUE)
+    assert exact["q05"] < s.mean() < exact["q95"], (s.mean(), exact)
+
+
+@pytest.fixture(scope="module")
+def blur_problem():
+    G = LinearGenerator(num_ws=2, w_dim=3, img_channels=1, img_resolution=8, scale=2.0, seed=4)
+    f = SuperResolution(2, "gauss", gauss_sigma=blur_width_latent(2, guess=1.0, spread=0.5))
+    model = build_model(G, f, prior="gaussian", sigma_pixel=0.02)
+    t_true = 1.4
+    g = torch.Generator().manual_seed(6)
+    w_true = model.init_latents(1) + 0.3 * torch.randn(1, 2, 3, generator=g)
+    with torch.no_grad():
+        y = model.predict(w_true, {"kernel_width": torch.tensor(t_true)})
+        y = y + 0.02 * torch.randn(y.shape, generator=g)
+    A, b = _linear_parts(model)
+    m0, s0 = _prior(model)
+    yv = y.double().reshape(-1)
+    grid = np.linspace(0.3, 4.0, 1500)
+    rows = []
+    eye = torch.eye(64, dtype=torch.float64).reshape(64, 1, 8, 8)
+    for t in grid:
+        F = f(eye, {"kernel_width": torch.tensor(t, dtype=torch.float64)}).reshape(64, -1).T  # (16, 64)
+        rows.append(_cond_posterior(F, A, b, m0, s0, 0.02, yv))
+    log_prior = dist.LogNormal(0.0, 0.5).log_prob(torch.tensor(grid)).numpy()
+    exact = _quadrature(grid, log_prior, np.array([r[0] for r in rows]), torch.stack([r[1] for r in rows]).numpy())
+    return model, y, exact, t_true
+
+
+def test_inferred_blur_width_exact_posterior(blur_problem):
+    model, y, exact, t_true = blur_problem
+    assert list(model.latent_sites()) == ["kernel_width", "w"]
+    res = run_mcmc(model, y, method="nuts", num_chains=2, num_samples=600, steps=200, seed=1, progress=False)
+    t = res.draws["kernel_width"].double().numpy().reshape(2, 600, 1)
+    z = zscores(t, np.array([exact["mean"]]))[0]
+    assert abs(z) < 4, (z, exact["mean"], t.mean())
+    assert exact["q05"] < t_true < exact["q95"]  # the exact posterior covers the truth here ...
+    lo, hi = np.quantile(t, [0.05, 0.95])
+    assert lo < t_true < hi  # ... and so do the draws
