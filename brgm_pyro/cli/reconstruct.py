@@ -21,7 +21,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -170,6 +170,81 @@ def superres_factor_check(resolution: int, factor: int) -> None:
                         f"use one of {', '.join(map(str, ok))}")
 
 
+# --- the model the options describe ---------------------------------------------------------------
+
+def _number_or_auto(value: Optional[str], option: str) -> Optional[Any]:
+    """None, the string 'auto', or a positive float; a one-line error otherwise."""
+    if value is None or value == "auto":
+        return value
+    try:
+        v = float(value)
+    except ValueError:
+        raise BRGMError(f"{option} must be a positive number or 'auto'; got {value!r}") from None
+    if not v > 0:
+        raise BRGMError(f"{option} must be positive; got {value}")
+    return v
+
+
+@dataclass
+class ModelChoice:
+    """What ``--prior``, ``--sigma-pixel``, ``--noise``, ``--kernel-width`` ... ask of the model."""
+
+    prior: str = "brgm"
+    sigma_pixel: Optional[str] = None
+    noise: str = "gaussian"
+    noise_per_image: bool = False
+    kernel_width: Optional[str] = None
+    simulate_kernel_width: Optional[float] = None
+
+    def check(self, task: str, kernel: str, simulate: bool) -> None:
+        from brgm_pyro.models.likelihoods import PIXEL_NOISE
+        from brgm_pyro.models.priors import PRIORS
+
+        check_choice(self.prior, PRIORS.names(), "--prior")
+        check_choice(self.noise, list(PIXEL_NOISE), "--noise")
+        sp = _number_or_auto(self.sigma_pixel, "--sigma-pixel")
+        if self.noise_per_image and sp != "auto":
+            raise BRGMError("--noise-per-image learns one noise level per image: add --sigma-pixel auto")
+        kw = _number_or_auto(self.kernel_width, "--kernel-width")
+        if kw is not None and (task != "superres" or kernel != "gauss"):
+            raise BRGMError("--kernel-width is the width of the Gaussian kernel: use it with --task superres "
+                            "--kernel gauss")
+        if self.simulate_kernel_width is not None:
+            if not (simulate and kw == "auto"):
+                raise BRGMError("--simulate-kernel-width makes a blind observation: use it with --simulate and "
+                                "--kernel-width auto")
+            if not self.simulate_kernel_width > 0:
+                raise BRGMError(f"--simulate-kernel-width must be positive; got {self.simulate_kernel_width}")
+
+    def model_kwargs(self) -> dict:
+        out: dict[str, Any] = {"prior": self.prior, "noise": self.noise}
+        sp = _number_or_auto(self.sigma_pixel, "--sigma-pixel")
+        if sp == "auto":
+            out.update(sigma_pixel="learn", noise_per_image=self.noise_per_image)
+        elif sp is not None:
+            out["sigma_pixel"] = sp
+        return out
+
+    def corruption(self, factor: int, kernel: str):
+        from brgm_pyro.models.corruptions import make_corruption
+        from brgm_pyro.models.corruptions.superres import blur_width_latent
+
+        kw = _number_or_auto(self.kernel_width, "--kernel-width")
+        if kw == "auto":
+            return make_corruption("superres", factor=factor, kernel=kernel, gauss_sigma=blur_width_latent(factor))
+        return make_corruption("superres", factor=factor, kernel=kernel, gauss_sigma=kw)
+
+    def simulation_params(self, corruption) -> Optional[dict]:
+        """Values of the corruption's latents used to simulate an observation (their prior guess by default)."""
+        lats = corruption.latents()
+        if not lats:
+            return None
+        import torch
+
+        width = self.simulate_kernel_width
+        return {lat.name: torch.tensor(float(width) if width is not None else lat.init) for lat in lats}
+
+
 # --- the observation ---------------------------------------------------------------------------------
 
 @dataclass
@@ -200,7 +275,7 @@ def _size_hint(h: int, w: int, R: int, task: str, factor: int) -> str:
 
 
 def prepare_batch(paths: List[Path], *, task: str, factor: int, kernel: str, masks: List[Path], simulate: bool,
-                  resolution: int, channels: int) -> tuple[Batch, Any]:
+                  resolution: int, channels: int, choice: Optional["ModelChoice"] = None) -> tuple[Batch, Any]:
     """Read and check every input and mask; build the corruption and the observation tensor."""
     import torch
 
@@ -287,7 +362,7 @@ def prepare_batch(paths: List[Path], *, task: str, factor: int, kernel: str, mas
 
     # the corruption
     if task == "superres":
-        corruption = make_corruption("superres", factor=factor, kernel=kernel)
+        corruption = (choice or ModelChoice()).corruption(factor, kernel)
     elif task == "inpaint":
         same = all(np.array_equal(mask_arr[0], m) for m in mask_arr[1:])
         mt = torch.from_numpy(mask_arr[0] if same else mask_arr[:, None])
@@ -298,7 +373,7 @@ def prepare_batch(paths: List[Path], *, task: str, factor: int, kernel: str, mas
     if simulate:
         x = torch.stack([io.to_model(a) for a in truths])
         with torch.no_grad():
-            y = corruption(x)
+            y = corruption(x, (choice or ModelChoice()).simulation_params(corruption))
     else:
         y = torch.stack([io.to_model(a) for a in arrays])
     if mask_arr is not None:
@@ -388,6 +463,20 @@ def write_posterior_nc(out: io.OutputDir, result, model, y) -> Optional[str]:
     return None
 
 
+def latent_lines(result) -> list[str]:
+    """One console line per learned scalar latent: its estimate, or its posterior mean and 90 % interval."""
+    out = []
+    for name, row in result.scalar_summary().items():
+        def fmt(v):
+            return ", ".join(f"{x:.4g}" for x in v) if isinstance(v, list) else f"{v:.4g}"
+        if "mean" in row:
+            out.append(f"{name}: posterior mean {fmt(row['mean'])} (90 % interval {fmt(row['q05'])} .. "
+                       f"{fmt(row['q95'])})")
+        else:
+            out.append(f"{name}: estimate {fmt(row['estimate'])}")
+    return out
+
+
 def history_summary(history: dict) -> dict:
     return {k: {"first": v[0], "last": v[-1], "min": float(np.nanmin(v))} for k, v in history.items() if v}
 
@@ -432,7 +521,17 @@ def reconstruct(
     out: Path = typer.Option(Path("brgm-out"), "--out", help="Output directory (created; must be new or empty)."),
     simulate: bool = typer.Option(False, "--simulate", help="INPUT is a clean image: corrupt it here and score "
                                                              "the reconstruction against it (metrics.json)."),
-    sigma_pixel: Optional[float] = typer.Option(None, help="Pixel noise std in [-1, 1] units (default: the model's)."),
+    sigma_pixel: Optional[str] = typer.Option(None, help="Pixel noise scale in [-1, 1] units (default: the "
+                                              "model's), or 'auto' to learn it (a latent with a log-normal "
+                                              "hyperprior, posterior in run.json)."),
+    noise: str = typer.Option("gaussian", help="Pixel noise model: gaussian | laplace | studentt."),
+    noise_per_image: bool = typer.Option(False, "--noise-per-image", help="With --sigma-pixel auto: one noise "
+                                                                           "level per image instead of one."),
+    prior: str = typer.Option("brgm", help="Prior on W+ (a registered name, e.g. brgm | gaussian | studentt)."),
+    kernel_width: Optional[str] = typer.Option(None, help="With --kernel gauss: the kernel's std in input "
+                                               "pixels (default factor/2), or 'auto' to infer it (blind)."),
+    simulate_kernel_width: Optional[float] = typer.Option(None, help="With --simulate and --kernel-width auto: "
+                                                          "the width used to make the observation."),
     percept: bool = typer.Option(True, "--percept/--no-percept", help="Use the generator's perceptual network "
                                                                       "when it has one."),
     lr: Optional[float] = typer.Option(None, help="Learning rate (default: the method's; MAP with --task none: "
@@ -447,14 +546,16 @@ def reconstruct(
                    generator=generator, method=method, steps=steps, num_samples=num_samples, chains=chains, seed=seed,
                    workers=workers, device=device, out=out, simulate=simulate, sigma_pixel=sigma_pixel,
                    percept=percept, lr=lr, vgg16=vgg16, overwrite=overwrite, quiet=quiet, threads=threads,
-                   class_index=class_index)
+                   class_index=class_index,
+                   choice=ModelChoice(prior=prior, sigma_pixel=sigma_pixel, noise=noise, noise_per_image=noise_per_image,
+                                      kernel_width=kernel_width, simulate_kernel_width=simulate_kernel_width))
     if code:
         raise typer.Exit(code)
 
 
 def run_reconstruct(*, inputs, task, factor, kernel, masks, generator, method, steps, num_samples, seed, device,
                     out, simulate, sigma_pixel, percept, lr, vgg16, overwrite, quiet, chains=None,
-                    threads=None, workers=1, class_index=None) -> int:
+                    threads=None, workers=1, class_index=None, choice: Optional["ModelChoice"] = None) -> int:
     t_start = time.perf_counter()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     timings: dict[str, float] = {}
@@ -471,10 +572,14 @@ def run_reconstruct(*, inputs, task, factor, kernel, masks, generator, method, s
                 pass  # reported properly below
     check_choice(task, TASKS, "--task")
     check_choice(kernel, KERNELS, "--kernel")
+    choice = choice or ModelChoice(sigma_pixel=None if sigma_pixel is None else str(sigma_pixel))
+    choice.check(task, kernel, simulate)
     METHODS = methods_registry()
     runner = METHODS.get(method)
     device = resolve_device(device)
     set_threads(threads)
+    if lr is not None and method not in ("map", "vi"):
+        raise BRGMError(f"--lr is the MAP/VI learning rate; --method {method} has none (drop --lr)")
     if steps is not None and steps < 1:
         raise BRGMError(f"--steps must be at least 1, got {steps}")
     if num_samples < 0:
@@ -510,13 +615,14 @@ def run_reconstruct(*, inputs, task, factor, kernel, masks, generator, method, s
     timings["load_generator_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     batch, corruption = prepare_batch(inputs, task=task, factor=factor, kernel=kernel, masks=list(masks),
-                                      simulate=simulate, resolution=G.img_resolution, channels=G.img_channels)
+                                      simulate=simulate, resolution=G.img_resolution, channels=G.img_channels,
+                                      choice=choice)
     timings["load_inputs_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     from brgm_pyro.models.brgm import build_model
 
     phi = default_phi(G, generator) if percept else None
-    kw = {} if sigma_pixel is None else {"sigma_pixel": sigma_pixel}
+    kw = choice.model_kwargs()
     if phi is not None and hasattr(phi, "to"):
         phi = phi.to(device)
     from brgm_pyro.models.generators.loading import latent_stats_for
@@ -580,6 +686,7 @@ def run_reconstruct(*, inputs, task, factor, kernel, masks, generator, method, s
                              "steps": steps, "num_samples": num_samples, "chains": chains, "seed": seed,
                              "device": device, "threads": threads, "workers": workers,
                              "out": str(out), "simulate": simulate, "sigma_pixel": sigma_pixel,
+                             "model_choice": asdict(choice),
                              "percept": percept and phi is not None, "lr": lr,
                              "optimiser": {k: v for k, v in result.extra.items()
                                            if k in ("lr", "lr_decay", "lr_rampdown")} or None,
@@ -592,6 +699,7 @@ def run_reconstruct(*, inputs, task, factor, kernel, masks, generator, method, s
                 "generator": {"spec": generator, "class": type(G).__name__, "resolution": G.img_resolution,
                               "channels": G.img_channels, "num_ws": G.num_ws, "w_dim": G.w_dim},
                 "model": model.config(),
+                "latents": result.scalar_summary(),
                 "inference": {"method": result.method, "stopped": result.stopped,
                               "steps_done": result.timing.get("steps"), "timing": result.timing,
                               "loss_terms": history_summary(result.history),
@@ -614,5 +722,7 @@ def run_reconstruct(*, inputs, task, factor, kernel, masks, generator, method, s
         return EXIT_INTERRUPTED
     if result.stopped:
         print(f"warning: inference stopped early: {result.stopped}", file=sys.stderr)
+    for line in latent_lines(result):
+        print(line)
     print(f"results written to {where} ({timings['total_s']:.1f} s)")
     return 0
