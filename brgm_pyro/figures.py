@@ -125,16 +125,14 @@ def summary_figure(path: str | os.PathLike, columns: Sequence[dict], title: Opti
         fig.suptitle(title, fontsize=9)
     top = 1.0 - (0.35 / (cell_inches * n_r + 0.5)) if title else 1.0
     fig.tight_layout(pad=0.3, h_pad=0.2, w_pad=0.2, rect=(0.0, 0.0, 1.0, top))
+    from brgm_pyro.io import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi)
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

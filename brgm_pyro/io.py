@@ -19,7 +19,8 @@ with :func:`match_channels` (gray -> RGB by repetition, RGB -> gray by ITU-R 601
 Every user mistake raises :class:`~brgm_pyro.errors.BRGMError` with one line saying what is wrong
 and what would be right.
 
-Writing: :func:`save_png` and :func:`save_json` write atomically (temporary file + rename), and
+Writing: :func:`atomic_path` is the project's one atomic-write helper (temporary file beside the
+target + rename); :func:`save_png` and :func:`save_json` use it, and
 :class:`OutputDir` builds a whole result directory in a hidden temporary directory beside the
 target and renames it into place only when everything succeeded, so a failure leaves no output
 directory behind. :func:`sigint_deferred` holds Ctrl-C back while results are being written.
@@ -359,12 +360,26 @@ def _normal_mode(path: str | os.PathLike, directory: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def _atomic_target(path: str | os.PathLike) -> Iterator[str]:
+def atomic_path(path: str | os.PathLike, mode: Optional[int] = None) -> Iterator[str]:
+    """The one atomic-write helper: yield a temporary path beside ``path``; on a clean exit it is
+    renamed onto ``path`` (``os.replace``, atomic on one filesystem), on an exception deleted.
+
+    Readers therefore see the old file or the complete new one, never a half-written one; a
+    killed process leaves at most a hidden ``.<name>.*.tmp<suffix>`` file. The temporary name
+    ends with ``path``'s suffix, so writers that pick the format from the name (``savefig``,
+    ``np.savez``, Pillow) write the right format. The result gets the user's usual permissions
+    (``mode``, default 0o666 minus the umask), not mkstemp's private 0600. Parents are created.
+
+    Usage: ``with atomic_path(p) as tmp: torch.save(obj, tmp)``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=str(path.parent))
     os.close(fd)
-    _normal_mode(tmp)
+    if mode is None:
+        _normal_mode(tmp)
+    else:
+        os.chmod(tmp, mode)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -372,6 +387,14 @@ def _atomic_target(path: str | os.PathLike) -> Iterator[str]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    return Path(path)
 
 
 def save_png(path: str | os.PathLike, arr: np.ndarray) -> Path:
@@ -382,7 +405,7 @@ def save_png(path: str | os.PathLike, arr: np.ndarray) -> Path:
     u8 = a if a.dtype == np.uint8 else to_uint8(a)
     if u8.ndim == 3 and u8.shape[-1] == 1:
         u8 = u8[:, :, 0]
-    with _atomic_target(path) as tmp:
+    with atomic_path(path) as tmp:
         Image.fromarray(u8).save(tmp, format="PNG")
     return Path(path)
 
@@ -416,10 +439,7 @@ def save_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented standard JSON (non-finite floats -> null), atomically."""
     text = json.dumps(_finite(json.loads(json.dumps(obj, default=_json_default))), indent=2, sort_keys=False,
                       allow_nan=False)
-    with _atomic_target(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-    return Path(path)
+    return write_text_atomic(path, text + "\n")
 
 
 MARKER = "run.json"  # every brgm output directory has one; --overwrite only replaces such directories

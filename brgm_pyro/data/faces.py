@@ -462,10 +462,10 @@ def make_face_dataset(n: int, split: str = "train", start: int = 0,
         if progress and (j + 1) % 5000 == 0:
             print(f"drew {j + 1}/{n} faces", flush=True)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, u=u, images=images)
-        os.replace(tmp, path)
+        from brgm_pyro.io import atomic_path
+
+        with atomic_path(path) as tmp:  # ends in .npz, so np.savez adds nothing
+            np.savez(tmp, u=u, images=images)
     return u, images
 
 

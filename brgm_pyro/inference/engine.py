@@ -320,14 +320,11 @@ def optimise(
 
 
 def save_checkpoint(path, tensors: dict[str, Tensor], meta: Optional[dict] = None) -> None:
-    """Write tensors to a safetensors file atomically (temp file + rename)."""
-    import os
-    from pathlib import Path
-
+    """Write tensors to a safetensors file atomically (:func:`brgm_pyro.io.atomic_path`)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={k: str(v) for k, v in (meta or {}).items()})
-    os.replace(tmp, path)
+    from brgm_pyro.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
+                  metadata={k: str(v) for k, v in (meta or {}).items()})

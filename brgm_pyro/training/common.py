@@ -15,11 +15,11 @@ from brgm_pyro.errors import BRGMError
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """torch.save to ``path.tmp`` then rename, so a killed run never leaves a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save atomically (:func:`brgm_pyro.io.atomic_path`): a killed run never leaves a half-written file."""
+    from brgm_pyro.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -53,9 +53,9 @@ class Logger:
 
 
 def write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    from brgm_pyro.io import write_text_atomic
+
+    write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 def setup_device(device: str, threads: Optional[int]) -> torch.device:

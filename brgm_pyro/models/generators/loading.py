@@ -168,13 +168,13 @@ def save_generator(generator: Generator, path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix != ".safetensors":
         raise BRGMError(f"{path}: our weight files end in .safetensors")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    from brgm_pyro.io import atomic_path
+
     try:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT_TAG, "version": "1", "class": cls,
+        with atomic_path(path) as tmp:
+            save_file(tensors, tmp, metadata={"format": FORMAT_TAG, "version": "1", "class": cls,
                                               "config": cfg_json})
-        os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise BRGMError(f"cannot write {path}: {e.strerror or e}") from None
     return path
 

@@ -49,11 +49,12 @@ class LatentStats:
         meta = {"num_samples": str(self.num_samples), "seed": str(self.seed),
                 "sigma_scalar": repr(self.sigma_scalar), "sigma_ref": repr(self.sigma_ref),
                 "class_index": "" if self.class_index is None else str(self.class_index)}
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"mu": self.mu.detach().cpu().contiguous(),
-                   "sigma": self.sigma.detach().cpu().contiguous()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        from brgm_pyro.io import atomic_path
+
+        # a unique temporary name: several processes (dataset ranks) may fill the same cache at once
+        with atomic_path(path) as tmp:
+            save_file({"mu": self.mu.detach().cpu().contiguous(),
+                       "sigma": self.sigma.detach().cpu().contiguous()}, tmp, metadata=meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LatentStats":

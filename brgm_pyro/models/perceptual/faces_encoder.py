@@ -11,7 +11,8 @@ for each of the 4 stages ``l`` the activations ``f_l`` (B, C_l, H_l, W_l) are no
 length along channels (as in LPIPS) and scaled by ``1 / sqrt(H_l W_l)``; ``phi(x)`` is their
 concatenation, flattened (B, D). Hence ``||phi(a) - phi(b)||^2 = sum_l mean_hw ||f_l(a) - f_l(b)||^2``
 (an LPIPS-style distance with unit layer weights, between 0 and 16). Any input size H, W >= 8 is
-accepted: images are resized to 64x64 first. A smaller image (an 8x8 super-resolution observation,
+accepted: images are resized to 64x64 first; a one-channel (grayscale) image is replicated to
+three channels, i.e. seen as the gray RGB image it displays as. A smaller image (an 8x8 super-resolution observation,
 and the prediction f(G(w)) compared with it) is enlarged by area resizing, which for an integer
 factor replicates each pixel into a block, as the reference BRGM code feeds its VGG; a larger one
 is shrunk bilinearly with anti-aliasing. ``FacesEncoder.upsample = "bilinear"`` restores the
@@ -69,7 +70,9 @@ class FacesEncoder(nn.Module):
 
     def prepare(self, x: Tensor) -> Tensor:
         """Resize (B, C, H, W) to the working resolution (``upsample`` when enlarging; bilinear,
-        anti-aliased, when shrinking)."""
+        anti-aliased, when shrinking). One-channel images are replicated to three (gray RGB)."""
+        if x.ndim == 4 and x.shape[1] == 1 and self._cfg["in_channels"] == 3:
+            x = x.expand(-1, 3, -1, -1)  # a grayscale image (colorization) is shown as gray RGB
         if x.ndim != 4 or x.shape[1] != self._cfg["in_channels"]:
             raise BRGMError(f"perceptual network expects images (B, {self._cfg['in_channels']}, H, W), "
                             f"got {tuple(x.shape)}")
@@ -148,12 +151,11 @@ def save_encoder(encoder: FacesEncoder, path: str | os.PathLike, metadata: dict 
     meta = {"config": json.dumps(encoder.config()), "kind": "faces_encoder"}
     for k, v in (metadata or {}).items():
         meta[str(k)] = v if isinstance(v, str) else json.dumps(v)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}, str(tmp),
-              metadata=meta)
-    os.replace(tmp, path)
+    from brgm_pyro.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}, tmp,
+                  metadata=meta)
 
 
 def load_encoder(path: str | os.PathLike, device="cpu") -> FacesEncoder:
