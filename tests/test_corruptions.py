@@ -75,4 +75,4 @@ def test_registry():
     assert isinstance(make_corruption("none"), Identity)
     assert make_corruption("superres", factor=2).factor == 2
     with pytest.raises(BRGMError, match="choose one of"):
-        make_corruption("deblur")
+        make_corruption("dehaze")  # not a registered corruption

@@ -20,9 +20,54 @@ from torch import Tensor, nn
 
 
 class Corruption(nn.Module):
-    """Base class. Subclasses implement :meth:`apply` on (N, C, H, W) and :meth:`out_shape`."""
+    """Base class. Subclasses implement :meth:`apply` on (N, C, H, W) and :meth:`out_shape`.
+
+    deepinv's names are kept where they mean the same thing (docs/corruptions.md): :meth:`A` is
+    the noise-free operator (our ``forward``) and, for a linear operator (``linear = True``),
+    :meth:`A_adjoint` its transpose, with ``<A x, y> = <x, A^T y>``. The default adjoint is the
+    exact vector-Jacobian product of ``forward`` at 0 (it needs :meth:`in_shape`); operators
+    with a closed form override it.
+    """
 
     name: str = "corruption"
+    linear: bool = False
+    # False when observations are not images (compressed sensing): no PNG, no perceptual term
+    image_observation: bool = True
+    # the noise std the task simulates by default ([-1, 1] units), or None (noise-free)
+    noise_sigma: Optional[float] = None
+
+    def obs_channels(self, in_channels: int = 3) -> int:
+        """Channels of the observation for clean images with ``in_channels`` channels."""
+        return int(self.out_shape((in_channels, 64, 64))[0])
+
+    def in_shape(self, obs_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        """Clean-image shape (C, H, W) whose observation has ``obs_shape`` (for the adjoint)."""
+        from brgm_pyro.errors import BRGMError
+
+        raise BRGMError(f"the corruption {self.name!r} does not state its input shape")
+
+    def A(self, x: Tensor, params: Optional[dict] = None) -> Tensor:
+        """deepinv's name for the noise-free operator: ``forward(x, params)``."""
+        return self(x, params)
+
+    def A_adjoint(self, y: Tensor, params: Optional[dict] = None) -> Tensor:
+        """A^T y: (..., *obs_shape) -> (..., *in_shape) for a linear operator."""
+        from brgm_pyro.errors import BRGMError
+
+        if not self.linear:
+            raise BRGMError(f"the corruption {self.name!r} is not linear: it has no adjoint")
+        shape = self.in_shape(tuple(y.shape[-3:]))
+        with torch.enable_grad():
+            x0 = torch.zeros(*y.shape[:-3], *shape, dtype=y.dtype, device=y.device, requires_grad=True)
+            (g,) = torch.autograd.grad(self(x0, params), x0, grad_outputs=y)
+        return g
+
+    def simulate(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """An observation of x: A x plus, when :attr:`noise_sigma` is set, seeded Gaussian noise."""
+        y = self(x)
+        if self.noise_sigma:
+            y = y + self.noise_sigma * torch.randn(y.shape, generator=generator, dtype=y.dtype).to(y.device)
+        return y
 
     def out_shape(self, in_shape: tuple[int, int, int]) -> tuple[int, int, int]:
         """Observation shape (C, h, w) for a clean image of shape (C, H, W)."""

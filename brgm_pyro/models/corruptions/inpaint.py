@@ -25,6 +25,7 @@ class Inpainting(Corruption):
     """
 
     name = "inpaint"
+    linear = True
 
     def __init__(self, mask) -> None:
         super().__init__()
@@ -52,6 +53,12 @@ class Inpainting(Corruption):
             raise BRGMError(f"mask is {mw}x{mh} with {mc} channel(s) but images are {w}x{h} with {c}; "
                             f"give a {w}x{h} mask")
 
+    def in_shape(self, obs_shape):
+        return tuple(obs_shape)
+
+    def A_adjoint(self, y: Tensor, params: Optional[dict] = None) -> Tensor:
+        return y * self._mask.to(y.dtype)  # a diagonal 0/1 operator is its own transpose
+
     def apply(self, x: Tensor) -> Tensor:
         return x * self._mask.to(x.dtype)
 
@@ -68,6 +75,13 @@ class Identity(Corruption):
     """f(x) = x: plain inversion (all pixels observed)."""
 
     name = "none"
+    linear = True
+
+    def in_shape(self, obs_shape):
+        return tuple(obs_shape)
+
+    def A_adjoint(self, y: Tensor, params: Optional[dict] = None) -> Tensor:
+        return y
 
     def apply(self, x: Tensor) -> Tensor:
         return x

@@ -36,6 +36,7 @@ class SuperResolution(Corruption):
     """
 
     name = "superres"
+    linear = True  # in x, for every kernel width
 
     def __init__(self, factor: int, kernel: Union[str, np.ndarray, Tensor] = "box",
                  gauss_sigma: Optional[float] = None) -> None:
@@ -93,6 +94,10 @@ class SuperResolution(Corruption):
     def out_shape(self, in_shape):
         c, h, w = in_shape
         return (c, h // self.factor, w // self.factor)
+
+    def in_shape(self, obs_shape):
+        c, h, w = obs_shape
+        return (c, h * self.factor, w * self.factor)
 
     def check_input(self, in_shape) -> None:
         _, h, w = in_shape
