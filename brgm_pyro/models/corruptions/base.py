@@ -36,9 +36,9 @@ class Corruption(nn.Module):
     # the noise std the task simulates by default ([-1, 1] units), or None (noise-free)
     noise_sigma: Optional[float] = None
 
-    def obs_channels(self, in_channels: int = 3) -> int:
-        """Channels of the observation for clean images with ``in_channels`` channels."""
-        return int(self.out_shape((in_channels, 64, 64))[0])
+    def obs_channels(self, in_shape: tuple[int, int, int] = (3, 64, 64)) -> int:
+        """Channels of the observation of clean images of ``in_shape`` (C, H, W)."""
+        return int(self.out_shape(tuple(in_shape))[0])
 
     def in_shape(self, obs_shape: tuple[int, int, int]) -> tuple[int, int, int]:
         """Clean-image shape (C, H, W) whose observation has ``obs_shape`` (for the adjoint)."""
@@ -62,9 +62,10 @@ class Corruption(nn.Module):
             (g,) = torch.autograd.grad(self(x0, params), x0, grad_outputs=y)
         return g
 
-    def simulate(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    def simulate(self, x: Tensor, generator: Optional[torch.Generator] = None,
+                 params: Optional[dict] = None) -> Tensor:
         """An observation of x: A x plus, when :attr:`noise_sigma` is set, seeded Gaussian noise."""
-        y = self(x)
+        y = self(x, params)
         if self.noise_sigma:
             y = y + self.noise_sigma * torch.randn(y.shape, generator=generator, dtype=y.dtype).to(y.device)
         return y
