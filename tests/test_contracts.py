@@ -238,3 +238,44 @@ def test_missing_component_statements_are_one_line_errors():
     with pytest.raises(BRGMError, match="Bare.*starting points"):
         METHODS.get("nuts")(model, y, steps=2, num_samples=2, num_chains=1, init="prior", progress=False)
     pyro.clear_param_store()
+
+
+class _UnprobedStudentT(__import__("pyro").distributions.StudentT):
+    """A Student-t whose moments cannot be read: inference may only score and sample it."""
+
+    @property
+    def mean(self):
+        raise AssertionError("inference read the prior's mean")
+
+    @property
+    def stddev(self):
+        raise AssertionError("inference read the prior's stddev")
+
+    @property
+    def variance(self):
+        raise AssertionError("inference read the prior's variance")
+
+
+@pytest.mark.parametrize("method", ["map", "vi", "nuts", "mala"])
+def test_non_gaussian_prior_through_every_method(method):
+    """The Student-t prior (no Gaussian anywhere) through MAP, VI, NUTS and MALA, with a learned
+    noise level; MCMC starts (Laplace and prior draws) never read the distribution's moments."""
+    from brgm_pyro.models.priors import StudentTPrior
+
+    class Unprobed(StudentTPrior):
+        def distribution(self):
+            loc = self.mu.expand(self.num_ws, self.w_dim)
+            return _UnprobedStudentT(torch.tensor(self.df), loc, self.scale).to_event(2)
+
+    prior = Unprobed(STATS.mu, STATS.sigma, 4.0, G.num_ws, G.w_dim)
+    model = BRGMModel(G, prior, Identity(), [PixelGaussian(noise_latent(guess=0.1))])
+    y = _observation(model)
+    run = METHODS.get(method)
+    inits = ["laplace", "prior"] if method in ("nuts", "mala") else [None]
+    for init in inits:
+        kw = _budget(method) if init is None else {**_budget(method), "init": init}
+        res = run(model, y, seed=0, progress=False, **kw)
+        assert set(res.latents) == {"w", "sigma_pixel"}
+        assert torch.isfinite(res.w).all() and float(res.latents["sigma_pixel"]) > 0
+        if res.draws is not None:
+            assert torch.isfinite(res.draws["w"]).all()

@@ -119,17 +119,15 @@ def test_learned_sigma_sites_and_exact_posterior_nuts(noise_problem):
     assert summary["q05"] < exact["mean"] < summary["q95"]
 
 
-def _neg_log_joint_np(model, y, v):
-    """-log p(w, sigma, y) in (w, sigma) coordinates (no Jacobian: the mode of the density), numpy."""
+def _neg_log_joint(model, y, w: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """-log p(w, sigma, y) in (w, sigma) coordinates (no Jacobian: the mode of the density), float64,
+    written out by hand (no Pyro)."""
     A, b = _linear_parts(model)
     m0, s0 = _prior(model)
-    w, sigma = torch.tensor(v[:-1]), float(v[-1])
-    if sigma <= 0:
-        return 1e10
     r = y.double().reshape(-1) - (A @ w + b)
     lp = dist.Normal(m0, s0.sqrt()).log_prob(w).sum() + dist.Normal(0.0, sigma).log_prob(r).sum()
-    lp = lp + dist.InverseGamma(torch.tensor(IG[0], dtype=torch.float64), IG[1]).log_prob(torch.tensor(sigma))
-    return -float(lp)
+    lp = lp + dist.InverseGamma(torch.tensor(IG[0], dtype=torch.float64), IG[1]).log_prob(sigma)
+    return -lp
 
 
 def test_learned_sigma_map_is_the_joint_mode(noise_problem):
@@ -137,12 +135,19 @@ def test_learned_sigma_map_is_the_joint_mode(noise_problem):
     res = run_map(model, y, steps=1500, lr=0.05, lr_decay=0.001, progress=False)
     got = np.concatenate([res.w.double().reshape(-1).numpy(), [float(res.latents["sigma_pixel"])]])
     m0, _ = _prior(model)
-    # the mode of the density in (w, sigma); optimised over (w, log sigma), which moves no mode
-    f = lambda v: _neg_log_joint_np(model, y, np.concatenate([v[:-1], [math.exp(v[-1])]]))  # noqa: E731
-    direct = minimize(f, np.concatenate([m0.numpy(), [math.log(0.3)]]), method="BFGS", options={"gtol": 1e-9})
+
+    def f(v):  # over (w, log sigma), which moves no mode; analytic gradient by autograd
+        t = torch.tensor(v, dtype=torch.float64, requires_grad=True)
+        loss = _neg_log_joint(model, y, t[:-1], t[-1].exp())
+        (g,) = torch.autograd.grad(loss, t)
+        return float(loss), g.numpy()
+
+    direct = minimize(f, np.concatenate([m0.numpy(), [math.log(0.3)]]), jac=True, method="L-BFGS-B",
+                      options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 5000})
     mode = np.concatenate([direct.x[:-1], [math.exp(direct.x[-1])]])
     assert np.abs(got - mode).max() < 2e-3, (got, mode)
-    assert _neg_log_joint_np(model, y, got) <= direct.fun + 1e-5
+    u = torch.tensor(got)
+    assert float(_neg_log_joint(model, y, u[:-1], u[-1])) <= direct.fun + 1e-5
 
 
 def test_learned_sigma_vi_side_of_truth(noise_problem):
