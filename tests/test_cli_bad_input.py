@@ -241,7 +241,7 @@ def test_missing_generator_and_unknown_builtin(tmp_path):
 # --- options -----------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args,fragment", [
-    (["--task", "deblur"], "--task 'deblur' is not one of: superres, inpaint, none"),
+    (["--task", "magic"], "--task 'magic' is not one of: superres, inpaint, none"),  # then the other registered ones
     (["--kernel", "lanczos"], "--kernel 'lanczos' is not one of: box, bicubic, gauss"),
     (["--method", "magic"], "unknown inference method 'magic'"),
     (["--steps", "0"], "--steps must be at least 1"),

@@ -24,10 +24,16 @@ import typer
 
 from brgm_pyro import io
 from brgm_pyro.cli.app import app, user_errors
-from brgm_pyro.cli.reconstruct import (DEFAULT_GENERATOR, EXIT_INTERRUPTED, default_phi, guarded, history_summary,
-                                       load_generator_checked, machine_info, methods_registry, package_versions,
-                                       resolve_device, set_threads, superres_factor_check)
+from brgm_pyro.cli.reconstruct import EXIT_INTERRUPTED, guarded, set_threads
 from brgm_pyro.errors import BRGMError
+from brgm_pyro.pipeline import core as pipeline
+from brgm_pyro.pipeline.baselines import bicubic_upsample
+from brgm_pyro.pipeline.outputs import METRICS_RANGE
+from brgm_pyro.pipeline.records import history_summary, interrupted, machine_info, package_versions
+from brgm_pyro.pipeline.tasks import superres_factor_check
+
+DEFAULT_GENERATOR = pipeline.DEFAULT_GENERATOR
+methods_registry = pipeline.methods_registry  # a module attribute: tests replace it
 
 DEMO_FACES = (1, 4, 6, 2, 5, 7, 0, 3)
 """Indices into the faces *test* split (seed ``brgm_pyro.data.faces.TEST_SEED``), in the order used."""
@@ -94,7 +100,6 @@ def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, gene
     import torch
 
     from brgm_pyro import figures, metrics
-    from brgm_pyro.models.brgm import build_model
     from brgm_pyro.models.corruptions import make_corruption
 
     t_start = time.perf_counter()
@@ -115,18 +120,15 @@ def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, gene
             raise BRGMError(f"{name} must be at least 1, got {v}")
     if num_samples < 3:
         raise BRGMError(f"--num-samples must be at least 3 (the figure shows three samples), got {num_samples}")
-    device = resolve_device(device)
+    device = pipeline.resolve_device(device)
     set_threads(threads)
     METHODS = methods_registry()
-    run_map, run_vi = METHODS.get("map"), METHODS.get("vi")
     outdir = io.OutputDir(out, overwrite=overwrite)
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    G = load_generator_checked(generator, device)
-    phi = default_phi(G, generator)
-    if phi is not None and hasattr(phi, "to"):
-        phi = phi.to(device)
+    G = pipeline.load_generator(generator, device)
+    phi = pipeline.default_phi(G)  # the CLI's and the library's default perceptual network
     R, C = G.img_resolution, G.img_channels
     factor = DEMO_FACTOR if R % DEMO_FACTOR == 0 and R // DEMO_FACTOR >= 2 else 2
     superres_factor_check(R, factor)
@@ -134,36 +136,35 @@ def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, gene
     truth = demo_faces(face_ids, R, C)  # (B, R, R, C) in [0, 1]
     x = torch.stack([io.to_model(a) for a in truth]).to(device)
     mask = demo_mask(R)
-    from brgm_pyro.models.generators.loading import latent_stats_for
-
-    stats = latent_stats_for(G)  # cached beside the bundled weights
+    stats = pipeline.latent_stats(G)  # cached beside the bundled weights
     timings["setup_s"] = time.perf_counter() - t0
 
     tasks = [(f"x{factor} super-resolution", "superres", make_corruption("superres", factor=factor, kernel="box")),
              ("in-painting", "inpaint", make_corruption("inpaint", mask=torch.from_numpy(mask)))]
     results: dict[str, dict] = {}
-    interrupted = False
+    stopped_by_user = False
     for label, key, corruption in tasks:
         corruption = corruption.to(device)
         with torch.no_grad():
             y = corruption(x)
-        model = build_model(G, corruption, phi=phi, stats=stats)
+        model = pipeline.build_model(G, corruption, phi=phi, stats=stats)
         t0 = time.perf_counter()
         if not quiet:
             print(f"{label}: MAP ({map_steps} steps) on {faces} faces", file=sys.stderr)
-        r_map = run_map(model, y, steps=map_steps, seed=seed, progress=not quiet)
+        r_map = pipeline.reconstruct(model, y, "map", steps=map_steps, seed=seed, progress=not quiet,
+                                     runner=METHODS.get("map"))
         timings[f"{key}_map_s"] = time.perf_counter() - t0
         r_vi = None
-        if not _interrupted(r_map):
+        if not interrupted(r_map):
             t0 = time.perf_counter()
             if not quiet:
                 print(f"{label}: VI ({vi_steps} steps, {num_samples} samples)", file=sys.stderr)
-            r_vi = run_vi(model, y, steps=vi_steps, num_samples=num_samples, seed=seed, init_w=r_map.w,
-                          progress=not quiet)
+            r_vi = pipeline.reconstruct(model, y, "vi", steps=vi_steps, num_samples=num_samples, seed=seed,
+                                        init_w=r_map.w, progress=not quiet, runner=METHODS.get("vi"))
             timings[f"{key}_vi_s"] = time.perf_counter() - t0
         results[key] = {"label": label, "y": y, "map": r_map, "vi": r_vi, "model": model}
-        if _interrupted(r_map) or (r_vi is not None and _interrupted(r_vi)):
-            interrupted = True
+        if interrupted(r_map) or (r_vi is not None and interrupted(r_vi)):
+            stopped_by_user = True
             break
 
     # scores and figure
@@ -192,8 +193,8 @@ def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, gene
             task_scores[mname] = {"faces": per_face, "mean": mean, "steps_done": r.timing.get("steps"),
                                   "stopped": r.stopped}
         if key == "superres":
-            up = torch.nn.functional.interpolate(y.double().cpu(), size=(R, R), mode="bicubic", align_corners=False)
-            base = {f"test_face_{fid}": metrics.image_metrics(io.from_model(up[b].clamp(-1, 1)), truth[b])
+            up = bicubic_upsample(y, R)
+            base = {f"test_face_{fid}": metrics.image_metrics(io.from_model(up[b]), truth[b])
                     for b, fid in enumerate(face_ids)}
             task_scores["baseline_bicubic"] = {"faces": base, "mean": metrics.summarize(list(base.values()))}
         scores[key] = task_scores
@@ -229,7 +230,7 @@ def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, gene
             figures.summary_figure(od.path("summary.png"), columns, title=title)
             io.save_json(od.path("metrics.json"), {
                 "reference": "the clean test faces", "faces": [f"test_face_{i}" for i in face_ids],
-                "range": "images in [0, 1]; PSNR in dB (capped at 100); SSIM: Gaussian window 11, sigma 1.5",
+                "range": METRICS_RANGE,
                 "vi": "posterior mean of the VI samples; VI is warm-started at the MAP",
                 "tasks": scores})
             timings["total_s"] = time.perf_counter() - t_start
@@ -254,12 +255,8 @@ def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, gene
             m = s["mean"].get("reconstruction", s["mean"])
             print(f"{results[key]['label']:>24s}  {mname:<16s} PSNR {m['psnr']:6.2f} dB  SSIM {m['ssim']:.3f}  "
                   f"MAE {m['mae']:.4f}")
-    if interrupted:
+    if stopped_by_user:
         print(f"interrupted; partial results written to {where}", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(f"demo finished in {timings['total_s']:.0f} s; results in {where}: summary.png, metrics.json, run.json")
     return 0
-
-
-def _interrupted(result) -> bool:
-    return bool(result.stopped) and "interrupt" in str(result.stopped).lower()

@@ -1,0 +1,288 @@
+"""The library pipeline: generator -> observation -> model -> inference -> scores -> files.
+
+``brgm reconstruct``, ``brgm demo`` and the dataset runner are thin adapters over these functions;
+a library user calls the same ones (``import brgm_pyro as brgm``; see README "As a library").
+
+* :func:`load_generator` loads a generator (one-line errors for bad files) and remembers what the
+  CLI would use with it: its own perceptual network (:func:`default_phi`) and its cached latent
+  statistics (:func:`latent_stats`);
+* :func:`build_model` is :func:`brgm_pyro.models.brgm.build_model` with those defaults;
+* :func:`observe` turns files into an :class:`Observation` for any registered task
+  (:mod:`brgm_pyro.pipeline.tasks`);
+* :func:`reconstruct` runs a registered inference method with the task's defaults;
+* :func:`score` and :func:`write_results` give metrics.json's numbers and the output folder.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from brgm_pyro import io
+from brgm_pyro.errors import BRGMError
+from brgm_pyro.pipeline.tasks import Task, TaskInputs, get_task
+
+DEFAULT_GENERATOR = "builtin:faces64"
+DEVICES = ("cpu", "cuda")
+
+# what load_generator learned about a generator (spec, perceptual network, stats), without
+# making them submodules of G (that would change its state_dict and save_generator's file)
+_LOADED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def resolve_device(device: str) -> str:
+    """``cpu``, ``cuda`` or ``cuda:K``; a one-line error when CUDA is asked for but absent."""
+    import torch
+
+    base = str(device).split(":")[0]
+    if base not in DEVICES:
+        raise BRGMError(f"--device {device!r} is not one of: {', '.join(DEVICES)}")
+    if base == "cuda" and not torch.cuda.is_available():
+        raise BRGMError("--device cuda was asked for but CUDA is not available here; use --device cpu")
+    return str(device)
+
+
+def load_generator_checked(spec: str, device: str = "cpu"):
+    """``loading.load_generator`` with every failure on a user file turned into one line; eval mode."""
+    from brgm_pyro.models.generators.loading import load_generator as _load
+
+    spec = str(spec)
+    is_file = not spec.startswith("builtin:")
+    if is_file:
+        p = Path(spec)
+        if not p.exists():
+            raise BRGMError(f"generator file {spec!r} does not exist; give a .pkl or .safetensors generator "
+                            f"or builtin:NAME (default {DEFAULT_GENERATOR})")
+        if p.is_dir():
+            raise BRGMError(f"generator {spec!r} is a directory; give a .pkl or .safetensors generator file")
+    try:
+        G = _load(spec, device=device)
+    except BRGMError:
+        raise
+    except Exception as e:  # a file that is not a generator can fail in many ways
+        if not is_file:
+            raise
+        reason = " ".join(str(e).split())[:160] or type(e).__name__
+        raise BRGMError(f"{spec!r} is not a generator this tool can load ({type(e).__name__}: {reason}); "
+                        f"give a StyleGAN2 .pkl or a brgm .safetensors generator") from None
+    return G.eval()
+
+
+def load_generator(spec: str = DEFAULT_GENERATOR, device: str = "cpu", class_index: Optional[int] = None):
+    """Load a generator for reconstruction: ``builtin:NAME``, an NVIDIA ``.pkl`` or a ``.safetensors`` file.
+
+    Conditional generators need ``class_index``. The generator remembers its spec, so that
+    :func:`build_model` adds its own perceptual network (if it has one) and its cached latent
+    statistics, exactly as ``brgm reconstruct`` does.
+    """
+    from brgm_pyro.models.generators.loading import choose_class
+
+    device = resolve_device(device)
+    G = load_generator_checked(spec, device)
+    choose_class(G, class_index, required=True)
+    _LOADED[G] = {"spec": str(spec)}
+    return G
+
+
+def default_phi(G, spec: Optional[str] = None):
+    """The generator's own perceptual network on G's device (builtin faces generators), or None.
+
+    Looked up: a ``default_phi`` attribute/method of the generator, then the bundled faces network
+    for ``builtin:faces64``. ``spec`` defaults to the one :func:`load_generator` recorded.
+    """
+    from torch import nn
+
+    info = _LOADED.get(G, {})
+    if "phi" in info:
+        return info["phi"]
+    spec = spec if spec is not None else info.get("spec")
+    phi = getattr(G, "default_phi", None)
+    if phi is not None:
+        phi = phi() if callable(phi) and not isinstance(phi, nn.Module) else phi
+    elif spec == "builtin:faces64":
+        from brgm_pyro.models.perceptual import load_faces64_percept
+
+        phi = load_faces64_percept(device=str(G.device()))
+    if phi is not None and hasattr(phi, "to"):
+        phi = phi.to(G.device())
+    if G in _LOADED:
+        _LOADED[G]["phi"] = phi
+    return phi
+
+
+def latent_stats(G):
+    """G's latent statistics (10,000 seeded mapped samples), cached beside its weights file."""
+    from brgm_pyro.models.generators.loading import latent_stats_for
+
+    info = _LOADED.get(G)
+    if info is not None and "stats" in info:
+        return info["stats"]
+    stats = latent_stats_for(G)
+    if info is not None:
+        info["stats"] = stats
+    return stats
+
+
+def build_model(generator, corruption, *, phi: Any = "default", stats: Any = "cached", **kwargs):
+    """The BRGM model with the CLI's defaults: ``phi="default"`` adds the generator's own perceptual
+    network (None: no perceptual term), ``stats="cached"`` its cached latent statistics. Other
+    keyword arguments go to :func:`brgm_pyro.models.brgm.build_model` (``prior``, ``sigma_pixel``,
+    ``noise``, ``kappa``, ...). ``corruption``: a Corruption, or an :class:`Observation`."""
+    from brgm_pyro.models.brgm import build_model as _build
+
+    if isinstance(corruption, Observation):
+        corruption = corruption.corruption
+    if isinstance(phi, str):
+        if phi != "default":
+            raise BRGMError(f"phi must be a network, None or 'default'; got {phi!r}")
+        phi = default_phi(generator)
+    if isinstance(stats, str):
+        if stats != "cached":
+            raise BRGMError(f"stats must be LatentStats, None or 'cached'; got {stats!r}")
+        stats = latent_stats(generator)
+    return _build(generator, corruption, phi=phi, stats=stats, **kwargs)
+
+
+@dataclass
+class Observation:
+    """Observations ready for the model, and what is needed to write and score them.
+
+    ``y``: torch (B, *obs_shape) in [-1, 1] (in-painting: missing pixels 0); ``masks``: (B, H, W)
+    bool, True = observed, or None; ``truth``: (B, H, W, C) in [0, 1] when simulated; ``inputs``
+    and ``mask_infos``: what run.json records of the files; ``names``: one per image.
+    """
+
+    y: Any
+    corruption: Any
+    task: Task
+    options: dict
+    simulate: bool
+    masks: Optional[np.ndarray] = None
+    truth: Optional[np.ndarray] = None
+    inputs: list = field(default_factory=list)
+    mask_infos: list = field(default_factory=list)
+    names: list = field(default_factory=list)
+
+    @property
+    def image_observation(self) -> bool:
+        return bool(getattr(self.corruption, "image_observation", True))
+
+    def to(self, device) -> "Observation":
+        self.y = self.y.to(device)
+        self.corruption = self.corruption.to(device)
+        return self
+
+
+def _read_inputs(paths: Sequence, task: Task, obs_shape: tuple, image_shape: tuple, simulate: bool,
+                 opts: dict) -> tuple[list, list, list]:
+    """(arrays, infos, truths) of the input files, channel-matched and size-checked."""
+    C, R = image_shape[0], image_shape[-1]
+    arrays, infos, truths = [], [], []
+    for p in paths:
+        img = io.read_image(p, what="input image")
+        arr, note = io.match_channels(img.array, C if simulate else obs_shape[0])
+        info = img.info()
+        if note:
+            info["conversions"].append(note)
+        info["sha256"] = io.sha256(img.path)
+        if simulate:
+            arr, notes = io.center_crop_resize(arr, R)
+            info["conversions"] += notes
+            io.check_not_constant(arr, img.path, "input image")
+            truths.append(arr)
+        elif img.size != tuple(obs_shape[1:]):
+            raise BRGMError(f"input image {img.path!r} " + task.size_hint(img.size, obs_shape, image_shape, opts))
+        arrays.append(arr)
+        infos.append(info)
+    return arrays, infos, truths
+
+
+def observe(inputs: Sequence, generator, task: str = "superres", *, simulate: bool = False, seed: int = 0,
+            names: Optional[Sequence[str]] = None, **options) -> Observation:
+    """Observations of the registered ``task`` from image files (clean images with ``simulate``).
+
+    ``options`` are the task's (e.g. ``factor=8, kernel="bicubic"``; ``mask=[path]``); unknown ones
+    are refused. With ``simulate`` each file is centre-cropped and resized to the generator, and
+    corrupted here (seeded ``seed`` where the corruption adds noise). Returns an :class:`Observation`.
+    """
+    import torch
+
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise BRGMError("no INPUT image given; give one or more PNG/JPEG files")
+    t = get_task(task) if isinstance(task, str) else task
+    known = {o.name for o in t.options}
+    extra = sorted(k for k, v in options.items() if k not in known and v not in (None, [], ()))
+    if extra:
+        raise BRGMError(f"--task {t.name} has no option {', '.join('--' + e.replace('_', '-') for e in extra)}")
+    opts = t.resolve(options)
+    t.check(opts, simulate)
+    image_shape = tuple(generator.image_shape)
+    t.check_shape(opts, image_shape)
+    imgs = [io.read_image(p, what="input image") for p in paths]
+    build = t.build(TaskInputs(imgs, opts, simulate, image_shape))
+    corruption = build.corruption
+    corruption.check_input(image_shape)
+    obs_shape = t.observation_shape(corruption, image_shape)
+    if not simulate and not getattr(corruption, "image_observation", True):
+        raise BRGMError(f"--task {t.name} observations are not images; pass --simulate with clean images")
+    arrays, infos, truths = _read_inputs(paths, t, obs_shape, image_shape, simulate, opts)
+    masks = build.masks
+    if not simulate:
+        for arr, img, m in zip(arrays, imgs, masks if masks is not None else [None] * len(imgs)):
+            io.check_not_constant(arr, img.path, "input image", mask=m)
+    if simulate:
+        x = torch.stack([io.to_model(a) for a in truths])
+        with torch.no_grad():
+            if build.sim_params is not None or not hasattr(corruption, "simulate"):
+                y = corruption(x, build.sim_params)
+            else:
+                y = corruption.simulate(x, generator=torch.Generator().manual_seed(int(seed)))
+    else:
+        y = torch.stack([io.to_model(a) for a in arrays])
+    if masks is not None:
+        y = y * torch.from_numpy(masks[:, None]).to(y.dtype)  # missing pixels: 0 (mid-grey)
+    return Observation(y=y, corruption=corruption, task=t, options=opts, simulate=simulate, masks=masks,
+                       truth=np.stack(truths) if simulate else None, inputs=infos, mask_infos=build.mask_infos,
+                       names=list(names) if names is not None else io.stems(paths))
+
+
+def methods_registry():
+    """The registered inference methods (MAP, VI and the MCMC samplers)."""
+    from brgm_pyro.inference import METHODS
+
+    return METHODS
+
+
+def method_options(obs: Optional[Observation], method: str, lr: Optional[float] = None) -> dict:
+    """Options the pipeline adds for ``method``: ``lr`` if given, else the task's MAP defaults."""
+    if lr is not None:
+        return {"lr": lr}
+    if method == "map" and obs is not None and obs.task.map_options:
+        return dict(obs.task.map_options)
+    return {}
+
+
+def reconstruct(model, y: Union[Observation, Any], method: str = "map", *, steps: Optional[int] = None,
+                num_samples: int = 16, seed: int = 0, progress: bool = False, lr: Optional[float] = None,
+                runner: Optional[Callable] = None, **options):
+    """Run a registered inference method on ``y`` (a tensor (B, *obs_shape) or an :class:`Observation`).
+
+    Returns an :class:`~brgm_pyro.inference.InferenceResult`. ``options`` go to the method (e.g.
+    ``guide="lowrank"``, ``init_w=...`` for VI; ``num_chains``, ``workers`` for MCMC).
+    """
+    obs = y if isinstance(y, Observation) else None
+    yt = obs.y if obs is not None else y
+    device = model.generator.device()
+    fn = runner or methods_registry().get(method)
+    opts = {**method_options(obs, method, lr), **options}
+    return fn(model, yt.to(device), steps=steps, num_samples=num_samples, seed=seed, progress=progress, **opts)
+
+
+__all__ = ["DEFAULT_GENERATOR", "Observation", "load_generator", "load_generator_checked", "default_phi",
+           "latent_stats", "build_model", "observe", "reconstruct", "methods_registry", "method_options",
+           "resolve_device"]

@@ -1,0 +1,162 @@
+"""Scores and files of a reconstruction: per-image PNGs, metrics, posterior.nc, run.json."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from brgm_pyro import io
+
+METRICS_RANGE = "images in [0, 1]; PSNR in dB (capped at 100); SSIM: Gaussian window 11, sigma 1.5"
+
+
+def write_image_outputs(out: io.OutputDir, prefix: tuple, obs, b: int, result) -> dict:
+    """Write the PNGs of image ``b`` (reconstruction, observed, truth, the task's extra images,
+    samples and std); return run.json's entry for it (files written, std scale)."""
+    from brgm_pyro import figures
+
+    written = []
+    recon = io.from_model(result.mean_image()[b])
+    io.save_png(out.path(*prefix, "reconstruction.png"), recon)
+    written.append("reconstruction.png")
+    observed = io.from_model(obs.y[b]) if obs.image_observation else None
+    if observed is not None:
+        io.save_png(out.path(*prefix, "observed.png"), observed)
+        written.append("observed.png")
+    info: dict = {}
+    if obs.truth is not None:
+        io.save_png(out.path(*prefix, "truth.png"), obs.truth[b])
+        written.append("truth.png")
+    mask = obs.masks[b] if obs.masks is not None else None
+    for name, img in obs.task.extra_outputs(observed, recon, mask).items():
+        io.save_png(out.path(*prefix, f"{name}.png"), img)
+        written.append(f"{name}.png")
+    if result.samples is not None:
+        S = result.samples.shape[0]
+        imgs = [io.from_model(result.samples[s, b]) for s in range(S)]
+        digits = max(3, len(str(S - 1)))
+        for s, im in enumerate(imgs):
+            io.save_png(out.path(*prefix, "samples", f"sample_{s:0{digits}d}.png"), im)
+        written.append(f"samples/ ({S} PNGs)")
+        std = figures.std_map(np.stack(imgs))
+        img, top = figures.std_png(std)
+        io.save_png(out.path(*prefix, "std.png"), img)
+        written.append("std.png")
+        info["std_png_white_is"] = top
+        info["std_mean"] = float(std.mean())
+    info["files"] = written
+    return info
+
+
+def score_image(obs, b: int, result, vgg16: Optional[str] = None) -> dict:
+    """metrics.json's entry for image ``b`` of a simulated observation: the reconstruction, the
+    task's extra images (e.g. the in-painting composite), the task's classical baseline and the
+    mean over posterior samples, each as PSNR/SSIM/MAE/RMSE (+ LPIPS with a VGG16 file)."""
+    from brgm_pyro import metrics
+
+    truth = obs.truth[b]
+    recon = io.from_model(result.mean_image()[b])
+
+    def m(img):
+        out = metrics.image_metrics(img, truth)
+        if vgg16:
+            out["lpips"] = metrics.lpips(img, truth, vgg16)
+        return out
+
+    out = {"reconstruction": m(recon)}
+    observed = io.from_model(obs.y[b]) if obs.image_observation else None
+    mask = obs.masks[b] if obs.masks is not None else None
+    for name, img in obs.task.extra_outputs(observed, recon, mask).items():
+        out[name] = m(img)
+    base = obs.task.baseline(obs.y[b].cpu(), tuple(result.image.shape[1:]))
+    if base is not None:  # the baseline anyone could do, e.g. bicubic up-sampling of the observation
+        out[base[0]] = metrics.image_metrics(base[1], truth)
+    if result.samples is not None:
+        per = [metrics.image_metrics(io.from_model(result.samples[s, b]), truth)
+               for s in range(result.samples.shape[0])]
+        out["samples_mean"] = metrics.summarize(per)
+    return out
+
+
+def score(obs, result, vgg16: Optional[str] = None) -> dict:
+    """Scores of every image of a simulated observation: ``{"images": {name: ...}, "mean": ...}``."""
+    from brgm_pyro import metrics
+
+    if obs.truth is None:
+        from brgm_pyro.errors import BRGMError
+
+        raise BRGMError("scores need a clean reference: build the observation with simulate=True")
+    images = {obs.names[b]: score_image(obs, b, result, vgg16) for b in range(obs.y.shape[0])}
+    mean = {k: metrics.summarize([s[k] for s in images.values()]) for k in next(iter(images.values()))}
+    return {"images": images, "mean": mean}
+
+
+def write_posterior_nc(path: Path, result, model, y) -> Optional[str]:
+    """posterior.nc (ArviZ, written atomically) when the method drew samples; returns a warning
+    line if the export failed (the images are never lost for it), else None."""
+    if result.samples_w is None:
+        return None
+    from brgm_pyro.inference.arviz_io import to_inference_data, write_inference_data
+
+    try:
+        write_inference_data(to_inference_data(result, model, y), path)
+    except Exception as e:  # never lose the images because of the NetCDF export
+        return f"posterior.nc not written ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+    return None
+
+
+def write_results(out, obs, result, model, *, overwrite: bool = False, vgg16: Optional[str] = None,
+                  record: Optional[dict] = None, per_image_dirs: Optional[bool] = None,
+                  timings: Optional[dict] = None, t_start: Optional[float] = None) -> dict:
+    """Write a whole result folder atomically (it appears only when complete) and return what was
+    written: ``{"dir", "images", "scores", "warnings"}``.
+
+    One image: files straight in ``out``; several: ``out/<name>/`` each (``per_image_dirs``
+    forces either). ``record``: extra run.json entries (the CLI's settings); run.json always gets
+    the task, model, latents and inference records, versions and machine. ``timings`` (seconds),
+    if given, gets ``write_s`` and, with ``t_start`` (a ``time.perf_counter()``), ``total_s``.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    from brgm_pyro.pipeline.records import inference_record, machine_info, package_versions
+
+    outdir = out if isinstance(out, io.OutputDir) else io.OutputDir(out, overwrite=overwrite)
+    B = obs.y.shape[0]
+    split = (B > 1) if per_image_dirs is None else per_image_dirs
+    written: dict = {"images": {}, "scores": None, "warnings": []}
+    with io.sigint_deferred():
+        with outdir as od:
+            for b in range(B):
+                prefix = (obs.names[b],) if split else ()
+                written["images"][obs.names[b]] = write_image_outputs(od, prefix, obs, b, result)
+            w = write_posterior_nc(od.path("posterior.nc"), result, model, obs.y.to(model.generator.device()))
+            if w:
+                written["warnings"].append(w)
+            if obs.truth is not None:
+                written["scores"] = score(obs, result, vgg16)
+                io.save_json(od.path("metrics.json"), {
+                    "reference": "the clean input, centre-cropped and resized to the generator",
+                    "range": METRICS_RANGE, "task": obs.task.name, "method": result.method, **written["scores"]})
+            run = {"command": "reconstruct", "argv": sys.argv, **(record or {}),
+                   "inputs": obs.inputs, "masks": obs.mask_infos,
+                   "layout": "one sub-directory per input (file stem)" if split else "files in DIR",
+                   "images": written["images"], "model": model.config(), "latents": result.scalar_summary(),
+                   "inference": inference_record(result)}
+            run.setdefault("versions", package_versions())
+            run.setdefault("machine", machine_info(str(model.generator.device())))
+            run["warnings"] = list(run.get("warnings", [])) + written["warnings"]
+            if timings is not None:
+                timings["write_s"] = time.perf_counter() - t0
+                if t_start is not None:
+                    timings["total_s"] = time.perf_counter() - t_start
+                run["timings_s"] = timings
+            io.save_json(od.path("run.json"), run)
+    written["dir"] = outdir.target
+    return written
+
+
+__all__ = ["write_image_outputs", "score_image", "score", "write_posterior_nc", "write_results", "METRICS_RANGE"]
