@@ -16,7 +16,7 @@ image b we summarise the draws by
   which would bias R-hat upwards);
 
 and report split rank-normalised R-hat, bulk and tail ESS and the MCSE of the mean (Vehtari et
-al. 2021, via ArviZ). Optionally (``all_coords``) the worst R-hat and smallest bulk ESS over every
+al. 2021, via ArviZ 0.23 or 1.x: :mod:`brgm_pyro.azcompat`). Optionally (``all_coords``) the worst R-hat and smallest bulk ESS over every
 coordinate of w. Trace and rank plots of the summaries go to PNG files.
 """
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -98,9 +97,11 @@ def scalar_summaries(idata, num_components: int = 3):
     """xarray Dataset of (chain, draw[, image]) scalar summaries (see module doc)."""
     import xarray as xr
 
-    if "posterior" not in idata.groups():
+    from brgm_pyro import azcompat
+
+    if not azcompat.has_group(idata, "posterior"):
         raise BRGMError("the file has no posterior group; write it with brgm reconstruct --method sgld|nuts|...")
-    post = idata.posterior
+    post = azcompat.group(idata, "posterior")
     latents = [v for v in post.data_vars if v != "x"]
     if not latents:
         raise BRGMError("the file has no posterior latents; write it with brgm reconstruct --method sgld|nuts|...")
@@ -108,10 +109,12 @@ def scalar_summaries(idata, num_components: int = 3):
     if C * S < 4:
         raise BRGMError(f"the posterior holds {C * S} draw(s) (a point estimate?): nothing to diagnose")
     out: dict[str, tuple] = {}
-    if "sample_stats" in idata.groups() and "lp" in idata.sample_stats:
-        out["lp"] = (("chain", "draw"), np.asarray(idata.sample_stats["lp"].values, dtype=float))
-    if "log_likelihood" in idata.groups() and "y" in idata.log_likelihood:
-        ll = np.asarray(idata.log_likelihood["y"].values, dtype=float)  # (C, S, B, N)
+    stats = azcompat.group(idata, "sample_stats") if azcompat.has_group(idata, "sample_stats") else {}
+    if "lp" in stats:
+        out["lp"] = (("chain", "draw"), np.asarray(stats["lp"].values, dtype=float))
+    loglik = azcompat.group(idata, "log_likelihood") if azcompat.has_group(idata, "log_likelihood") else {}
+    if "y" in loglik:
+        ll = np.asarray(loglik["y"].values, dtype=float)  # (C, S, B, N)
         out["log_lik"] = (("chain", "draw", "image"), np.nansum(ll, axis=-1))
     if "x" in post:
         x = np.asarray(post["x"].values, dtype=float)
@@ -134,14 +137,14 @@ def diagnose(idata, num_components: int = 3, all_coords: bool = False, summaries
     ``all_coords``, ``w_max_r_hat``/``w_min_ess_bulk`` over every latent coordinate.
     ``summaries``: the Dataset of :func:`scalar_summaries` if already computed.
     """
-    import arviz as az
+    from brgm_pyro import azcompat as az
 
     t0 = time.perf_counter()
     ds = scalar_summaries(idata, num_components) if summaries is None else summaries
     C, S = ds.sizes["chain"], ds.sizes["draw"]
     rhat = az.rhat(ds)
     ess_b = az.ess(ds, method="bulk")
-    ess_t = az.ess(ds, method="tail")
+    ess_t = az.ess(ds, method="tail")  # 5 % / 95 % quantiles on both ArviZ lines
     mcse = az.mcse(ds, method="mean")
     rows = []
     for name in ds.data_vars:
@@ -155,13 +158,14 @@ def diagnose(idata, num_components: int = 3, all_coords: bool = False, summaries
                          "r_hat": float(sel(rhat[name]).values), "ess_bulk": float(sel(ess_b[name]).values),
                          "ess_tail": float(sel(ess_t[name]).values), "mcse_mean": float(sel(mcse[name]).values)})
     fin = [r for r in rows if math.isfinite(r["r_hat"])]
-    rep = {"method": str(idata.posterior.attrs.get("method", "?")), "num_chains": int(C), "num_draws": int(S),
+    post = az.group(idata, "posterior")
+    rep = {"method": str(post.attrs.get("method", "?")), "num_chains": int(C), "num_draws": int(S),
            "rows": rows,
            "max_r_hat": max((r["r_hat"] for r in fin), default=float("nan")),
            "min_ess_bulk": min((r["ess_bulk"] for r in rows), default=float("nan")),
            "min_ess_tail": min((r["ess_tail"] for r in rows), default=float("nan"))}
-    if "sample_stats" in idata.groups():
-        st = idata.sample_stats
+    if az.has_group(idata, "sample_stats"):
+        st = az.group(idata, "sample_stats")
         if "diverging" in st:
             rep["divergences"] = int(np.asarray(st["diverging"].values).sum())
         if "acceptance_rate" in st:
@@ -171,7 +175,7 @@ def diagnose(idata, num_components: int = 3, all_coords: bool = False, summaries
         if "tree_depth" in st:
             rep["tree_depth"] = float(np.nanmean(st["tree_depth"].values))
     if all_coords:  # every coordinate of every latent site
-        lat = idata.posterior[[v for v in idata.posterior.data_vars if v != "x"]]
+        lat = post[[v for v in post.data_vars if v != "x"]]
         rh, es = az.rhat(lat), az.ess(lat, method="bulk")
         rep["w_max_r_hat"] = max(float(rh[v].max()) for v in rh.data_vars)
         rep["w_min_ess_bulk"] = min(float(es[v].min()) for v in es.data_vars)
@@ -205,11 +209,8 @@ def write_plots(idata, out_dir, num_components: int = 3, max_images: int = 4, su
 
     ``summaries``: the Dataset of :func:`scalar_summaries` if already computed (else computed here).
     """
-    import arviz as az
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from brgm_pyro import azcompat
+    from brgm_pyro.io import atomic_path
 
     ds = scalar_summaries(idata, num_components) if summaries is None else summaries
     if ds.sizes.get("image", 1) > max_images:
@@ -217,24 +218,14 @@ def write_plots(idata, out_dir, num_components: int = 3, max_images: int = 4, su
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for kind, fn in (("trace", az.plot_trace), ("rank", az.plot_rank)):
-        with warnings.catch_warnings():  # ArviZ 0.23 vs matplotlib 3.11 deprecation noise
-            warnings.simplefilter("ignore")
-            try:
-                axes = fn(ds, compact=False) if kind == "trace" else fn(ds)
-                fig = np.asarray(axes).ravel()[0].figure
-            except (ValueError, np.linalg.LinAlgError):
-                # ArviZ's KDE / rank histograms fail on a (nearly) constant chain, e.g. a stuck
-                # sampler or a handful of draws: draw plain traces and histograms instead.
-                plt.close("all")
-                fig = _simple_trace_figure(ds, plt)
-        fig.suptitle(f"{kind} plots of scalar summaries ({idata.posterior.attrs.get('method', '?')})")
-        fig.tight_layout()
+    method = azcompat.group(idata, "posterior").attrs.get("method", "?")
+    for kind in ("trace", "rank"):
         p = out_dir / f"{kind}.png"
-        tmp = out_dir / f".{kind}.png.tmp.png"
-        fig.savefig(tmp, dpi=80)
-        plt.close(fig)
-        tmp.replace(p)
+        with atomic_path(p) as tmp:
+            # ArviZ's KDE / rank histograms fail on a (nearly) constant chain, e.g. a stuck sampler or
+            # a handful of draws: then plain traces and histograms are drawn instead
+            azcompat.plot_to_png(kind, ds, Path(tmp), f"{kind} plots of scalar summaries ({method})",
+                                 _simple_trace_figure)
         paths.append(p)
     return paths
 

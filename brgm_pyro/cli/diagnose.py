@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from brgm_pyro import io
 from brgm_pyro.cli.app import app, user_errors
 
 
@@ -41,7 +42,5 @@ def diagnose(
                                 summaries=summaries):
             typer.echo(f"wrote {p}")
     target = out_dir / "diagnostics.json"
-    tmp = out_dir / ".diagnostics.json.tmp"
-    tmp.write_text(json.dumps(rep, indent=2, default=float))
-    tmp.replace(target)
+    io.write_text_atomic(target, json.dumps(rep, indent=2, default=float))
     typer.echo(f"wrote {target}")

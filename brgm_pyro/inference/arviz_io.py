@@ -1,6 +1,7 @@
 r"""ArviZ ``InferenceData`` from any inference result (MAP, VI, SGLD, pSGLD, MALA, HMC, NUTS).
 
-Built with :func:`arviz.from_dict` from arrays we compute ourselves (``az.from_pyro`` is slow at
+Built with ``from_dict`` (through :mod:`brgm_pyro.azcompat`: ArviZ 0.23's InferenceData or ArviZ
+1.x's DataTree, the same NetCDF either way) from arrays we compute ourselves (``az.from_pyro`` is slow at
 10^4 latent dimensions and gets per-pixel log-likelihoods wrong; see docs/mcmc.md). Groups:
 
 * ``posterior``: every latent site of the model: ``w`` (chain, draw, image, layer, w_dim), each
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -128,7 +128,7 @@ def to_inference_data(result, model, y: Tensor):
         model: the :class:`~brgm_pyro.models.brgm.BRGMModel` the result was computed with.
         y: (B, C, h, w) observation.
     """
-    import arviz as az
+    from brgm_pyro import azcompat
 
     draws, C, S = _chains(result)
     imgs = result.samples if (result.samples is not None and result.draws is not None) else None
@@ -181,58 +181,52 @@ def to_inference_data(result, model, y: Tensor):
     for k in ("grad_evals", "divergences", "warmup", "thin", "init", "seed"):
         if k in result.extra:
             attrs[k] = _jsonable(result.extra[k])
-    idata = az.from_dict(posterior=posterior, sample_stats=sample_stats, log_likelihood=log_lik,
-                         coords=coords, dims=dims)
-    for g in idata.groups():
-        idata[g].attrs.update(attrs)
+    idata = azcompat.from_dict({"posterior": posterior, "sample_stats": sample_stats, "log_likelihood": log_lik},
+                               coords=coords, dims=dims)
+    azcompat.update_attrs(idata, attrs)
     import xarray as xr
 
     cvars = {k: ((tuple(f"mask_dim_{i}" for i in range(v.ndim)) if k == "mask" else ()), v)
              for k, v in const.items()}
-    idata.add_groups({"constant_data": xr.Dataset(cvars, attrs=dict(attrs))})
+    azcompat.add_group(idata, "constant_data", xr.Dataset(cvars, attrs=dict(attrs)))
 
     obs = xr.Dataset({"y": (("image", "obs_channel", "obs_row", "obs_col"), _np(y.float()))},
                      coords={"image": np.arange(B)}, attrs=dict(attrs))
-    idata.add_groups({"observed_data": obs})
+    azcompat.add_group(idata, "observed_data", obs)
     if result.history and result.method in ("map", "vi"):
 
         n = max(len(v) for v in result.history.values())
         hist = {k: ("step", np.pad(np.asarray(v, dtype=float), (0, n - len(v)), constant_values=np.nan))
                 for k, v in result.history.items()}
-        idata.add_groups({"optimization": xr.Dataset(hist, coords={"step": np.arange(n)})},
-                         warn_on_custom_groups=False)
+        azcompat.add_group(idata, "optimization", xr.Dataset(hist, coords={"step": np.arange(n)}))
     return idata
 
 
 def write_inference_data(idata, path: str | os.PathLike, compress: bool = False) -> Path:
-    """Write ``idata`` to NetCDF (h5netcdf) atomically: a temporary file, then a rename.
+    """Write ``idata`` to NetCDF (h5netcdf) atomically (:func:`brgm_pyro.io.atomic_path`).
 
     ``compress=False`` by default: zlib barely shrinks float posterior draws and costs several
     times the write time at 10^4 dimensions (see benchmarks/bench_arviz_10k.py).
     """
+    from brgm_pyro import azcompat
+    from brgm_pyro.io import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        idata.to_netcdf(tmp, compress=compress, engine="h5netcdf")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        azcompat.to_netcdf(idata, tmp, compress=compress)
     return path
 
 
 def read_inference_data(path: str | os.PathLike):
-    """Load a posterior.nc; BRGMError when it is missing or not an InferenceData file."""
-    import arviz as az
+    """Load a posterior.nc (written by either ArviZ line, or by an earlier release); BRGMError when it
+    is missing or not an InferenceData file."""
+    from brgm_pyro import azcompat
 
     p = Path(path)
     if not p.is_file():
         raise BRGMError(f"no such file: {p}")
     try:
-        return az.from_netcdf(str(p), engine="h5netcdf")
+        return azcompat.from_netcdf(p)
     except Exception as e:  # noqa: BLE001 - any read failure is a bad input file
         raise BRGMError(f"cannot read {p} as ArviZ InferenceData ({type(e).__name__}: {e})") from None
 
