@@ -217,3 +217,23 @@ def test_faces_encoder_enlarges_small_images_by_pixel_replication():
     enc.upsample = "lanczos"
     with pytest.raises(BRGMError, match="upsample must be one of"):
         enc.prepare(x8)
+
+
+def test_builtin_faces_default_sigma_is_the_noise_phi_of_an_observation_carries():
+    """default_sigma ~ the per-feature std that pixel noise of std 0.05 causes in phi of an 8x8
+    observation (measured 0.0015 on 32 test faces); the former 0.05 was ~30x that."""
+    from brgm_pyro.models.perceptual import FACES64_PERCEPT_PATH, load_faces64_percept
+
+    if not FACES64_PERCEPT_PATH.is_file():
+        pytest.skip("bundled perceptual network not built yet")
+    from brgm_pyro.data.faces import face_batch
+
+    phi = load_faces64_percept()
+    _, x = face_batch(range(8), "test")
+    y = F.avg_pool2d(x, 8)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        f = phi(y)
+        d2 = (phi(y + 0.05 * torch.randn(y.shape, generator=g)) - f).pow(2).sum(1).mean()
+    per_feature = float((d2 / f.shape[1]).sqrt())
+    assert 0.5 * phi.default_sigma < per_feature < 2 * phi.default_sigma, per_feature
