@@ -318,6 +318,9 @@ def run_dataset(run: DatasetRun) -> dict:
         skipped += len(batch) - len(todo)
         if not run.quiet:
             print(f"rank {rank}: batch {k} done ({wrote} written)", file=sys.stderr)
+        delay = float(os.environ.get("BRGM_TEST_BATCH_DELAY_S") or 0)
+        if delay:  # tests only: time to kill the run between two batches
+            time.sleep(delay)
     summary = write_summary(run.out, len(items))
     return {"rank": rank, "world_size": world, "batches": len(mine), "written": wrote, "skipped": skipped,
             "summary": summary}

@@ -70,8 +70,10 @@ class ConvGenerator(Generator):
             for i in range(mapping_layers):
                 mlp += [nn.Linear(z_dim if i == 0 else w_dim, w_dim), nn.LeakyReLU(0.2)]
             self.mapping_net = nn.Sequential(*mlp)
+            # inside the seeded block too: drawn from the global RNG it made every process's
+            # "seeded" generator different (dataset ranks, reruns)
+            self.rgb_affine = nn.Linear(w_dim, img_channels)
         self.num_ws = len(self.layers) + 1  # one per styled conv, one for to_rgb's gain
-        self.rgb_affine = nn.Linear(w_dim, img_channels)
         for p in self.parameters():
             p.requires_grad_(False)
 

@@ -1,0 +1,113 @@
+"""Dataset runs: one folder per image, a manifest, resume after SIGKILL, 2 torchrun ranks = 1 process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from brgm_pyro.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+ARGS = ["--generator", "builtin:conv16", "--task", "superres", "--factor", "4", "--simulate", "--batch-size", "2",
+        "--threads", "1", "-q"]
+N = 5  # 3 batches of 2, 2, 1
+
+
+def _faces(d: Path) -> Path:
+    d.mkdir()
+    for i in range(N):
+        y, x = np.mgrid[0:16, 0:16] / 16
+        img = np.stack([0.5 + 0.4 * np.sin((3 + i) * x), 0.5 + 0.4 * np.cos((2 + i) * y), 0.4 + 0.1 * i * x], -1)
+        Image.fromarray((img * 255).astype(np.uint8)).save(d / f"face_{i}.png")
+    return d
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    """Every PNG of every image folder (the results that must not depend on how the work was shared)."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.glob("*/**/*.png"))}
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """The reference: one in-process run over the whole directory."""
+    base = tmp_path_factory.mktemp("ds")
+    src = _faces(base / "faces")
+    out = base / "one"
+    res = CliRunner().invoke(app, ["reconstruct", str(src), *ARGS, "--steps", "40", "--out", str(out)])
+    assert res.exit_code == 0, (res.output, res.stderr)
+    return src, out
+
+
+def test_one_folder_per_image_manifest_and_summary(single):
+    src, out = single
+    names = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert names == [f"face_{i}" for i in range(N)]
+    for n in names:
+        assert {"reconstruction.png", "observed.png", "truth.png", "result.json"} <= {p.name for p in (out / n).iterdir()}
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(r["name"] for r in rows) == names and [r["batch"] for r in rows] == [0, 0, 1, 1, 2]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished"] == N and summary["complete"]
+    assert summary["mean_psnr"] == pytest.approx(np.mean([r["psnr"] for r in rows]))
+    again = CliRunner().invoke(app, ["reconstruct", str(src), *ARGS, "--steps", "40", "--out", str(out)])
+    assert again.exit_code == 0 and "0 image(s) written, 5 already finished" in again.output
+    other = CliRunner().invoke(app, ["reconstruct", str(src), *ARGS, "--steps", "41", "--out", str(out)])
+    assert other.exit_code == 2 and "other settings (steps)" in other.stderr
+
+
+def test_resume_after_sigkill_gives_the_same_results(single, tmp_path):
+    src, ref = single
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "brgm_pyro", "reconstruct", str(src), *ARGS, "--steps", "40", "--out", str(out)]
+    # slow the run down (many more steps) only to have time to kill it between two batches: a run
+    # with other settings is refused, so the killed run uses the reference's settings and a delay hook
+    p = subprocess.Popen(cmd, env={**_env(), "BRGM_TEST_BATCH_DELAY_S": "3"}, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    manifest = out / "manifest.jsonl"
+    while time.time() < deadline and p.poll() is None:
+        if manifest.is_file() and manifest.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.05)
+    assert p.poll() is None, "the run finished before it could be killed"
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=60)
+    done = [json.loads(line)["name"] for line in manifest.read_text().splitlines()]
+    assert 2 <= len(done) < N
+    visible = sorted(q.name for q in out.iterdir() if q.is_dir() and not q.name.startswith("."))
+    assert set(visible) >= set(done) and all((out / n / "result.json").is_file() for n in visible)
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"{N - len(visible)} image(s) written, {len(visible)} already finished" in r.stdout
+    assert not [q for q in out.iterdir() if q.name.startswith(".") and "partial" in q.name]
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert sorted(r["name"] for r in rows) == [f"face_{i}" for i in range(N)]  # each once
+    assert _files(out) == _files(ref)
+
+
+def test_two_torchrun_ranks_equal_one_process(single, tmp_path):
+    src, ref = single
+    out = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "brgm_pyro",
+           "reconstruct", str(src), *ARGS, "--steps", "40", "--out", str(out)]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert {(x["batch"], x["rank"]) for x in rows} == {(0, 0), (1, 1), (2, 0)}  # batch k on rank k mod 2
+    assert _files(out) == _files(ref)
+    assert json.loads((out / "summary.json").read_text())["complete"]
