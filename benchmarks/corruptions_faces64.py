@@ -151,10 +151,10 @@ def run_task(task, G, phi, truth, a, log, moments) -> tuple[dict, list]:
         xt = truth[s:s + a.batch]
         y = observe(f, xt, noise, a.seed + s)
         base = baseline(task, f, y)
-        model = build_model(G, f, prior="brgm", sigma_pixel=sigma, phi=phi if use_phi else None)
+        model = build_model(G, f, prior="brgm", sigma_pixel=sigma, phi=phi if use_phi and a.percept else None)
         m = run_map(model, y, steps=a.map_steps, seed=a.seed, progress=False)
         v = run_vi(model, y, steps=a.vi_steps, num_samples=a.num_samples, init=m.latents, seed=a.seed,
-                   progress=False)
+                   num_particles=a.vi_particles, progress=False)
         if moments is None:
             moments = prior_image_moments(model, a.prior_draws, seed=a.seed)
         rel = reliance_from_draws(v.samples.detach(), moments[1], a.prior_draws, moments[2])
@@ -197,7 +197,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--map-steps", type=int, default=300)
     ap.add_argument("--vi-steps", type=int, default=150)
+    ap.add_argument("--vi-particles", type=int, default=4, help="ELBO particles per VI step")
     ap.add_argument("--num-samples", type=int, default=16)
+    ap.add_argument("--no-percept", dest="percept", action="store_false",
+                    help="leave the perceptual likelihood out of the model (cheaper; metrics still use the network)")
     ap.add_argument("--prior-draws", type=int, default=512)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
@@ -238,6 +241,7 @@ def main(argv=None) -> dict:
         n = min(6, a.faces)
         panels.append(np.concatenate([face_grid(truth[:n], nrow=n), panel(task, imgs, n)], 0))
         (out / "results.json").write_text(json.dumps(results, indent=2))  # a checkpoint per task
+        (out / "results.md").write_text(to_markdown(results))
     results["wall_time_s"] = round(time.time() - t_start, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(to_markdown(results))
@@ -256,7 +260,8 @@ BASELINE_NAMES = {"colorize": "gray replicated to RGB", "denoise": f"Gaussian fi
 def to_markdown(r: dict) -> str:
     s = r["settings"]
     lines = [f"Faces {s['first_face']}..{s['first_face'] + s['faces'] - 1} of the test split; MAP {s['map_steps']} "
-             f"steps; VI {s['vi_steps']} steps from the MAP, posterior mean of {s['num_samples']} draws.", "",
+             f"steps; VI {s['vi_steps']} steps ({s.get('vi_particles', 4)} particles) from the MAP, posterior mean of "
+             f"{s['num_samples']} draws; perceptual likelihood {'on' if s.get('percept', True) else 'off'}.", "",
              "| task | method | PSNR (dB) | SSIM | LPIPS-faces | mean prior reliance |", "|---|---|---|---|---|---|"]
     for task, t in r["tasks"].items():
         for k, label in (("baseline", BASELINE_NAMES[task]), ("map", "MAP (full BRGM)"), ("vi_mean", "VI posterior mean")):
