@@ -127,9 +127,9 @@ class Blur(Corruption):
     name = "deblur"
     linear = True  # in x, for every kernel width
 
-    def __init__(self, kernel: Union[str, np.ndarray, Tensor] = "gauss", sigma: Union[float, ScalarLatent] = DEFAULT_BLUR_SIGMA,
-                 length: float = 9.0, angle: float = 0.0, padding: str = "reflect",
-                 noise_sigma: Optional[float] = None) -> None:
+    def __init__(self, kernel: Union[str, np.ndarray, Tensor] = "gauss",
+                 sigma: Union[float, ScalarLatent] = DEFAULT_BLUR_SIGMA, length: float = 9.0,
+                 angle: float = 0.0, padding: str = "reflect", noise_sigma: Optional[float] = None) -> None:
         super().__init__()
         if padding not in PADDINGS:
             raise BRGMError(f"unknown padding {padding!r}; use one of {', '.join(PADDINGS)}")
