@@ -3,9 +3,9 @@
     y = x + e,    e ~ N(0, noise_sigma^2 I)
 
 The corruption states the noise level it simulates (:attr:`noise_sigma`, in [-1, 1] image units;
-default 0.2 = 25.5 on a 0..255 scale, BIGPrior's sigma = 25 setting, 10x the default pixel noise
-of the other tasks) so that ``simulate`` draws the observation and the model's pixel likelihood can
-use the same std (``build_model(..., sigma_pixel=f.noise_sigma)``, or ``sigma_pixel="learn"``).
+default 0.2 = 25.5 on a 0..255 scale, BIGPrior's sigma = 25 setting, 4x the default pixel noise
+of the other tasks) so that ``simulate`` draws the observation and the model's pixel likelihood
+can use the same std (``build_model(..., sigma_pixel=f.noise_sigma)``, or ``sigma_pixel="learn"``).
 """
 
 from __future__ import annotations
