@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Second CI stage: the ArviZ-facing tests on Python 3.12 with ArviZ 1.x (arviz-base/-stats/-plots
+# need Python >= 3.12; the first stage runs everything on 3.11 with ArviZ 0.23).
+# A venv under ~/.cache is reused between runs; on 3.12, torch==2.13.0 is PyPI's CUDA build
+# (about 4.7 GB, downloaded once; it runs on the CPU). Usage: bash .ci/py312_arviz1.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=$(command -v python3.12 || ls /root/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | head -1 || true)
+if [ -z "${PY}" ] || ! "${PY}" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
+  echo "py312 stage: no Python 3.12 on this machine; ArviZ 1.x tests not run"
+  exit 0
+fi
+V=${BRGM_PY312_VENV:-$HOME/.cache/brgm-pyro/venv-py312}
+[ -x "$V/bin/python" ] || "${PY}" -m venv "$V"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+if ! "$V/bin/python" -m pip install -q -c constraints.txt -e '.[test]'; then
+  echo "py312 stage: FAILED to install the 3.12 dependencies (network?)"
+  exit 1
+fi
+"$V/bin/python" -c 'import arviz, sys; print("py312 stage: Python", sys.version.split()[0], "ArviZ", arviz.__version__)'
+OMP_NUM_THREADS=1 "$V/bin/python" -m pytest -q -p no:cacheprovider tests/test_arviz_compat.py tests/test_arviz_io.py \
+  tests/test_diagnose.py tests/test_mcmc_helpers.py
