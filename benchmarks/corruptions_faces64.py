@@ -264,7 +264,8 @@ def to_markdown(r: dict) -> str:
              f"{s['num_samples']} draws; perceptual likelihood {'on' if s.get('percept', True) else 'off'}.", "",
              "| task | method | PSNR (dB) | SSIM | LPIPS-faces | mean prior reliance |", "|---|---|---|---|---|---|"]
     for task, t in r["tasks"].items():
-        for k, label in (("baseline", BASELINE_NAMES[task]), ("map", "MAP (full BRGM)"), ("vi_mean", "VI posterior mean")):
+        map_label = "MAP (full BRGM)" if s.get("percept", True) else "MAP (BRGM prior + pixel)"
+        for k, label in (("baseline", BASELINE_NAMES[task]), ("map", map_label), ("vi_mean", "VI posterior mean")):
             rel = f"{t['mean_prior_reliance']:.3f}" if k == "vi_mean" else ""
             lines.append(f"| {task} | {label} | {t[k]['psnr']:.2f} (std {t[k]['psnr_std']:.2f}) | {t[k]['ssim']:.3f} | "
                          f"{t[k]['lpips_faces']:.3f} | {rel} |")
