@@ -207,6 +207,19 @@ def latent_stats_for(generator: Generator, path: Optional[str | os.PathLike] = N
     return compute_latent_stats(generator, num_samples=num_samples, seed=seed, cache_path=cache)
 
 
+def flow_prior_path(generator: Generator, path: Optional[str | os.PathLike] = None) -> Optional[Path]:
+    """Where the flow prior of ``generator`` lies (or would lie): ``<weights>.flow_prior.safetensors``
+    beside its weights (``<weights>.class<K>.flow_prior.safetensors`` for class K), the way the latent
+    statistics are found; None for a generator without a weights file. Written by ``brgm train-prior``,
+    read by ``--prior flow`` / ``rls`` (:mod:`brgm_pyro.models.priors.flow`)."""
+    path = getattr(generator, "source_path", None) if path is None else path
+    if path is None:
+        return None
+    weights = Path(path)
+    k = getattr(generator, "class_index", None)
+    return weights.with_name(weights.name + ("" if k is None else f".class{k}") + ".flow_prior.safetensors")
+
+
 # -- file formats --------------------------------------------------------------------------------------
 
 
@@ -404,4 +417,4 @@ def _one_line(e: BaseException) -> str:
 
 
 __all__ = ["BUILTIN_GENERATORS", "GENERATOR_CLASSES", "load_generator", "choose_class", "save_generator",
-           "latent_stats_for", "infer_stylegan2_config"]
+           "latent_stats_for", "flow_prior_path", "infer_stylegan2_config"]

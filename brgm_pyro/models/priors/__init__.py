@@ -11,6 +11,7 @@ from brgm_pyro.models.priors.colinearity import ColinearityFactor
 from brgm_pyro.models.priors.gaussian import GaussianPrior, StandardNormalPrior
 from brgm_pyro.models.priors.geocross import GeocrossFactor
 from brgm_pyro.models.priors.studentt import StudentTPrior, fit_student_df
+from brgm_pyro.models.priors.rls import make_flow_prior, make_rls_prior
 from brgm_pyro.registry import Registry
 
 PRIORS: Registry[Prior] = Registry("prior")
@@ -61,6 +62,11 @@ def studentt_prior(generator, stats, df: float | None = None, kappa: float = DEF
 def flat_prior(generator, stats, **_) -> Prior:
     """An (improper-in-spirit) very wide Gaussian around mu: 'no prior' for ablations (sigma = 1e3)."""
     return GaussianPrior(stats.mu, 1e3, generator.num_ws, generator.w_dim)
+
+
+# The normalizing-flow prior of seed 004 (RLS): the Bayesian form and RLS's weighted terms (see rls.py).
+PRIORS.register("flow")(make_flow_prior)
+PRIORS.register("rls")(make_rls_prior)
 
 
 def make_prior(name: str, generator, stats, **options) -> Prior:
