@@ -59,7 +59,7 @@ def make_task(task: str):
     if task == "deblur":
         return Blur("gauss", sigma=2.0, padding="reflect"), 0.02, 0.05, True
     if task == "cs":
-        return CompressedSensing(3 * 64 * 64 // 8, (3, 64, 64), kind="gaussian", seed=0), 0.02, 0.05, False
+        return CompressedSensing(3 * 64 * 64 // 8, (3, 64, 64), kind="gaussian", matrix_seed=0), 0.02, 0.05, False
     raise ValueError(task)
 
 

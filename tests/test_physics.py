@@ -223,7 +223,7 @@ def test_denoising_is_the_identity_with_seeded_noise():
 
 
 def test_fourier_cs_has_orthonormal_rows_and_gaussian_cs_is_seeded():
-    op = CompressedSensing(70, (2, 8, 6), kind="fourier", seed=1)
+    op = CompressedSensing(70, (2, 8, 6), kind="fourier", matrix_seed=1)
     a = op.matrix
     assert torch.allclose(a @ a.T, torch.eye(70), atol=1e-5)
     y = _rand(3, 1, 1, 70, seed=22)
@@ -231,15 +231,15 @@ def test_fourier_cs_has_orthonormal_rows_and_gaussian_cs_is_seeded():
     full = CompressedSensing(96, (2, 8, 6), kind="fourier")
     x = _rand(3, 2, 8, 6, seed=15)
     assert torch.allclose(full.A_adjoint(full(x)), x, atol=1e-5)  # m = n: an orthonormal change of basis
-    g1, g2 = CompressedSensing(50, (1, 8, 8), seed=4), CompressedSensing(50, (1, 8, 8), seed=4)
+    g1, g2 = CompressedSensing(50, (1, 8, 8), matrix_seed=4), CompressedSensing(50, (1, 8, 8), matrix_seed=4)
     assert torch.equal(g1.matrix, g2.matrix)
-    assert not torch.equal(g1.matrix, CompressedSensing(50, (1, 8, 8), seed=5).matrix)
+    assert not torch.equal(g1.matrix, CompressedSensing(50, (1, 8, 8), matrix_seed=5).matrix)
     assert abs(float(g1.matrix.pow(2).sum(0).mean()) - 1.0) < 0.3  # N(0, 1/m) entries: E||a_j||^2 = 1
 
 
 def test_cs_pinv_is_least_squares():
     for kind in ("gaussian", "fourier"):
-        op = CompressedSensing(40, (1, 8, 8), kind=kind, seed=2)
+        op = CompressedSensing(40, (1, 8, 8), kind=kind, matrix_seed=2)
         x = _rand(2, 1, 8, 8, seed=16, dtype=torch.float64)
         xh = op.pinv(op(x))
         assert torch.allclose(op(xh), op(x), atol=1e-6)  # consistent with the measurements

@@ -63,8 +63,9 @@ class CompressedSensing(Corruption):
     Args:
         m: number of measurements, 1 <= m <= n (any number; m = n is a change of basis).
         img_shape: (C, H, W) of the clean images (n = C H W); needed to draw the matrix.
-        kind: ``"gaussian"`` or ``"fourier"``. seed: the matrix / row selection seed.
-        matrix: a user (m, n) array instead (``m``, ``kind`` and ``seed`` are then ignored).
+        kind: ``"gaussian"`` or ``"fourier"``. matrix_seed: the matrix / row selection seed (not
+            ``seed``: that name is the observation noise's and the inference's).
+        matrix: a user (m, n) array instead (``m``, ``kind`` and ``matrix_seed`` are then ignored).
         noise_sigma: std of the noise :meth:`simulate` adds, or None.
 
     Shapes: (..., C, H, W) -> (..., 1, 1, m).
@@ -75,13 +76,13 @@ class CompressedSensing(Corruption):
     image_observation = False
 
     def __init__(self, m: Optional[int] = None, img_shape: tuple = (3, 64, 64), kind: str = "gaussian",
-                 seed: int = 0, matrix=None, noise_sigma: Optional[float] = None) -> None:
+                 matrix_seed: int = 0, matrix=None, noise_sigma: Optional[float] = None) -> None:
         super().__init__()
         self.img_shape = tuple(int(s) for s in img_shape)
         if len(self.img_shape) != 3 or min(self.img_shape) < 1:
             raise BRGMError(f"img_shape must be (C, H, W), got {img_shape!r}")
         n = math.prod(self.img_shape)
-        self.seed, self.noise_sigma = int(seed), noise_sigma
+        self.matrix_seed, self.noise_sigma = int(matrix_seed), noise_sigma
         self._fidx: Optional[tuple] = None
         self.register_buffer("_A", None, persistent=False)
         self.register_buffer("_rows", None, persistent=False)
@@ -99,7 +100,7 @@ class CompressedSensing(Corruption):
         if m is None or int(m) != m or not 1 <= m <= n:
             raise BRGMError(f"the number of measurements m must be an integer in 1..{n} (n = C H W), got {m!r}")
         self.kind, self.m = kind, int(m)
-        g = torch.Generator().manual_seed(self.seed)
+        g = torch.Generator().manual_seed(self.matrix_seed)
         if kind == "gaussian":
             self._A = torch.randn(self.m, n, generator=g) / math.sqrt(self.m)
         else:
@@ -188,4 +189,4 @@ class CompressedSensing(Corruption):
 
     def config(self) -> dict:
         return {"name": self.name, "kind": self.kind, "m": self.m, "n": math.prod(self.img_shape),
-                "img_shape": list(self.img_shape), "seed": self.seed, "noise_sigma": self.noise_sigma}
+                "img_shape": list(self.img_shape), "matrix_seed": self.matrix_seed, "noise_sigma": self.noise_sigma}
