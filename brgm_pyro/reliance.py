@@ -157,8 +157,9 @@ def prior_reliance(model, result, num_prior: int = DEFAULT_PRIOR_DRAWS, seed: in
 
 def add_to_inference_data(idata, rel: RelianceMap):
     """Add the map to an ArviZ InferenceData as the group ``reliance`` (written to NetCDF with it)."""
-    idata.add_groups({"reliance": rel.to_dataset()}, warn_on_custom_groups=False)
-    return idata
+    from brgm_pyro import azcompat
+
+    return azcompat.add_group(idata, "reliance", rel.to_dataset())  # ArviZ 0.23 and 1.x
 
 
 def reliance_image(rel: RelianceMap, cmap: str = "magma") -> np.ndarray:

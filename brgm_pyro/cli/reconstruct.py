@@ -108,6 +108,19 @@ class ModelChoice:
         return out
 
 
+def model_kwargs_for(choice: ModelChoice, corruption) -> dict:
+    """``choice.model_kwargs()``; without ``--sigma-pixel``, a corruption that states its noise std
+    (denoising: 0.2) gets the model's pixel noise max(that std, the default 0.05): the likelihood
+    then expects the noise the task makes (G's own misfit dominates smaller noise)."""
+    from brgm_pyro.models.brgm import DEFAULT_SIGMA_PIXEL
+
+    kw = choice.model_kwargs()
+    sigma = getattr(corruption, "noise_sigma", None)
+    if choice.sigma_pixel is None and sigma:
+        kw["sigma_pixel"] = max(float(sigma), DEFAULT_SIGMA_PIXEL)
+    return kw
+
+
 def guarded(fn, *args, **kwargs) -> int:
     """Run ``fn``; Ctrl-C outside inference ends with one line and status 130 (outputs are all or nothing)."""
     try:
@@ -235,8 +248,9 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
     obs = _core.observe(inputs, G, t, simulate=simulate, seed=seed, **opts)
     timings["load_inputs_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    phi = default_phi(G, generator) if percept else None
-    model = _core.build_model(G, obs.corruption, phi=phi, **choice.model_kwargs())
+    # no perceptual term where the observation is not an image (compressed sensing)
+    phi = default_phi(G, generator) if percept and obs.image_observation else None
+    model = _core.build_model(G, obs.corruption, phi=phi, **model_kwargs_for(choice, obs.corruption))
     timings["build_model_s"] = time.perf_counter() - t0
 
     # 3. inference (Ctrl-C inside stops the optimiser and returns what exists)

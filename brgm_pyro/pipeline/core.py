@@ -139,7 +139,8 @@ def build_model(generator, corruption, *, phi: Any = "default", stats: Any = "ca
     if isinstance(phi, str):
         if phi != "default":
             raise BRGMError(f"phi must be a network, None or 'default'; got {phi!r}")
-        phi = default_phi(generator)
+        # observations that are not images (compressed sensing) have no perceptual features
+        phi = default_phi(generator) if getattr(corruption, "image_observation", True) else None
     if isinstance(stats, str):
         if stats != "cached":
             raise BRGMError(f"stats must be LatentStats, None or 'cached'; got {stats!r}")
@@ -184,7 +185,10 @@ def _read_inputs(paths: Sequence, task: Task, obs_shape: tuple, image_shape: tup
     arrays, infos, truths = [], [], []
     for p in paths:
         img = io.read_image(p, what="input image")
-        arr, note = io.match_channels(img.array, C if simulate else obs_shape[0])
+        if simulate or not hasattr(task, "read_channels"):
+            arr, note = io.match_channels(img.array, C if simulate else obs_shape[0])
+        else:  # the task states which observation channels it accepts (e.g. colorization: one gray channel)
+            arr, note = task.read_channels(img.array, obs_shape[0], img.path)
         info = img.info()
         if note:
             info["conversions"].append(note)

@@ -204,7 +204,7 @@ class DatasetRun:
 
 
 def _write_item(run: DatasetRun, obs, b: int, result, batch_index: int, item: Item, rank: int,
-                seconds: float) -> dict:
+                seconds: float, reliance=None) -> dict:
     """Write one image's folder atomically; return its manifest row."""
     from brgm_pyro.pipeline.outputs import score_image, write_image_outputs
     from brgm_pyro.pipeline.records import inference_record
@@ -212,7 +212,7 @@ def _write_item(run: DatasetRun, obs, b: int, result, batch_index: int, item: It
     target = run.out / item.name
     scores = score_image(obs, b, result, run.vgg16) if obs.truth is not None else None
     with io.OutputDir(target) as od:
-        files = write_image_outputs(od, (), obs, b, result)
+        files = write_image_outputs(od, (), obs, b, result, reliance)
         io.save_json(od.path("result.json"), {
             "name": item.name, "image": item.image, "mask": item.mask, "task": obs.task.name,
             "batch": batch_index, "input": obs.inputs[b], "mask_info": obs.mask_infos[b] if obs.mask_infos else None,
@@ -249,24 +249,27 @@ def run_batch(run: DatasetRun, G, k: int, task: str, items: list[Item], todo: se
         opts["mask"] = masks
     obs = core.observe([it.image for it in items], G, task, simulate=run.simulate, seed=run.seed,
                        names=[it.name for it in items], **opts)
-    model = core.build_model(G, obs.corruption, phi=core.default_phi(G) if run.percept else None,
+    model = core.build_model(G, obs.corruption, phi=core.default_phi(G) if run.percept and obs.image_observation else None,
                              **run.model_kwargs)
     extra = {"num_chains": run.chains} if run.chains is not None else {}
     result = core.reconstruct(model, obs, run.method, steps=run.steps, num_samples=run.num_samples, seed=run.seed,
                               progress=not run.quiet, lr=run.lr, **extra)
     rows = []
+    from brgm_pyro.pipeline.outputs import reliance_for, write_posterior_nc
+
+    rel, w = reliance_for(model, result)  # reliance.png per image, the NetCDF's reliance group
+    if w:
+        print(f"warning: batch {k}: {w}", file=sys.stderr)
     with io.sigint_deferred():
         if result.samples_w is not None:
-            from brgm_pyro.pipeline.outputs import write_posterior_nc
-
             w = write_posterior_nc(run.out / "posteriors" / f"batch_{k:05d}.nc", result, model,
-                                   obs.y.to(G.device()))
+                                   obs.y.to(G.device()), rel)
             if w:
                 print(f"warning: batch {k}: {w}", file=sys.stderr)
         per = (time.perf_counter() - t0) / len(items)
         for b, it in enumerate(items):
             if it.name in todo:
-                row = _write_item(run, obs, b, result, k, it, rank, per)
+                row = _write_item(run, obs, b, result, k, it, rank, per, rel)
                 append_manifest(run.out, row)
                 rows.append(row)
     return rows

@@ -13,9 +13,31 @@ from brgm_pyro import io
 METRICS_RANGE = "images in [0, 1]; PSNR in dB (capped at 100); SSIM: Gaussian window 11, sigma 1.5"
 
 
-def write_image_outputs(out: io.OutputDir, prefix: tuple, obs, b: int, result) -> dict:
+def reliance_for(model, result):
+    """The prior-reliance map (:mod:`brgm_pyro.reliance`) of a result with >= 2 posterior draws,
+    else None; (map or None, warning line or None): a prior that cannot be sampled only warns."""
+    if result.samples is None or result.samples.shape[0] < 2:
+        return None, None
+    from brgm_pyro.errors import BRGMError
+    from brgm_pyro.reliance import prior_reliance
+
+    try:
+        return prior_reliance(model, result), None
+    except BRGMError as e:
+        return None, f"reliance.png not written: {e}"
+
+
+def reliance_of_image(rel, b: int):
+    """The map of image ``b`` alone (a RelianceMap with B = 1)."""
+    from dataclasses import replace
+
+    return replace(rel, prior_reliance=rel.prior_reliance[b:b + 1], posterior_var=rel.posterior_var[b:b + 1])
+
+
+def write_image_outputs(out: io.OutputDir, prefix: tuple, obs, b: int, result, reliance=None) -> dict:
     """Write the PNGs of image ``b`` (reconstruction, observed, truth, the task's extra images,
-    samples and std); return run.json's entry for it (files written, std scale)."""
+    samples, std and, given the batch's ``reliance`` map, reliance.png); return run.json's entry
+    for it (files written, std scale, mean prior reliance)."""
     from brgm_pyro import figures
 
     written = []
@@ -47,6 +69,13 @@ def write_image_outputs(out: io.OutputDir, prefix: tuple, obs, b: int, result) -
         written.append("std.png")
         info["std_png_white_is"] = top
         info["std_mean"] = float(std.mean())
+    if reliance is not None:  # dark: decided by the data, bright: by the prior (docs/reliance.md)
+        from brgm_pyro.reliance import save_reliance_png
+
+        one = reliance_of_image(reliance, b)
+        save_reliance_png(one, out.path(*prefix, "reliance.png"))
+        written.append("reliance.png")
+        info["prior_reliance"] = {k: (v[0] if isinstance(v, list) else v) for k, v in one.summary().items()}
     info["files"] = written
     return info
 
@@ -94,15 +123,21 @@ def score(obs, result, vgg16: Optional[str] = None) -> dict:
     return {"images": images, "mean": mean}
 
 
-def write_posterior_nc(path: Path, result, model, y) -> Optional[str]:
-    """posterior.nc (ArviZ, written atomically) when the method drew samples; returns a warning
-    line if the export failed (the images are never lost for it), else None."""
+def write_posterior_nc(path: Path, result, model, y, reliance=None) -> Optional[str]:
+    """posterior.nc (ArviZ, written atomically) when the method drew samples, with the group
+    ``reliance`` when a map is given; returns a warning line if the export failed (the images are
+    never lost for it), else None."""
     if result.samples_w is None:
         return None
     from brgm_pyro.inference.arviz_io import to_inference_data, write_inference_data
 
     try:
-        write_inference_data(to_inference_data(result, model, y), path)
+        idata = to_inference_data(result, model, y)
+        if reliance is not None:
+            from brgm_pyro.reliance import add_to_inference_data
+
+            add_to_inference_data(idata, reliance)
+        write_inference_data(idata, path)
     except Exception as e:  # never lose the images because of the NetCDF export
         return f"posterior.nc not written ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
     return None
@@ -128,12 +163,15 @@ def write_results(out, obs, result, model, *, overwrite: bool = False, vgg16: Op
     B = obs.y.shape[0]
     split = (B > 1) if per_image_dirs is None else per_image_dirs
     written: dict = {"images": {}, "scores": None, "warnings": []}
+    rel, w = reliance_for(model, result)
+    if w:
+        written["warnings"].append(w)
     with io.sigint_deferred():
         with outdir as od:
             for b in range(B):
                 prefix = (obs.names[b],) if split else ()
-                written["images"][obs.names[b]] = write_image_outputs(od, prefix, obs, b, result)
-            w = write_posterior_nc(od.path("posterior.nc"), result, model, obs.y.to(model.generator.device()))
+                written["images"][obs.names[b]] = write_image_outputs(od, prefix, obs, b, result, rel)
+            w = write_posterior_nc(od.path("posterior.nc"), result, model, obs.y.to(model.generator.device()), rel)
             if w:
                 written["warnings"].append(w)
             if obs.truth is not None:
@@ -159,4 +197,4 @@ def write_results(out, obs, result, model, *, overwrite: bool = False, vgg16: Op
     return written
 
 
-__all__ = ["write_image_outputs", "score_image", "score", "write_posterior_nc", "write_results", "METRICS_RANGE"]
+__all__ = ["reliance_for", "reliance_of_image", "write_image_outputs", "score_image", "score", "write_posterior_nc", "write_results", "METRICS_RANGE"]

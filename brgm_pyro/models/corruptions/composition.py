@@ -109,3 +109,6 @@ def _build(part: Union[Corruption, dict]) -> Corruption:
 def compose(*parts: Union[Corruption, dict], steps: Optional[Sequence] = None) -> Compose:
     """Registry factory: ``compose(f1, f2, ...)`` or ``compose(steps=[...])``."""
     return Compose(list(steps) if steps is not None else list(parts))
+
+
+compose.cli_task = "brgm_pyro.pipeline.corruption_tasks:ComposeTask"  # brgm reconstruct --task compose --parts ...

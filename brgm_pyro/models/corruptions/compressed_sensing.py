@@ -73,6 +73,7 @@ class CompressedSensing(Corruption):
 
     name = "cs"
     linear = True
+    cli_task = "brgm_pyro.pipeline.corruption_tasks:CompressedSensingTask"  # brgm reconstruct --task cs
     image_observation = False
 
     def __init__(self, m: Optional[int] = None, img_shape: tuple = (3, 64, 64), kind: str = "gaussian",

@@ -126,6 +126,7 @@ class Blur(Corruption):
 
     name = "deblur"
     linear = True  # in x, for every kernel width
+    cli_task = "brgm_pyro.pipeline.corruption_tasks:DeblurTask"  # brgm reconstruct --task deblur
 
     def __init__(self, kernel: Union[str, np.ndarray, Tensor] = "gauss",
                  sigma: Union[float, ScalarLatent] = DEFAULT_BLUR_SIGMA, length: float = 9.0,
@@ -292,3 +293,6 @@ def blind_deblur(guess: float = DEFAULT_BLUR_SIGMA, spread: float = 0.5, per_ima
     from brgm_pyro.models.corruptions.superres import blur_width_latent
 
     return Blur("gauss", sigma=blur_width_latent(1, guess, spread, per_image), padding=padding)
+
+
+blind_deblur.cli_task = "brgm_pyro.pipeline.corruption_tasks:BlindDeblurTask"  # brgm reconstruct --task deblur_blind
