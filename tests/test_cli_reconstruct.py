@@ -158,7 +158,9 @@ def test_simulate_inpaint_default_mask_and_task_none(tmp_path):
     run_none = json.loads((out2 / "run.json").read_text())["settings"]
     run_inp = json.loads((out / "run.json").read_text())["settings"]
     assert run_none["optimiser"] == {"lr": 0.2, "lr_decay": 1.0, "lr_rampdown": 0.0}
-    assert run_inp["optimiser"] == {"lr": 0.05, "lr_decay": 0.1, "lr_rampdown": 0.0}
+    from brgm_pyro.inference.map import DEFAULT_MAP_LR, DEFAULT_MAP_LR_DECAY
+
+    assert run_inp["optimiser"] == {"lr": DEFAULT_MAP_LR, "lr_decay": DEFAULT_MAP_LR_DECAY, "lr_rampdown": 0.0}
 
 
 def test_batch_of_inputs_gets_one_folder_each(tmp_path):
