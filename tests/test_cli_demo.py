@@ -37,28 +37,36 @@ def test_summary_figure_layout(quick_demo):
     _, out = quick_demo
     img = np.asarray(Image.open(out / "summary.png").convert("RGB")).astype(float)
     h, w, _ = img.shape
-    # 8 rows (truth, observation, MAP, posterior mean, 3 samples, std) x 4 columns (2 tasks x 2 faces)
-    assert h > 1.6 * w and w >= 300
+    # 9 rows (truth, observation, MAP, posterior mean, 3 samples, std, prior reliance) x 8 columns
+    # (4 tasks: super-resolution, in-painting, colorization, deblurring; x 2 faces)
+    assert 0.95 * w < h < 1.2 * w and w >= 600
     assert img.std() > 20  # not a blank canvas
-    # each row of panels is drawn: the centre column of pixels crosses 8 non-white bands
-    col = img[:, w // 2 - w // 8].mean(-1) < 245
+    # each row of panels is drawn: the centre column of pixels crosses 9 non-white bands
+    col = img[:, w // 2 - w // 16].mean(-1) < 245
     bands = np.count_nonzero(np.diff(col.astype(int)) == 1)
-    assert bands >= 8
+    assert bands >= 9
 
 
 def test_metrics_json(quick_demo):
     _, out = quick_demo
     m = json.loads((out / "metrics.json").read_text())
     assert m["faces"] == [f"test_face_{i}" for i in DEMO_FACES[:2]]
-    assert set(m["tasks"]) == {"superres", "inpaint"}
+    assert list(m["tasks"]) == ["superres", "inpaint", "colorize", "deblur"]
     assert set(m["tasks"]["superres"]) == {"map", "vi", "baseline_bicubic"}
     assert set(m["tasks"]["inpaint"]) == {"map", "vi"}
-    for task in ("superres", "inpaint"):
+    assert set(m["tasks"]["colorize"]) == {"map", "vi", "baseline_gray"}
+    assert set(m["tasks"]["deblur"]) == {"map", "vi"}
+    for task in m["tasks"]:
+        rel = m["tasks"][task]["vi"]["mean_prior_reliance"]  # VI draws give the reliance map
+        assert set(rel) == set(m["faces"]) and all(0 <= v <= 1 for v in rel.values())
+        assert m["tasks"][task]["vi"]["reliance"]["num_posterior_draws"] == 4
+        assert "mean_prior_reliance" not in m["tasks"][task]["map"]
+    for task in m["tasks"]:
         for method in ("map", "vi"):
             entry = m["tasks"][task][method]
             assert entry["steps_done"] == 5 and entry["stopped"] is None
             for face, vals in entry["faces"].items():
-                flat = vals if task == "superres" else vals["reconstruction"]
+                flat = vals if task != "inpaint" else vals["reconstruction"]
                 assert set(flat) == {"psnr", "ssim", "mae", "rmse"}
                 assert all(math.isfinite(v) for v in flat.values())
                 assert -1 <= flat["ssim"] <= 1 and 0 < flat["mae"] <= flat["rmse"] <= 1
@@ -66,7 +74,7 @@ def test_metrics_json(quick_demo):
                 if task == "inpaint":  # the composite keeps the true observed pixels
                     assert vals["composite"]["mae"] <= vals["reconstruction"]["mae"] + 1e-12
             faces = list(entry["faces"].values())
-            if task == "superres":
+            if task != "inpaint":
                 assert entry["mean"]["mae"] == pytest.approx(np.mean([f["mae"] for f in faces]))
             else:
                 assert entry["mean"]["composite"]["psnr"] == pytest.approx(
@@ -82,7 +90,9 @@ def test_run_json(quick_demo):
     assert s["face_ids_test_split"] == list(DEMO_FACES[:2])
     assert s["factor"] == 8  # a 16x16 generator observes 2x2 images
     assert run["generator"]["resolution"] == 16
-    assert {"superres_map_s", "superres_vi_s", "inpaint_map_s", "inpaint_vi_s", "total_s"} <= set(run["timings_s"])
+    assert {f"{t}_{k}_s" for t in ("superres", "inpaint", "colorize", "deblur") for k in ("map", "vi", "reliance")} | {
+        "total_s"} <= set(run["timings_s"])
+    assert s["tasks"] == ["superres", "inpaint", "colorize", "deblur"] and s["deblur_sigma_px"] == 0.5
     assert run["versions"]["torch"] and run["versions"]["pyro"]
     assert run["inference"]["superres"]["vi"]["loss_terms"]["loss"]["last"] < float("inf")
 
