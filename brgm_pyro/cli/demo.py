@@ -1,13 +1,16 @@
 """``brgm demo``: the main job on the bundled generator, end to end, in a few minutes on a laptop CPU.
 
 A few test faces (from the *test* split of the procedural faces dataset, never used in training)
-are corrupted twice, x8 super-resolution and in-painting of a rectangle over the eyes and nose,
-and reconstructed with MAP and with variational inference (VI warm-started at the MAP). The faces
-of one task are one batch. Written to DIR:
+are corrupted four ways, x8 super-resolution, in-painting of a rectangle over the eyes and nose,
+colorization (the Rec. 601 gray image) and deblurring (Gaussian blur of std 2 pixels, reflected
+borders), all noise-free, and reconstructed with MAP and with variational inference (VI
+warm-started at the MAP). The faces of one task are one batch. Written to DIR:
 
 * ``summary.png``: one column per (task, face); rows truth, observation, MAP, posterior mean,
-  three posterior samples, and the per-pixel posterior standard deviation (VI);
-* ``metrics.json``: PSNR, SSIM, MAE, RMSE per face, task and method, and their means;
+  three posterior samples, the per-pixel posterior standard deviation (VI) and the prior-reliance
+  map Var[x|y] / Var[x] of the VI draws (:mod:`brgm_pyro.reliance`; dark = decided by the data);
+* ``metrics.json``: PSNR, SSIM, MAE, RMSE per face, task and method, and their means; the
+  baselines (bicubic up-sampling, the gray image replicated) and the mean prior reliance (VI);
 * ``run.json``: settings, seed, package versions, timings.
 """
 
@@ -41,6 +44,8 @@ DEMO_FACTOR = 8
 DEMO_MAP_STEPS = 300
 DEMO_VI_STEPS = 150
 DEMO_NUM_SAMPLES = 16
+DEMO_BLUR_SIGMA = 2.0  # deblurring column: Gaussian blur std in pixels of the 64x64 image
+DEMO_RELIANCE_PRIOR_DRAWS = 512
 QUICK = dict(faces=2, map_steps=5, vi_steps=5, num_samples=4)
 
 
@@ -87,7 +92,8 @@ def demo(
                                         "and immune to oversubscription."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Run x8 super-resolution and in-painting with MAP and VI on bundled test faces; write summary.png."""
+    """Run x8 super-resolution, in-painting, colorization and deblurring with MAP and VI on bundled test
+    faces; write summary.png (with the prior-reliance row) and metrics.json."""
     code = guarded(run_demo, out=out, faces=faces, steps=steps, map_steps=map_steps, vi_steps=vi_steps,
                    num_samples=num_samples, quick=quick, generator=generator, seed=seed, device=device,
                    overwrite=overwrite, quiet=quiet, threads=threads)
@@ -141,6 +147,11 @@ def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, gene
 
     tasks = [(f"x{factor} super-resolution", "superres", make_corruption("superres", factor=factor, kernel="box")),
              ("in-painting", "inpaint", make_corruption("inpaint", mask=torch.from_numpy(mask)))]
+    if C == 3:  # colorization needs colour images
+        tasks.append(("colorization", "colorize", make_corruption("colorize")))
+    blur = DEMO_BLUR_SIGMA * R / 64  # the same blur relative to the face on any generator size
+    tasks.append((f"deblurring ({blur:g} px)", "deblur", make_corruption("deblur", kernel="gauss", sigma=blur)))
+    prior_var = None  # the prior's pixel variances: one prior, shared by every task's reliance map
     results: dict[str, dict] = {}
     stopped_by_user = False
     for label, key, corruption in tasks:
@@ -162,7 +173,17 @@ def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, gene
             r_vi = pipeline.reconstruct(model, y, "vi", steps=vi_steps, num_samples=num_samples, seed=seed,
                                         init_w=r_map.w, progress=not quiet, runner=METHODS.get("vi"))
             timings[f"{key}_vi_s"] = time.perf_counter() - t0
-        results[key] = {"label": label, "y": y, "map": r_map, "vi": r_vi, "model": model}
+        rel = None
+        if r_vi is not None and r_vi.samples is not None and r_vi.samples.shape[0] >= 2:
+            from brgm_pyro.reliance import prior_image_moments, reliance_from_draws
+
+            t0 = time.perf_counter()
+            if prior_var is None:
+                _, var, ess = prior_image_moments(model, DEMO_RELIANCE_PRIOR_DRAWS, seed=seed)
+                prior_var = (var, ess)
+            rel = reliance_from_draws(r_vi.samples, prior_var[0], DEMO_RELIANCE_PRIOR_DRAWS, prior_var[1])
+            timings[f"{key}_reliance_s"] = time.perf_counter() - t0
+        results[key] = {"label": label, "y": y, "map": r_map, "vi": r_vi, "model": model, "reliance": rel}
         if interrupted(r_map) or (r_vi is not None and interrupted(r_vi)):
             stopped_by_user = True
             break
@@ -192,11 +213,21 @@ def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, gene
                 mean = metrics.summarize(list(per_face.values()))
             task_scores[mname] = {"faces": per_face, "mean": mean, "steps_done": r.timing.get("steps"),
                                   "stopped": r.stopped}
+            if mname == "vi" and res["reliance"] is not None:
+                s = res["reliance"].summary()
+                task_scores[mname]["mean_prior_reliance"] = dict(zip((f"test_face_{f}" for f in face_ids),
+                                                                     s["mean_prior_reliance"]))
+                task_scores[mname]["reliance"] = {k: s[k] for k in ("num_posterior_draws", "num_prior_draws",
+                                                                    "prior_ess")}
         if key == "superres":
             up = bicubic_upsample(y, R)
             base = {f"test_face_{fid}": metrics.image_metrics(io.from_model(up[b]), truth[b])
                     for b, fid in enumerate(face_ids)}
             task_scores["baseline_bicubic"] = {"faces": base, "mean": metrics.summarize(list(base.values()))}
+        if key == "colorize":  # the baseline anyone could do: the gray image as RGB
+            base = {f"test_face_{fid}": metrics.image_metrics(np.repeat(io.from_model(y[b].cpu()), C, -1), truth[b])
+                    for b, fid in enumerate(face_ids)}
+            task_scores["baseline_gray"] = {"faces": base, "mean": metrics.summarize(list(base.values()))}
         scores[key] = task_scores
         r_map, r_vi = res["map"], res["vi"]
         for b, fid in enumerate(face_ids):
@@ -209,7 +240,14 @@ def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, gene
                 col["posterior mean"] = io.from_model(r_vi.mean_image()[b])
                 col["samples"] = list(samples[:3])
                 col["std"] = figures.std_map(samples)
-            col["notes"] = {}
+            if res["reliance"] is not None:
+                from brgm_pyro.pipeline.outputs import reliance_of_image
+                from brgm_pyro.reliance import reliance_image
+
+                one = reliance_of_image(res["reliance"], b)
+                col["prior reliance"] = reliance_image(one)
+                col.setdefault("notes", {})["prior reliance"] = f"mean {one.summary()['mean_prior_reliance'][0]:.2f}"
+            col.setdefault("notes", {})
             for row, mname in (("MAP", "map"), ("posterior mean", "vi")):
                 entry = task_scores.get(mname, {}).get("faces", {}).get(f"test_face_{fid}")
                 if entry is not None:
@@ -227,11 +265,15 @@ def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, gene
         with outdir as od:
             title = (f"BRGM demo: {generator}, MAP {map_steps} steps, VI {vi_steps} steps "
                      f"({num_samples} samples), seed {seed}")
-            figures.summary_figure(od.path("summary.png"), columns, title=title)
+            figures.summary_figure(od.path("summary.png"), columns, title=title,
+                                   rows=(*figures.SUMMARY_ROWS, "prior reliance"))
             io.save_json(od.path("metrics.json"), {
                 "reference": "the clean test faces", "faces": [f"test_face_{i}" for i in face_ids],
                 "range": METRICS_RANGE,
                 "vi": "posterior mean of the VI samples; VI is warm-started at the MAP",
+                "prior_reliance": "per face, the mean over pixels and channels of Var[x|y] / Var[x] (clipped to "
+                                  "[0, 1]) from the VI draws and seeded prior draws; 0 = decided by the data, 1 = "
+                                  "by the prior (docs/reliance.md)",
                 "tasks": scores})
             timings["total_s"] = time.perf_counter() - t_start
             io.save_json(od.path("run.json"), {
@@ -241,6 +283,8 @@ def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, gene
                              "quick": quick, "generator": generator, "seed": seed, "device": device,
                              "factor": factor, "kernel": "box",
                              "mask": "rows 5/16-10/16, columns 1/4-3/4 missing (eyes and nose)",
+                             "tasks": [k for _, k, _ in tasks], "deblur_sigma_px": blur, "deblur_padding": "reflect",
+                             "reliance_prior_draws": DEMO_RELIANCE_PRIOR_DRAWS,
                              "percept": phi is not None},
                 "seed": seed,
                 "generator": {"spec": generator, "class": type(G).__name__, "resolution": R, "channels": C},
