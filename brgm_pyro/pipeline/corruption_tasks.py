@@ -69,12 +69,21 @@ class StrictChannels:
                         f"generator; give a {channels}-channel image, or pass --simulate with a clean image")
 
 
+def _with_help(options: tuple, helps: dict) -> tuple:
+    """``options`` with the CLI help of the named ones replaced (docstring lines are written for Python)."""
+    return tuple(TaskOption(o.name, o.type, o.default, helps.get(o.name, o.help), o.multiple) for o in options)
+
+
+PADDING_HELP = "Blur boundary handling: reflect | replicate | circular | zero | valid (smaller observation)."
+
+
 class ColorizeTask(StrictChannels, SignatureTask):
     def __init__(self) -> None:
         from brgm_pyro.models.corruptions.colorization import Colorization
 
         super().__init__("colorize", Colorization)
         self.help = "colorization: the observation is the gray (Rec. 601 luma) image, one channel."
+        self.options = _with_help(self.options, {"weights": "Luma weights of the gray observation: rec601 | rec709."})
 
     def baseline(self, y, image_shape) -> Optional[tuple]:
         return "baseline_gray", io.from_model(y.expand(image_shape[0], -1, -1))
@@ -86,6 +95,7 @@ class DenoiseTask(StrictChannels, SignatureTask):
 
         super().__init__("denoise", Denoising)
         self.help = "denoising: the observation is the image plus Gaussian noise of std --sigma ([-1, 1] units)."
+        self.options = _with_help(self.options, {"sigma": "noise std in [-1, 1] units (default 0.2)."})
 
 
 class BlindDeblurTask(StrictChannels, SignatureTask):
@@ -93,6 +103,7 @@ class BlindDeblurTask(StrictChannels, SignatureTask):
         from brgm_pyro.models.corruptions.deblur import blind_deblur
 
         super().__init__("deblur_blind", blind_deblur)
+        self.options = _with_help(self.options, {"padding": PADDING_HELP})
 
 
 class DeblurTask(StrictChannels, SignatureTask):
@@ -103,9 +114,10 @@ class DeblurTask(StrictChannels, SignatureTask):
 
         super().__init__("deblur", Blur)
         self.help = "deblurring: the observation is the image convolved with --kernel (gauss | motion | K.npy)."
-        self.options = tuple(TaskOption(o.name, o.type, o.default, "Blur kernel: gauss | motion | a .npy array "
-                                        "(1-D separable or 2-D, summing to 1).") if o.name == "kernel" else o
-                             for o in self.options)
+        self.options = _with_help(self.options, {
+            "kernel": "blur kernel: gauss | motion | a .npy array (1-D separable or 2-D, summing to 1).",
+            "sigma": "Gaussian blur std in pixels (default 2).", "padding": PADDING_HELP,
+            "noise_sigma": "with --simulate: std of the added noise ([-1, 1] units)."})
 
     def check(self, opts: dict, simulate: bool) -> None:
         super().check(opts, simulate)
@@ -132,7 +144,10 @@ class CompressedSensingTask(SignatureTask):
 
         super().__init__("cs", CompressedSensing)
         self.help = "compressed sensing: M linear measurements of the whole image (works with --simulate)."
-        keep = [o for o in self.options if o.name not in ("m", "img_shape")]
+        keep = _with_help([o for o in self.options if o.name not in ("m", "img_shape")], {
+            "kind": "measurement matrix: gaussian (seeded N(0, 1/m)) | fourier (subsampled orthonormal real DFT).",
+            "matrix_seed": "seed of the measurement matrix / the Fourier rows.",
+            "noise_sigma": "with --simulate: std of the added noise ([-1, 1] units)."})
         self.options = (TaskOption("measurements", int, None, "Number of measurements m (1..C H W)."),
                         *keep, TaskOption("matrix", Path, None, "A measurement matrix (m, C H W) as .npy "
                                           "(instead of --measurements and --kind)."))

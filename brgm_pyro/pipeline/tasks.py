@@ -442,8 +442,10 @@ def merged_options(table: dict[str, Task], reserved: Sequence[str] = ()) -> dict
                     raise TypeError(f"tasks {users[0][0]!r} and {tname!r} both declare --{o.name} with different "
                                     f"types")
                 users.append((tname, o.name))
-                if prev.default != o.default:
-                    out[key] = (TaskOption(key, o.type, None, prev.help, o.multiple), users)
+                helps = prev.help if o.help in prev.help else f"{prev.help} | {tname}: {o.help}"  # each task's own
+                if prev.default != o.default or helps != prev.help:
+                    default = prev.default if prev.default == o.default else None
+                    out[key] = (TaskOption(key, o.type, default, helps, o.multiple), users)
             else:
                 out[key] = (TaskOption(key, o.type, o.default, o.help, o.multiple), [(tname, o.name)])
     return out
