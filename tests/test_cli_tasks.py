@@ -189,3 +189,19 @@ def test_bad_task_input(tmp_path, args, fragments):
     c, g = _bad_inputs(tmp_path)
     res, out = _run(tmp_path, *[a.format(c=c, g=g, d=tmp_path) for a in args])
     _assert_refused(tmp_path, res, out, *fragments)
+
+
+def test_reliance_draws_option(tmp_path):
+    p = _png(tmp_path / "c.png", _rgb())
+    res, out = _run(tmp_path, p, "--simulate", "--task", "denoise", "--method", "vi", "--num-samples", "3",
+                    "--reliance-draws", "0")
+    _ok(res)
+    assert (out / "samples").is_dir() and not (out / "reliance.png").exists()
+    res, out2 = _run(tmp_path, p, "--simulate", "--task", "denoise", "--method", "vi", "--num-samples", "3",
+                     "--reliance-draws", "64", name="out2")
+    _ok(res)
+    import xarray as xr
+
+    assert xr.open_dataset(out2 / "posterior.nc", group="reliance", engine="h5netcdf").attrs["num_prior_draws"] == 64
+    res, out3 = _run(tmp_path, p, "--simulate", "--reliance-draws", "1", name="out3")
+    _assert_refused(tmp_path, res, out3, "--reliance-draws must be 0")

@@ -188,7 +188,7 @@ def split_task_options(task: str, given: dict) -> dict:
 def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed, device, out, simulate, percept,
                     lr, vgg16, overwrite, quiet, chains=None, threads=None, workers=1, class_index=None,
                     choice: Optional[ModelChoice] = None, task_options: Optional[dict] = None,
-                    batch_size: int = 8, **legacy) -> int:
+                    batch_size: int = 8, reliance_draws: Optional[int] = None, **legacy) -> int:
     """The command's body (also called with keyword arguments by tests and scripts).
 
     ``task_options``: the task's options by name (``factor``, ``kernel``, ``mask``, ...); the old
@@ -209,6 +209,9 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
     if len(inputs) == 1 and (Path(inputs[0]).is_dir() or Path(inputs[0]).suffix.lower() == ".csv"):
         from brgm_pyro.pipeline.dataset import run_dataset_cli
 
+        if reliance_draws is not None:
+            raise BRGMError("--reliance-draws is for single runs; dataset runs use the default 512 prior draws")
+
         return run_dataset_cli(source=inputs[0], task=task, task_options=given, generator=generator, method=method,
                                steps=steps, num_samples=num_samples, seed=seed, device=device, out=out,
                                simulate=simulate, percept=percept, lr=lr, quiet=quiet, chains=chains, threads=threads,
@@ -226,6 +229,8 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
     set_threads(threads)
     check_method_options(method=method, steps=steps, num_samples=num_samples, chains=chains, workers=workers,
                          device=device, lr=lr)
+    if reliance_draws is not None and (reliance_draws < 0 or reliance_draws == 1):
+        raise BRGMError(f"--reliance-draws must be 0 (no reliance map) or at least 2, got {reliance_draws}")
     if vgg16 is not None:
         if not simulate:
             raise BRGMError("--vgg16 adds LPIPS to metrics.json, which needs --simulate (a clean reference)")
@@ -272,7 +277,7 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
                 "sigma_pixel": choice.sigma_pixel, "model_choice": asdict(choice),
                 "percept": bool(percept and phi is not None), "lr": lr,
                 "optimiser": {k: v for k, v in result.extra.items() if k in ("lr", "lr_decay", "lr_rampdown")}
-                or None, "vgg16": str(vgg16) if vgg16 else None}
+                or None, "vgg16": str(vgg16) if vgg16 else None, "reliance_draws": reliance_draws}
     settings.pop("mask", None)
     record = {"started_utc": started, "settings": settings, "seed": seed,
               "generator": {"spec": generator, "class": type(G).__name__, "resolution": G.img_resolution,
@@ -281,7 +286,7 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
     from brgm_pyro.pipeline.outputs import write_results
 
     written = write_results(outdir, obs, result, model, vgg16=str(vgg16) if vgg16 else None, record=record,
-                            timings=timings, t_start=t_start)
+                            timings=timings, t_start=t_start, reliance_draws=reliance_draws)
     return report(written, result, simulate, timings)
 
 
@@ -344,6 +349,9 @@ def _reconstruct(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier brgm result in --out."),
     batch_size: int = typer.Option(8, help="Dataset runs: images per batch (one model and one inference each)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: torch's, one per core)."),
+    reliance_draws: Optional[int] = typer.Option(None, help="Prior draws (renders of G) behind reliance.png, the "
+                                                 "prior-reliance map written with posterior draws (default 512; 0: "
+                                                 "none)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     **task_options,
 ) -> None:
@@ -353,7 +361,7 @@ def _reconstruct(
                    num_samples=num_samples, chains=chains, seed=seed, workers=workers, device=device, out=out,
                    simulate=simulate, percept=percept, lr=lr, vgg16=vgg16, overwrite=overwrite, quiet=quiet,
                    threads=threads, class_index=class_index, choice=choice, task_options=task_options,
-                   batch_size=batch_size)
+                   batch_size=batch_size, reliance_draws=reliance_draws)
     if code:
         raise typer.Exit(code)
 

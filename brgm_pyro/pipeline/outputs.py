@@ -13,16 +13,22 @@ from brgm_pyro import io
 METRICS_RANGE = "images in [0, 1]; PSNR in dB (capped at 100); SSIM: Gaussian window 11, sigma 1.5"
 
 
-def reliance_for(model, result):
+def reliance_for(model, result, prior_draws: Optional[int] = None):
     """The prior-reliance map (:mod:`brgm_pyro.reliance`) of a result with >= 2 posterior draws,
-    else None; (map or None, warning line or None): a prior that cannot be sampled only warns."""
-    if result.samples is None or result.samples.shape[0] < 2:
+    else None; (map or None, warning line or None): a prior that cannot be sampled only warns.
+
+    ``prior_draws``: generator renders behind the prior variances (default 512; 0: no map). They
+    cost 512 forward passes of G: seconds for the bundled 64x64 generator, minutes for a 1024x1024
+    StyleGAN2 on a CPU (``brgm reconstruct --reliance-draws``)."""
+    from brgm_pyro.reliance import DEFAULT_PRIOR_DRAWS, prior_reliance
+
+    prior_draws = DEFAULT_PRIOR_DRAWS if prior_draws is None else int(prior_draws)
+    if result.samples is None or result.samples.shape[0] < 2 or prior_draws == 0:
         return None, None
     from brgm_pyro.errors import BRGMError
-    from brgm_pyro.reliance import prior_reliance
 
     try:
-        return prior_reliance(model, result), None
+        return prior_reliance(model, result, num_prior=prior_draws), None
     except BRGMError as e:
         return None, f"reliance.png not written: {e}"
 
@@ -145,7 +151,8 @@ def write_posterior_nc(path: Path, result, model, y, reliance=None) -> Optional[
 
 def write_results(out, obs, result, model, *, overwrite: bool = False, vgg16: Optional[str] = None,
                   record: Optional[dict] = None, per_image_dirs: Optional[bool] = None,
-                  timings: Optional[dict] = None, t_start: Optional[float] = None) -> dict:
+                  timings: Optional[dict] = None, t_start: Optional[float] = None,
+                  reliance_draws: Optional[int] = None) -> dict:
     """Write a whole result folder atomically (it appears only when complete) and return what was
     written: ``{"dir", "images", "scores", "warnings"}``.
 
@@ -153,6 +160,7 @@ def write_results(out, obs, result, model, *, overwrite: bool = False, vgg16: Op
     forces either). ``record``: extra run.json entries (the CLI's settings); run.json always gets
     the task, model, latents and inference records, versions and machine. ``timings`` (seconds),
     if given, gets ``write_s`` and, with ``t_start`` (a ``time.perf_counter()``), ``total_s``.
+    ``reliance_draws``: prior draws of the reliance map (:func:`reliance_for`; 0: none).
     """
     import time
 
@@ -163,7 +171,7 @@ def write_results(out, obs, result, model, *, overwrite: bool = False, vgg16: Op
     B = obs.y.shape[0]
     split = (B > 1) if per_image_dirs is None else per_image_dirs
     written: dict = {"images": {}, "scores": None, "warnings": []}
-    rel, w = reliance_for(model, result)
+    rel, w = reliance_for(model, result, reliance_draws)
     if w:
         written["warnings"].append(w)
     with io.sigint_deferred():
