@@ -205,3 +205,19 @@ def test_reliance_draws_option(tmp_path):
     assert xr.open_dataset(out2 / "posterior.nc", group="reliance", engine="h5netcdf").attrs["num_prior_draws"] == 64
     res, out3 = _run(tmp_path, p, "--simulate", "--reliance-draws", "1", name="out3")
     _assert_refused(tmp_path, res, out3, "--reliance-draws must be 0")
+
+
+def test_dataset_run_writes_reliance_per_image(tmp_path):
+    import xarray as xr
+
+    d = tmp_path / "faces"
+    d.mkdir()
+    for i in range(2):
+        _png(d / f"f{i}.png", _rgb(seed=i))
+    res, out = _run(tmp_path, d, "--simulate", "--task", "deblur", "--sigma", "1", "--method", "vi",
+                    "--num-samples", "3", "--batch-size", "2")
+    _ok(res)
+    for i in range(2):
+        assert np.asarray(Image.open(out / f"f{i}" / "reliance.png")).shape == (16, 16, 3)
+    ds = xr.open_dataset(out / "posteriors" / "batch_00000.nc", group="reliance", engine="h5netcdf")
+    assert ds["prior_reliance"].shape == (2, 3, 16, 16)
