@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from brgm_pyro.models.latents import ScalarLatent
+from brgm_pyro.models.likelihoods.isotropic import IsotropicNormal
 from brgm_pyro.models.likelihoods.base import Likelihood, NoiseScaleMixin, Params
 
 
@@ -55,7 +56,7 @@ class PerceptualGaussian(NoiseScaleMixin, Likelihood):
         return s[..., 0, 0] if isinstance(s, Tensor) else s
 
     def distribution(self, pred: Tensor, y: Tensor, mask: Optional[Tensor], params: Params = None):
-        return dist.Normal(self.features(pred), self._scale(params)).to_event(1), self._target(y)
+        return IsotropicNormal(self.features(pred), self._scale(params)), self._target(y)
 
     def pointwise_log_prob(self, pred: Tensor, y: Tensor, mask: Optional[Tensor], params: Params = None) -> Tensor:
         return dist.Normal(self.features(pred), self._scale(params)).log_prob(self._target(y))
