@@ -15,11 +15,16 @@ if [ -z "${PY}" ]; then
   exit 0
 fi
 V=${BRGM_PY312_VENV:-$HOME/.cache/brgm-pyro/venv-py312}
-[ -x "$V/bin/python" ] || "${PY}" -m venv "$V"
+# An environment problem (no venv, no registry) skips this optional stage with a line saying so;
+# a failing test fails CI.
+if ! { [ -x "$V/bin/python" ] || "${PY}" -m venv "$V"; }; then
+  echo "py312 stage: could not create the 3.12 venv; ArviZ 1.x tests not run"
+  exit 0
+fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-if ! "$V/bin/python" -m pip install -q -c constraints.txt -e '.[test]'; then
-  echo "py312 stage: FAILED to install the 3.12 dependencies (network?)"
-  exit 1
+if ! timeout 1800 "$V/bin/python" -m pip install -q -c constraints.txt -e '.[test]'; then
+  echo "py312 stage: could not install the 3.12 dependencies (registry?); ArviZ 1.x tests not run"
+  exit 0
 fi
 "$V/bin/python" -c 'import arviz, sys; print("py312 stage: Python", sys.version.split()[0], "ArviZ", arviz.__version__)'
 OMP_NUM_THREADS=1 "$V/bin/python" -m pytest -q -p no:cacheprovider tests/test_arviz_compat.py tests/test_arviz_io.py \
