@@ -50,33 +50,31 @@ def sample_ndim(model, latents: dict) -> int:
     return latents[model.image_site].ndim - 1 - len(site.event_shape)
 
 
-def plate_layout(model, latents: dict, ndim: Optional[int] = None) -> dict:
-    """Natural -> plate layout: shared sites with sample dims get a unit images dim."""
-    ndim = sample_ndim(model, latents) if ndim is None else ndim
+def _relayout(model, latents: dict, ndim: int, to_plate: bool) -> dict:
+    """Add (``to_plate``) or drop the unit images dim of shared sites that carry ``ndim`` sample dims."""
     if ndim == 0:
         return dict(latents)
     sites = model.latent_sites()
     out = {}
     for k, v in latents.items():
         s = sites.get(k)
-        if s is not None and not s.per_image and v.ndim == ndim + len(s.event_shape):
-            v = v.reshape(*v.shape[:ndim], 1, *v.shape[ndim:])
+        if s is not None and not s.per_image:
+            if to_plate and v.ndim == ndim + len(s.event_shape):
+                v = v.unsqueeze(ndim)
+            elif not to_plate and v.ndim == ndim + 1 + len(s.event_shape):
+                v = v.squeeze(ndim)
         out[k] = v
     return out
+
+
+def plate_layout(model, latents: dict, ndim: Optional[int] = None) -> dict:
+    """Natural -> plate layout: shared sites with sample dims get a unit images dim."""
+    return _relayout(model, latents, sample_ndim(model, latents) if ndim is None else ndim, True)
 
 
 def natural_layout(model, latents: dict, ndim: int) -> dict:
     """Plate -> natural layout (drops the unit images dim of shared sites)."""
-    if ndim == 0:
-        return dict(latents)
-    sites = model.latent_sites()
-    out = {}
-    for k, v in latents.items():
-        s = sites.get(k)
-        if s is not None and not s.per_image and v.ndim == ndim + 1 + len(s.event_shape):
-            v = v.reshape(*v.shape[:ndim], *v.shape[ndim + 1:])
-        out[k] = v
-    return out
+    return _relayout(model, latents, ndim, False)
 
 
 def scalar_params(model, latents: dict) -> dict:

@@ -62,6 +62,15 @@ class ScalarLatent:
         """Add the site (call inside the images plate when ``per_image``) and return its value."""
         return pyro.sample(self.name, self.prior)
 
+    def read(self, params: Optional[dict], owner: str, like: Optional[Tensor] = None) -> Tensor:
+        """This latent's value from a component's ``params`` (as a tensor like ``like``), or a
+        one-line error saying that ``owner`` needs it."""
+        try:
+            v = params[self.name]
+        except (KeyError, TypeError):
+            raise BRGMError(f"{owner} has the latent {self.name!r}: pass its value as params[{self.name!r}]") from None
+        return v if like is None else torch.as_tensor(v, dtype=like.dtype, device=like.device)
+
     def init_value(self, batch: int) -> Tensor:
         """The starting value: () shared, (B,) per image."""
         v = torch.tensor(self.init)

@@ -205,12 +205,7 @@ class Blur(Corruption):
                 k = self._k1d.to(like.device)
                 self._mats[key] = tuple(conv_matrix(n, k, self.padding).to(like.dtype) for n in (h, w))
             return self._mats[key]
-        try:
-            width = params[self.width_latent.name]
-        except (KeyError, TypeError):
-            raise BRGMError(f"this deblurring infers its kernel width: pass params[{self.width_latent.name!r}]") \
-                from None
-        width = torch.as_tensor(width, dtype=like.dtype, device=like.device)
+        width = self.width_latent.read(params, "this deblurring (its kernel width)", like=like)
         out = []
         for n in (h, w):  # radius n - 1: the truncation at 4 sigma is in the taps, differentiably
             k = gaussian_kernel_1d(width, n - 1)

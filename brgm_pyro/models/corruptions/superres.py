@@ -81,12 +81,7 @@ class SuperResolution(Corruption):
         if self.width_latent is None:
             return super().forward(x)
         self.check_input(tuple(x.shape[-3:]))
-        try:
-            width = params[self.width_latent.name]
-        except (KeyError, TypeError):
-            raise BRGMError(f"this super-resolution infers its kernel width: pass params[{self.width_latent.name!r}]") \
-                from None
-        width = torch.as_tensor(width, dtype=x.dtype, device=x.device)
+        width = self.width_latent.read(params, "this super-resolution (its kernel width)", like=x)
         dh = gauss_matrix(x.shape[-2], self.factor, width)[..., None, :, :]  # (*width, 1, h, H)
         dw = gauss_matrix(x.shape[-1], self.factor, width)[..., None, :, :]
         return dh @ x @ dw.transpose(-1, -2)

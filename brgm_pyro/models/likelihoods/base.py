@@ -87,11 +87,7 @@ class NoiseScaleMixin:
         """The noise scale, broadcastable against images (..., C, h, w)."""
         if not self.learned:
             return self.scale
-        try:
-            return as_image(params[self.scale.name])
-        except (KeyError, TypeError):
-            raise BRGMError(f"{type(self).__name__} has a learned scale: pass its value as "
-                            f"params[{self.scale.name!r}]") from None
+        return as_image(self.scale.read(params, type(self).__name__))
 
     @property
     def sigma(self) -> float:
