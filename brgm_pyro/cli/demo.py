@@ -105,11 +105,97 @@ def demo(
         raise typer.Exit(code)
 
 
+def _score_task(key: str, res: dict, face_ids: list, truth, mask, R: int, C: int) -> dict:
+    """metrics.json entries of one task: MAP and VI per face and mean, the task's baseline."""
+    from brgm_pyro import figures, metrics
+
+    y = res["y"]
+    task_scores: dict[str, dict] = {}
+    for mname in ("map", "vi"):
+        r = res[mname]
+        if r is None:
+            continue
+        per_face = {}
+        for b, fid in enumerate(face_ids):
+            rec = io.from_model(r.mean_image()[b])
+            entry = metrics.image_metrics(rec, truth[b])
+            if key == "inpaint":
+                comp = figures.composite(io.from_model(y[b]), rec, mask)
+                entry = {"reconstruction": entry, "composite": metrics.image_metrics(comp, truth[b])}
+            per_face[f"test_face_{fid}"] = entry
+        if key == "inpaint":
+            mean = {k: metrics.summarize([v[k] for v in per_face.values()]) for k in ("reconstruction",
+                                                                                    "composite")}
+        else:
+            mean = metrics.summarize(list(per_face.values()))
+        task_scores[mname] = {"faces": per_face, "mean": mean, "steps_done": r.timing.get("steps"),
+                              "stopped": r.stopped}
+        if mname == "vi" and res["reliance"] is not None:
+            s = res["reliance"].summary()
+            task_scores[mname]["mean_prior_reliance"] = dict(zip((f"test_face_{f}" for f in face_ids),
+                                                                 s["mean_prior_reliance"]))
+            task_scores[mname]["reliance"] = {k: s[k] for k in ("num_posterior_draws", "num_prior_draws",
+                                                                "prior_ess")}
+    if key == "superres":
+        up = bicubic_upsample(y, R)
+        base = {f"test_face_{fid}": metrics.image_metrics(io.from_model(up[b]), truth[b])
+                for b, fid in enumerate(face_ids)}
+        task_scores["baseline_bicubic"] = {"faces": base, "mean": metrics.summarize(list(base.values()))}
+    if key == "colorize":  # the baseline anyone could do: the gray image as RGB
+        base = {f"test_face_{fid}": metrics.image_metrics(np.repeat(io.from_model(y[b].cpu()), C, -1), truth[b])
+                for b, fid in enumerate(face_ids)}
+        task_scores["baseline_gray"] = {"faces": base, "mean": metrics.summarize(list(base.values()))}
+    return task_scores
+
+
+def _task_columns(key: str, res: dict, task_scores: dict, face_ids: list, truth, mask, R: int) -> list[dict]:
+    """The figure's columns of one task (one per face), std and reliance on one colour scale per task."""
+    from brgm_pyro import figures
+
+    y = res["y"]
+    columns: list[dict] = []
+    r_map, r_vi = res["map"], res["vi"]
+    for b, fid in enumerate(face_ids):
+        col = {"title": f"{res['label']}\ntest face {fid}", "truth": truth[b],
+               "observation": figures.observation_display(io.from_model(y[b].cpu()), R,
+                                                          mask if key == "inpaint" else None),
+               "MAP": io.from_model(r_map.mean_image()[b])}
+        if r_vi is not None and r_vi.samples is not None:
+            samples = np.stack([io.from_model(r_vi.samples[s, b]) for s in range(r_vi.samples.shape[0])])
+            col["posterior mean"] = io.from_model(r_vi.mean_image()[b])
+            col["samples"] = list(samples[:3])
+            col["std"] = figures.std_map(samples)
+        if res["reliance"] is not None:  # coloured below, on one scale per task
+            col["_reliance"] = res["reliance"].channel_mean()[b].detach().cpu().numpy()
+        col.setdefault("notes", {})
+        for row, mname in (("MAP", "map"), ("posterior mean", "vi")):
+            entry = task_scores.get(mname, {}).get("faces", {}).get(f"test_face_{fid}")
+            if entry is not None:
+                psnr = entry["reconstruction"]["psnr"] if key == "inpaint" else entry["psnr"]
+                col["notes"][row] = f"{psnr:.1f} dB"
+        columns.append(col)
+    task_cols = [c for c in columns if c.get("std") is not None]
+    if task_cols:  # one colour scale per task: in-painting and super-resolution differ in kind
+        top = max(float(c["std"].max()) for c in task_cols)
+        for c in task_cols:
+            c["std_vmax"] = max(top, 1e-6)
+    rel_cols = [c for c in columns if c.get("_reliance") is not None]
+    if rel_cols:  # r is in [0, 1]; a mean-field VI posterior keeps it small: show 0..the task's max
+        from matplotlib import colormaps
+
+        top = max(max(float(c["_reliance"].max()) for c in rel_cols), 1e-6)
+        for c in rel_cols:
+            r = c.pop("_reliance")
+            c["prior reliance"] = colormaps["magma"](np.clip(r / top, 0.0, 1.0))[..., :3]
+            c["notes"]["prior reliance"] = f"0-{top:.2g}, mean {float(r.mean()):.3f}"
+    return columns
+
+
 def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, generator, seed, device, overwrite,
              quiet, threads=1) -> int:
     import torch
 
-    from brgm_pyro import figures, metrics
+    from brgm_pyro import figures
     from brgm_pyro.models.corruptions import make_corruption
 
     t_start = time.perf_counter()
@@ -196,77 +282,8 @@ def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, gene
     t0 = time.perf_counter()
     columns, scores = [], {}
     for key, res in results.items():
-        y = res["y"]
-        task_scores: dict[str, dict] = {}
-        for mname in ("map", "vi"):
-            r = res[mname]
-            if r is None:
-                continue
-            per_face = {}
-            for b, fid in enumerate(face_ids):
-                rec = io.from_model(r.mean_image()[b])
-                entry = metrics.image_metrics(rec, truth[b])
-                if key == "inpaint":
-                    comp = figures.composite(io.from_model(y[b]), rec, mask)
-                    entry = {"reconstruction": entry, "composite": metrics.image_metrics(comp, truth[b])}
-                per_face[f"test_face_{fid}"] = entry
-            if key == "inpaint":
-                mean = {k: metrics.summarize([v[k] for v in per_face.values()]) for k in ("reconstruction",
-                                                                                        "composite")}
-            else:
-                mean = metrics.summarize(list(per_face.values()))
-            task_scores[mname] = {"faces": per_face, "mean": mean, "steps_done": r.timing.get("steps"),
-                                  "stopped": r.stopped}
-            if mname == "vi" and res["reliance"] is not None:
-                s = res["reliance"].summary()
-                task_scores[mname]["mean_prior_reliance"] = dict(zip((f"test_face_{f}" for f in face_ids),
-                                                                     s["mean_prior_reliance"]))
-                task_scores[mname]["reliance"] = {k: s[k] for k in ("num_posterior_draws", "num_prior_draws",
-                                                                    "prior_ess")}
-        if key == "superres":
-            up = bicubic_upsample(y, R)
-            base = {f"test_face_{fid}": metrics.image_metrics(io.from_model(up[b]), truth[b])
-                    for b, fid in enumerate(face_ids)}
-            task_scores["baseline_bicubic"] = {"faces": base, "mean": metrics.summarize(list(base.values()))}
-        if key == "colorize":  # the baseline anyone could do: the gray image as RGB
-            base = {f"test_face_{fid}": metrics.image_metrics(np.repeat(io.from_model(y[b].cpu()), C, -1), truth[b])
-                    for b, fid in enumerate(face_ids)}
-            task_scores["baseline_gray"] = {"faces": base, "mean": metrics.summarize(list(base.values()))}
-        scores[key] = task_scores
-        r_map, r_vi = res["map"], res["vi"]
-        for b, fid in enumerate(face_ids):
-            col = {"title": f"{res['label']}\ntest face {fid}", "truth": truth[b],
-                   "observation": figures.observation_display(io.from_model(y[b].cpu()), R,
-                                                              mask if key == "inpaint" else None),
-                   "MAP": io.from_model(r_map.mean_image()[b])}
-            if r_vi is not None and r_vi.samples is not None:
-                samples = np.stack([io.from_model(r_vi.samples[s, b]) for s in range(r_vi.samples.shape[0])])
-                col["posterior mean"] = io.from_model(r_vi.mean_image()[b])
-                col["samples"] = list(samples[:3])
-                col["std"] = figures.std_map(samples)
-            if res["reliance"] is not None:  # coloured below, on one scale per task
-                col["_reliance"] = res["reliance"].channel_mean()[b].detach().cpu().numpy()
-            col.setdefault("notes", {})
-            for row, mname in (("MAP", "map"), ("posterior mean", "vi")):
-                entry = task_scores.get(mname, {}).get("faces", {}).get(f"test_face_{fid}")
-                if entry is not None:
-                    psnr = entry["reconstruction"]["psnr"] if key == "inpaint" else entry["psnr"]
-                    col["notes"][row] = f"{psnr:.1f} dB"
-            columns.append(col)
-        task_cols = [c for c in columns[-len(face_ids):] if c.get("std") is not None]
-        if task_cols:  # one colour scale per task: in-painting and super-resolution differ in kind
-            top = max(float(c["std"].max()) for c in task_cols)
-            for c in task_cols:
-                c["std_vmax"] = max(top, 1e-6)
-        rel_cols = [c for c in columns[-len(face_ids):] if c.get("_reliance") is not None]
-        if rel_cols:  # r is in [0, 1]; a mean-field VI posterior keeps it small: show 0..the task's max
-            from matplotlib import colormaps
-
-            top = max(max(float(c["_reliance"].max()) for c in rel_cols), 1e-6)
-            for c in rel_cols:
-                r = c.pop("_reliance")
-                c["prior reliance"] = colormaps["magma"](np.clip(r / top, 0.0, 1.0))[..., :3]
-                c["notes"]["prior reliance"] = f"0-{top:.2g}, mean {float(r.mean()):.3f}"
+        scores[key] = _score_task(key, res, face_ids, truth, mask, R, C)
+        columns += _task_columns(key, res, scores[key], face_ids, truth, mask, R)
     timings["scores_s"] = time.perf_counter() - t0
 
     with io.sigint_deferred():
