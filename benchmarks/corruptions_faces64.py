@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from brgm_pyro import metrics
 from brgm_pyro.data.faces import face_batch, face_grid
 from brgm_pyro.inference import run_map, run_vi
+from brgm_pyro.inference.map import DEFAULT_MAP_STEPS
 from brgm_pyro.models.brgm import build_model
 from brgm_pyro.models.corruptions import Blur, Colorization, CompressedSensing, Denoising
 from brgm_pyro.models.generators.loading import load_generator
@@ -195,7 +196,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--faces", type=int, default=64)
     ap.add_argument("--first-face", type=int, default=0, help="use 64.. (validation) when choosing settings")
     ap.add_argument("--tasks", default=",".join(TASKS))
-    ap.add_argument("--map-steps", type=int, default=300)
+    ap.add_argument("--map-steps", type=int, default=DEFAULT_MAP_STEPS, help="run_map's default")
     ap.add_argument("--vi-steps", type=int, default=150)
     ap.add_argument("--vi-particles", type=int, default=4, help="ELBO particles per VI step")
     ap.add_argument("--num-samples", type=int, default=16)

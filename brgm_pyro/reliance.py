@@ -117,16 +117,18 @@ def sample_prior_latents(prior, num: int, seed: int = 0) -> tuple[Tensor, Option
 
 def prior_image_moments(model, num: int = DEFAULT_PRIOR_DRAWS, seed: int = 0, chunk: int = 64
                         ) -> tuple[Tensor, Tensor, float]:
-    """Prior mean and variance of every pixel of x = G(w), w ~ the model's prior: ((C, H, W), (C, H, W), ESS)."""
+    """Prior mean and variance of every pixel of x = G(w) (+ e, with the model's discrepancy term),
+    w ~ the model's prior: ((C, H, W), (C, H, W), ESS). The discrepancy adds tau^2 to the variance."""
     w, wt = sample_prior_latents(model.prior, num, seed)
     with torch.no_grad():
         x = torch.cat([model.render(w[i:i + chunk]) for i in range(0, num, chunk)]).double()
+    extra = 0.0 if getattr(model, "discrepancy", None) is None else model.discrepancy.tau ** 2
     if wt is None:
-        return x.mean(0), x.var(0), float(num)
+        return x.mean(0), x.var(0) + extra, float(num)
     wt = wt.to(x.device)[:, None, None, None]
     mean = (wt * x).sum(0)
     var = (wt * (x - mean) ** 2).sum(0)
-    return mean, var, float(1.0 / (wt ** 2).sum())
+    return mean, var + extra, float(1.0 / (wt ** 2).sum())
 
 
 def reliance_from_draws(post_images: Tensor, prior_var: Tensor, num_prior: int = 0,

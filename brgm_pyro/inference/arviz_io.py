@@ -72,9 +72,11 @@ def draw_quantities(model, y: Tensor, draws, images: Optional[Tensor] = None,
     for i in range(0, n, chunk):
         part = plate_layout(model, {k: v[i:i + chunk].to(y.device) for k, v in draws.items()}, 1)
         w = part[model.image_site]
-        x = model.render(w) if images is None else images[i:i + chunk].to(y.device)
+        gw = model.render(w) if images is None or model.discrepancy is not None else None
+        x = gw if images is None else images[i:i + chunk].to(y.device)
         params = scalar_params(model, part)
-        pred = model.corruption(x, params)
+        # the likelihood is of f(G(w)) (a discrepancy e is integrated out in it, not drawn into it)
+        pred = model.corruption(x if gw is None else gw, params)
         out.setdefault("x", []).append(_np(x.float()))
         for term, v in log_density_terms(model, y, part).items():
             out.setdefault(f"term_{term}", []).append(_np(v))

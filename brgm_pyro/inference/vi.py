@@ -81,10 +81,10 @@ def _draw(model: BRGMModel, guide, y: Tensor, num: int, chunk: int = 64) -> dict
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-def render_samples(model: BRGMModel, samples_w: Tensor, chunk: int = 16) -> Tensor:
-    """G of every draw, in chunks to bound memory: (S, B, L, d) -> (S, B, C, H, W)."""
-    with torch.no_grad():
-        return torch.cat([model.render(samples_w[i:i + chunk]) for i in range(0, samples_w.shape[0], chunk)])
+def render_samples(model: BRGMModel, draws: dict[str, Tensor], y: Tensor, seed: int = 0) -> Tensor:
+    """The images of posterior draws, (S, B, C, H, W): G(w) (plus a draw of the discrepancy e given
+    w and y when the model has one), in chunks to bound memory; see :meth:`BRGMModel.predictive_images`."""
+    return model.predictive_images(draws, y, seed=seed)
 
 
 def run_vi(
@@ -163,7 +163,7 @@ def run_vi(
             draws = _draw(model, q, y, num_samples) if num_samples > 0 else None
             if hasattr(q, "get_posterior") and not isinstance(q, AutoNormal):
                 snap["posterior"] = q.get_posterior()
-    samples = render_samples(model, draws[site]) if draws is not None else None
+    samples = render_samples(model, draws, y, seed) if draws is not None else None
     with torch.no_grad():
         image = samples.mean(0) if samples is not None else model.render(latents[site])
     extra = {"guide": guide_name, "lr": lr, "num_particles": num_particles, "hyperprior": hyperprior,

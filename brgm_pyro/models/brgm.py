@@ -31,7 +31,8 @@ from brgm_pyro.errors import BRGMError
 from brgm_pyro.models.corruptions import Corruption
 from brgm_pyro.models.generators import Generator, LatentStats, compute_latent_stats
 from brgm_pyro.models.latents import ScalarLatent, positive_prior
-from brgm_pyro.models.likelihoods import Likelihood, PerceptualGaussian
+from brgm_pyro.models.discrepancy import Discrepancy, load_discrepancy
+from brgm_pyro.models.likelihoods import Likelihood, PerceptualGaussian, PixelGaussian, PixelNoise
 from brgm_pyro.models.priors import DEFAULT_KAPPA, Prior, make_prior
 
 DEFAULT_SIGMA_PIXEL = 0.05
@@ -74,7 +75,8 @@ class BRGMModel:
     """
 
     def __init__(self, generator: Generator, prior: Prior, corruption: Corruption,
-                 likelihoods: Sequence[Likelihood], temperature: float = 1.0) -> None:
+                 likelihoods: Sequence[Likelihood], temperature: float = 1.0,
+                 discrepancy: Optional[Discrepancy] = None) -> None:
         if not likelihoods:
             raise BRGMError("the model needs at least one likelihood (pixel and/or perceptual)")
         if not temperature > 0:
@@ -91,6 +93,20 @@ class BRGMModel:
         names = [prior.site, *[l.name for l in self.scalar_latents]]
         if len(set(names)) != len(names):
             raise BRGMError(f"two model components use the same latent site name: {names}")
+        self.discrepancy = self._attach(discrepancy) if discrepancy is not None else None
+
+    def _attach(self, d: Discrepancy) -> Discrepancy:
+        """Bind the discrepancy term to the Gaussian pixel likelihood, where it is integrated out."""
+        pixel = [l for l in self.likelihoods if isinstance(l, PixelNoise)]
+        if not pixel:
+            raise BRGMError("the discrepancy term enters the pixel likelihood, and this model has none")
+        if not isinstance(pixel[0], PixelGaussian):
+            raise BRGMError(f"the discrepancy term is integrated out in closed form only under Gaussian pixel noise; "
+                            f"the model has {type(pixel[0]).__name__} (use noise='gaussian' or no discrepancy)")
+        if self.temperature != 1.0:
+            raise BRGMError("the discrepancy term is defined for the untempered posterior (temperature 1)")
+        pixel[0].discrepancy = d.bind(self.corruption, self.generator.image_shape)
+        return d
 
     # --- the Pyro program -------------------------------------------------------------------
     def __call__(self, y: Tensor) -> Tensor:
@@ -126,6 +142,33 @@ class BRGMModel:
     def render(self, w: Tensor) -> Tensor:
         """G(w): (..., L, d) -> (..., C, H, W)."""
         return self.generator(w)
+
+    def predictive_images(self, draws: dict[str, Tensor], y: Tensor, seed: int = 0, chunk: int = 16) -> Tensor:
+        """Images of posterior draws: (S, B, C, H, W) from ``draws`` (site -> (S, *value shape)).
+
+        G(w) for every draw, plus a draw of e from p(e | w, y) when the model has a discrepancy
+        term (:mod:`brgm_pyro.models.discrepancy`); rendered ``chunk`` draws at a time without
+        gradients.
+        """
+        from brgm_pyro.models.density import plate_layout
+
+        w = draws[self.image_site]
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        out = []
+        with torch.no_grad():
+            for s in range(0, w.shape[0], chunk):
+                x = self.render(w[s:s + chunk])
+                if self.discrepancy is not None:
+                    part = plate_layout(self, {k: v[s:s + chunk] for k, v in draws.items()}, 1)
+                    params = {lat.name: part[lat.name] for lat in self.scalar_latents}
+                    x = self.discrepancy.draw(x, y, self._noise_std(params), params or None, self.mask, gen)
+                out.append(x)
+        return torch.cat(out)
+
+    def _noise_std(self, params: dict):
+        """The pixel likelihood's noise std (without the discrepancy), broadcastable to images."""
+        lik = next(l for l in self.likelihoods if isinstance(l, PixelNoise))
+        return lik.scale_value(params)
 
     def predict(self, w: Tensor, params: Optional[dict] = None) -> Tensor:
         """f(G(w)): (..., L, d) -> (..., C, h, w); ``params``: the scalar latents' values (plate layout)."""
@@ -189,6 +232,7 @@ class BRGMModel:
                 "corruption": self.corruption.config(),
                 "likelihoods": [{"class": type(l).__name__, **l.config()} for l in self.likelihoods],
                 "latent_sites": list(self.latent_sites()),
+                "discrepancy": None if self.discrepancy is None else self.discrepancy.config(),
                 "temperature": self.temperature}
 
 
@@ -209,6 +253,7 @@ def build_model(
     stats: Optional[LatentStats] = None,
     prior_options: Optional[dict] = None,
     noise_options: Optional[dict] = None,
+    discrepancy: Union[float, str, Discrepancy, None] = None,
 ) -> BRGMModel:
     """The BRGM model with defaults stated as noise levels.
 
@@ -233,6 +278,10 @@ def build_model(
         temperature: likelihood tempering (VI option; 1 = exact posterior).
         stats: latent statistics (default: 10,000 mapped samples, seed 0, cached).
         prior_options, noise_options: extra options for the prior factory / the noise model.
+        discrepancy: what G cannot draw, x = G(w) + e with e ~ N(0, tau^2 I)
+            (:mod:`brgm_pyro.models.discrepancy`): None (off), tau in [-1, 1] units, ``"auto"``
+            (the scale stored beside the generator's weights by ``brgm fit-discrepancy``; an error
+            if there is none), or a :class:`Discrepancy`. Gaussian pixel noise only.
     """
     from brgm_pyro.models.likelihoods import LIKELIHOODS, PIXEL_NOISE
 
@@ -258,7 +307,13 @@ def build_model(
         if sigma_percept is None:
             sigma_percept = float(getattr(phi, "default_sigma", DEFAULT_SIGMA_PERCEPT))
         liks.append(PerceptualGaussian(phi, sigma_percept))
-    model = BRGMModel(generator, p, corruption.to(device), liks, temperature=temperature)
+    if isinstance(discrepancy, str):
+        if discrepancy != "auto":
+            raise BRGMError(f"discrepancy must be a number, 'auto' or None; got {discrepancy!r}")
+        discrepancy = load_discrepancy(generator)
+    elif isinstance(discrepancy, (int, float)) and not isinstance(discrepancy, bool):
+        discrepancy = Discrepancy(float(discrepancy) / image_scale)
+    model = BRGMModel(generator, p, corruption.to(device), liks, temperature=temperature, discrepancy=discrepancy)
     if hasattr(p, "to"):
         p.to(device)
     for lat in model.scalar_latents:

@@ -397,7 +397,7 @@ def _collect(model, y, method, outs, settings, timing, t_start) -> InferenceResu
     draws = {k: torch.cat([o["draws"][k] for o in outs]).to(y.device) for k in outs[0]["draws"]}
     stats = [o["infos"] for o in outs]
     grad_evals = sum(o["grad_evals"] for o in outs)
-    samples = render_samples(model, draws[model.image_site])
+    samples = render_samples(model, draws, y, settings.get("seed", 0))
     keys = sorted(set().union(*[set(i) for s in stats for i in s]))
     sample_stats = {k: np.array([[float(i.get(k, np.nan)) for i in s] for s in stats]) for k in keys}
     history = {"loss": [float(v) for v in sample_stats.get("potential_energy", np.zeros((0,))).reshape(-1)]}

@@ -62,6 +62,39 @@ class Corruption(nn.Module):
             (g,) = torch.autograd.grad(self(x0, params), x0, grad_outputs=y)
         return g
 
+    def gram_diagonal(self, in_shape: tuple[int, int, int], params: Optional[dict] = None,
+                      dtype: torch.dtype = torch.float32, device=None) -> Tensor:
+        """diag(A A^T) on the observation grid, (*obs_shape): sum_j A_ij^2 for every output element i.
+
+        The variance a clean-image perturbation e ~ N(0, tau^2 I) adds to observation i is
+        tau^2 diag(A A^T)_i (:mod:`brgm_pyro.models.discrepancy`). The default is exact for any
+        linear operator without latents: ||A^T u_i||^2 for every unit vector u_i of the
+        observation, in chunks (one adjoint per chunk of 256 elements; cached per shape).
+        Operators with a closed form (masks, block means, separable kernels) override it.
+        """
+        from brgm_pyro.errors import BRGMError
+
+        if not self.linear:
+            raise BRGMError(f"the corruption {self.name!r} is not linear: diag(A A^T) is not defined")
+        if self.latents() and params is not None:
+            raise BRGMError(f"the corruption {self.name!r} has inferred parameters and does not state diag(A A^T) "
+                            "as a function of them")
+        key = ("gram", tuple(in_shape), dtype, str(device))
+        cache = self.__dict__.setdefault("_gram_cache", {})
+        if key not in cache:
+            obs = tuple(self.out_shape(tuple(in_shape)))
+            m = int(torch.tensor(obs).prod())
+            out = torch.empty(m, dtype=dtype, device=device)
+            with torch.no_grad():
+                for s in range(0, m, 256):
+                    idx = torch.arange(s, min(s + 256, m), device=device)
+                    u = torch.zeros(idx.numel(), m, dtype=dtype, device=device)
+                    u[torch.arange(idx.numel(), device=device), idx] = 1.0
+                    at = self.A_adjoint(u.reshape(-1, *obs), params)
+                    out[s:s + idx.numel()] = at.reshape(idx.numel(), -1).pow(2).sum(-1)
+            cache[key] = out.reshape(obs)
+        return cache[key]
+
     def simulate(self, x: Tensor, generator: Optional[torch.Generator] = None,
                  params: Optional[dict] = None) -> Tensor:
         """An observation of x: A x plus, when :attr:`noise_sigma` is set, seeded Gaussian noise."""

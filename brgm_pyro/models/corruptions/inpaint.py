@@ -59,6 +59,9 @@ class Inpainting(Corruption):
     def A_adjoint(self, y: Tensor, params: Optional[dict] = None) -> Tensor:
         return y * self._mask.to(y.dtype)  # a diagonal 0/1 operator is its own transpose
 
+    def gram_diagonal(self, in_shape, params=None, dtype=torch.float32, device=None) -> Tensor:
+        return torch.ones(tuple(in_shape), dtype=dtype, device=device)  # 1 on observed pixels (mask drops the rest)
+
     def apply(self, x: Tensor) -> Tensor:
         return x * self._mask.to(x.dtype)
 
@@ -82,6 +85,9 @@ class Identity(Corruption):
 
     def A_adjoint(self, y: Tensor, params: Optional[dict] = None) -> Tensor:
         return y
+
+    def gram_diagonal(self, in_shape, params=None, dtype=torch.float32, device=None) -> Tensor:
+        return torch.ones(tuple(in_shape), dtype=dtype, device=device)
 
     def apply(self, x: Tensor) -> Tensor:
         return x

@@ -101,6 +101,28 @@ class SuperResolution(Corruption):
             raise BRGMError(
                 f"factor {self.factor} does not divide the {h}x{w} resolution; use one of {ok}")
 
+    def gram_diagonal(self, in_shape, params=None, dtype=torch.float32, device=None) -> Tensor:
+        """diag(A A^T): for a separable kernel the outer product of the row norms^2 of the two 1-D
+        operators (differentiable in a latent width); 1 / s^2 for the block mean; else the exact
+        generic computation (2-D user kernels)."""
+        c, h, w = in_shape
+        if self.width_latent is not None:
+            if params is None:
+                raise BRGMError("this super-resolution infers its kernel width: diag(A A^T) needs its value")
+            width = self.width_latent.read(params, "this super-resolution (its kernel width)",
+                                           like=torch.zeros((), dtype=dtype, device=device))
+            rh = gauss_matrix(h, self.factor, width).pow(2).sum(-1)  # (*width, h/s)
+            rw = gauss_matrix(w, self.factor, width).pow(2).sum(-1)
+            g = rh[..., :, None] * rw[..., None, :]  # (*width, h/s, w/s)
+            return g.unsqueeze(-3).expand(*g.shape[:-2], c, *g.shape[-2:])
+        if self._kernel2d is None and self.kernel_name == "box":
+            return torch.full(self.out_shape(tuple(in_shape)), 1.0 / self.factor ** 2, dtype=dtype, device=device)
+        if self._kernel2d is None:
+            dh, dw = self._matrices(h, w, dtype, device)
+            g = dh.pow(2).sum(-1)[:, None] * dw.pow(2).sum(-1)[None, :]
+            return g.expand(c, *g.shape).clone()
+        return super().gram_diagonal(in_shape, None, dtype, device)
+
     def _matrices(self, h: int, w: int, dtype, device) -> tuple[Tensor, Tensor]:
         key = (h, w, dtype, device)
         if key not in self._mats:
