@@ -58,6 +58,17 @@ def std_map(samples: np.ndarray) -> np.ndarray:
     return s.std(axis=0, ddof=1).mean(axis=-1)
 
 
+def interval_width_map(samples: np.ndarray, level: float = 0.9) -> np.ndarray:
+    """Per-pixel width of the central ``level`` interval of the draws (:func:`brgm_pyro.calibration.interval_width`),
+    averaged over channels: samples (S, H, W, C) in [0, 1] -> (H, W) in the same units (zeros for one draw)."""
+    import torch
+
+    from brgm_pyro.calibration import interval_width
+
+    s = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float64))
+    return interval_width(s, level).numpy().mean(axis=-1)
+
+
 def _show(ax, img, cmap=None, vmin=None, vmax=None):
     ax.set_xticks([])
     ax.set_yticks([])
@@ -143,5 +154,6 @@ def std_png(std: np.ndarray) -> tuple[np.ndarray, float]:
     return (s / top if top > 0 else np.zeros_like(s)), top
 
 
-__all__ = ["summary_figure", "observation_display", "composite", "std_map", "std_png", "upsample_nearest",
+__all__ = ["summary_figure", "observation_display", "composite", "std_map", "std_png", "interval_width_map",
+           "upsample_nearest",
            "SUMMARY_ROWS"]

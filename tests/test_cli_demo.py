@@ -81,6 +81,26 @@ def test_metrics_json(quick_demo):
                     np.mean([f["composite"]["psnr"] for f in faces]))
 
 
+def test_coverage_per_task(quick_demo):
+    res, out = quick_demo
+    m = json.loads((out / "metrics.json").read_text())
+    for task, entry in m["tasks"].items():
+        assert "coverage" not in entry["map"]  # a MAP has no draws
+        cov = entry["vi"]["coverage"]
+        assert cov["num_draws"] == 4 and set(cov["faces"]) == set(m["faces"])
+        regions = {"all", "observed", "missing"} if task == "inpaint" else {"all"}
+        assert set(cov["all_images"]) == regions and set(cov["regions"]) == regions
+        for region in regions:
+            for level in ("0.5", "0.9", "0.95"):
+                c = cov["all_images"][region][level]
+                assert 0 <= c["coverage"] <= 1 and c["width"] >= 0
+        if task == "inpaint":  # the demo mask hides 1/4 x 1/2 of the face, every channel
+            R = 16
+            assert cov["counted"]["missing"] == 2 * 3 * (~demo_mask(R)).sum()
+    assert res.output.count("90% interval coverage") == len(m["tasks"])  # one per VI row
+    assert "(observed " in res.output and "missing " in res.output
+
+
 def test_run_json(quick_demo):
     _, out = quick_demo
     run = json.loads((out / "run.json").read_text())

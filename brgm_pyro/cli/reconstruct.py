@@ -298,6 +298,11 @@ def report(written: dict, result, simulate: bool, timings: dict) -> int:
     if simulate and written["scores"] is not None:
         m = written["scores"]["mean"]["reconstruction"]
         print(f"PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.3f}  MAE {m['mae']:.4f}  RMSE {m['rmse']:.4f}")
+        from brgm_pyro.pipeline.coverage import coverage_line
+
+        line = coverage_line(written["scores"].get("coverage"))  # methods with posterior draws
+        if line:
+            print(line)
     if interrupted(result):
         print(f"interrupted after {result.timing.get('steps')} steps; partial results written to {where}",
               file=sys.stderr)

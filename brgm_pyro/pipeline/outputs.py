@@ -42,8 +42,10 @@ def reliance_of_image(rel, b: int):
 
 def write_image_outputs(out: io.OutputDir, prefix: tuple, obs, b: int, result, reliance=None) -> dict:
     """Write the PNGs of image ``b`` (reconstruction, observed, truth, the task's extra images,
-    samples, std and, given the batch's ``reliance`` map, reliance.png); return run.json's entry
-    for it (files written, std scale, mean prior reliance)."""
+    samples, std, interval90 (the per-pixel width of the 90 % central interval of the draws, in [0, 1]
+    units averaged over channels, scaled as std.png) and, given the batch's ``reliance`` map,
+    reliance.png); return run.json's entry for it (files written, std and width scales, mean prior
+    reliance)."""
     from brgm_pyro import figures
 
     written = []
@@ -75,6 +77,12 @@ def write_image_outputs(out: io.OutputDir, prefix: tuple, obs, b: int, result, r
         written.append("std.png")
         info["std_png_white_is"] = top
         info["std_mean"] = float(std.mean())
+        width = figures.interval_width_map(np.stack(imgs), 0.9)  # same scaling as std.png: max = white
+        img, top = figures.std_png(width)
+        io.save_png(out.path(*prefix, "interval90.png"), img)
+        written.append("interval90.png")
+        info["interval90_png_white_is"] = top
+        info["interval90_mean"] = float(width.mean())
     if reliance is not None:  # dark: decided by the data, bright: by the prior (docs/reliance.md)
         from brgm_pyro.reliance import save_reliance_png
 
@@ -89,7 +97,8 @@ def write_image_outputs(out: io.OutputDir, prefix: tuple, obs, b: int, result, r
 def score_image(obs, b: int, result, vgg16: Optional[str] = None) -> dict:
     """metrics.json's entry for image ``b`` of a simulated observation: the reconstruction, the
     task's extra images (e.g. the in-painting composite), the task's classical baseline and the
-    mean over posterior samples, each as PSNR/SSIM/MAE/RMSE (+ LPIPS with a VGG16 file)."""
+    mean over posterior samples, each as PSNR/SSIM/MAE/RMSE (+ LPIPS with a VGG16 file); with >= 2
+    posterior draws, ``coverage``: the interval coverage of the clean image (:mod:`brgm_pyro.pipeline.coverage`)."""
     from brgm_pyro import metrics
 
     truth = obs.truth[b]
@@ -113,11 +122,17 @@ def score_image(obs, b: int, result, vgg16: Optional[str] = None) -> dict:
         per = [metrics.image_metrics(io.from_model(result.samples[s, b]), truth)
                for s in range(result.samples.shape[0])]
         out["samples_mean"] = metrics.summarize(per)
+    from brgm_pyro.pipeline.coverage import image_coverage
+
+    cov = image_coverage(result.samples, obs.truth, obs.corruption, b)  # None for a MAP (no draws)
+    if cov is not None:
+        out["coverage"] = cov
     return out
 
 
 def score(obs, result, vgg16: Optional[str] = None) -> dict:
-    """Scores of every image of a simulated observation: ``{"images": {name: ...}, "mean": ...}``."""
+    """Scores of every image of a simulated observation: ``{"images": {name: ...}, "mean": ...}``, and
+    ``coverage`` (over all images; :func:`~brgm_pyro.pipeline.coverage.pooled_coverage`) for a result with draws."""
     from brgm_pyro import metrics
 
     if obs.truth is None:
@@ -125,14 +140,21 @@ def score(obs, result, vgg16: Optional[str] = None) -> dict:
 
         raise BRGMError("scores need a clean reference: build the observation with simulate=True")
     images = {obs.names[b]: score_image(obs, b, result, vgg16) for b in range(obs.y.shape[0])}
-    mean = {k: metrics.summarize([s[k] for s in images.values()]) for k in next(iter(images.values()))}
-    return {"images": images, "mean": mean}
+    first = next(iter(images.values()))
+    mean = {k: metrics.summarize([s[k] for s in images.values()]) for k in first if k != "coverage"}
+    out = {"images": images, "mean": mean}
+    if "coverage" in first:  # over every image's pixels together
+        from brgm_pyro.pipeline.coverage import pooled_coverage
+
+        out["coverage"] = pooled_coverage([s["coverage"] for s in images.values()], result.samples.shape[0])
+    return out
 
 
 def write_posterior_nc(path: Path, result, model, y, reliance=None) -> Optional[str]:
     """posterior.nc (ArviZ, written atomically) when the method drew samples, with the group
-    ``reliance`` when a map is given; returns a warning line if the export failed (the images are
-    never lost for it), else None."""
+    ``reliance`` when a map is given and ``intervals`` (the 90 % interval width per pixel,
+    :func:`~brgm_pyro.pipeline.coverage.interval_dataset`) with >= 2 draws; returns a warning line
+    if the export failed (the images are never lost for it), else None."""
     if result.samples_w is None:
         return None
     from brgm_pyro.inference.arviz_io import to_inference_data, write_inference_data
@@ -143,6 +165,11 @@ def write_posterior_nc(path: Path, result, model, y, reliance=None) -> Optional[
             from brgm_pyro.reliance import add_to_inference_data
 
             add_to_inference_data(idata, reliance)
+        if result.samples is not None and result.samples.shape[0] >= 2:
+            from brgm_pyro import azcompat
+            from brgm_pyro.pipeline.coverage import interval_dataset
+
+            azcompat.add_group(idata, "intervals", interval_dataset(result.samples, 0.9))
         write_inference_data(idata, path)
     except Exception as e:  # never lose the images because of the NetCDF export
         return f"posterior.nc not written ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
