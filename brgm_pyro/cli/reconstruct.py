@@ -47,6 +47,12 @@ from brgm_pyro.pipeline.tasks import tasks as _tasks
 DEFAULT_GENERATOR = _core.DEFAULT_GENERATOR
 DEVICES = _core.DEVICES
 EXIT_INTERRUPTED = 130
+# NUTS defaults of the command, for a first try that takes minutes on 2 CPU cores with the bundled
+# generator (the library's run_mcmc keeps depth 8 and 200 warm-up draws): at most 2^5 - 1 = 31 gradients
+# per draw, on the faces generator every tree reaches depth 5 anyway (docs/mcmc.md), and 50 warm-up
+# draws to adapt the step size in the fixed Laplace metric. A publication-grade run: docs/mcmc.md.
+CLI_NUTS_MAX_TREE_DEPTH = 5
+CLI_NUTS_WARMUP = 50
 load_generator_checked = _core.load_generator_checked  # module attributes: tests replace them
 methods_registry = _core.methods_registry
 default_phi = _core.default_phi
@@ -132,6 +138,22 @@ def guarded(fn, *args, **kwargs) -> int:
 
 # --- option checks ---------------------------------------------------------------------------------
 
+def mcmc_cli_defaults(method: str, steps: Optional[int], max_tree_depth: Optional[int]) -> tuple[Optional[int], dict]:
+    """(warm-up steps, kernel options) the command passes: for NUTS ``--steps`` defaults to
+    :data:`CLI_NUTS_WARMUP` and ``--max-tree-depth`` to :data:`CLI_NUTS_MAX_TREE_DEPTH`; other methods
+    keep their own defaults. One-line errors for a bad ``--max-tree-depth``."""
+    if max_tree_depth is not None:
+        if method != "nuts":
+            raise BRGMError(f"--max-tree-depth is a NUTS option; --method {method} has no trees (drop it)")
+        if not 1 <= max_tree_depth <= 12:
+            raise BRGMError(f"--max-tree-depth must be between 1 and 12 (2^D - 1 gradients per draw), "
+                            f"got {max_tree_depth}")
+    if method != "nuts":
+        return steps, {}
+    depth = CLI_NUTS_MAX_TREE_DEPTH if max_tree_depth is None else int(max_tree_depth)
+    return (CLI_NUTS_WARMUP if steps is None else steps), {"max_tree_depth": depth}
+
+
 def check_method_options(*, method: str, steps, num_samples: int, chains, workers: int, device: str, lr) -> None:
     """One-line errors for inference options that make no sense together."""
     if lr is not None and method not in ("map", "vi"):
@@ -188,7 +210,8 @@ def split_task_options(task: str, given: dict) -> dict:
 def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed, device, out, simulate, percept,
                     lr, vgg16, overwrite, quiet, chains=None, threads=None, workers=1, class_index=None,
                     choice: Optional[ModelChoice] = None, task_options: Optional[dict] = None,
-                    batch_size: int = 8, reliance_draws: Optional[int] = None, **legacy) -> int:
+                    batch_size: int = 8, reliance_draws: Optional[int] = None, max_tree_depth: Optional[int] = None,
+                    **legacy) -> int:
     """The command's body (also called with keyword arguments by tests and scripts).
 
     ``task_options``: the task's options by name (``factor``, ``kernel``, ``mask``, ...); the old
@@ -211,6 +234,8 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
 
         if reliance_draws is not None:
             raise BRGMError("--reliance-draws is for single runs; dataset runs use the default 512 prior draws")
+        if max_tree_depth is not None:
+            raise BRGMError("--max-tree-depth is for single runs; dataset runs use the library's NUTS defaults")
 
         return run_dataset_cli(source=inputs[0], task=task, task_options=given, generator=generator, method=method,
                                steps=steps, num_samples=num_samples, seed=seed, device=device, out=out,
@@ -229,6 +254,8 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
     set_threads(threads)
     check_method_options(method=method, steps=steps, num_samples=num_samples, chains=chains, workers=workers,
                          device=device, lr=lr)
+    steps_given = steps
+    steps, kernel_defaults = mcmc_cli_defaults(method, steps, max_tree_depth)
     if reliance_draws is not None and (reliance_draws < 0 or reliance_draws == 1):
         raise BRGMError(f"--reliance-draws must be 0 (no reliance map) or at least 2, got {reliance_draws}")
     if vgg16 is not None:
@@ -259,7 +286,7 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
     timings["build_model_s"] = time.perf_counter() - t0
 
     # 3. inference (Ctrl-C inside stops the optimiser and returns what exists)
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = dict(kernel_defaults)
     if chains is not None:
         extra["num_chains"] = chains
     if workers != 1:
@@ -272,7 +299,9 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
     # 4. write everything, atomically, with Ctrl-C held back
     settings = {"inputs": [str(p) for p in inputs], "task": task, "factor": None, "kernel": None,
                 **t.settings(opts), "masks": [str(m) for m in opts.get("mask", [])], "generator": generator,
-                "method": method, "steps": steps, "num_samples": num_samples, "chains": chains, "seed": seed,
+                "method": method, "steps": steps_given, "warmup": result.extra.get("warmup"),
+                "max_tree_depth": kernel_defaults.get("max_tree_depth"), "num_samples": num_samples,
+                "chains": chains, "seed": seed,
                 "device": device, "threads": threads, "workers": workers, "out": str(out), "simulate": simulate,
                 "sigma_pixel": choice.sigma_pixel, "model_choice": asdict(choice),
                 "percept": bool(percept and phi is not None), "lr": lr,
@@ -328,9 +357,13 @@ def _reconstruct(
     class_index: Optional[int] = typer.Option(None, "--class", help="Class K of a conditional generator "
                                               "(required for those): mapping and latent statistics of class K."),
     method: str = typer.Option("map", help="Inference method: map | vi | sgld | psgld | mala | hmc | nuts."),
-    steps: Optional[int] = typer.Option(None, help="Optimisation/sampling steps (default: the method's)."),
+    steps: Optional[int] = typer.Option(None, help="Optimisation steps (MAP, VI) or warm-up draws per chain (MCMC) "
+                                                   f"(default: the method's; NUTS here: {CLI_NUTS_WARMUP})."),
     num_samples: int = typer.Option(16, help="Posterior samples to draw (per chain for MCMC methods)."),
     chains: Optional[int] = typer.Option(None, help="MCMC chains (MCMC methods only; default: the method's)."),
+    max_tree_depth: Optional[int] = typer.Option(None, help=f"NUTS: max tree depth D, at most 2^D - 1 gradients "
+                                                 f"per draw (default {CLI_NUTS_MAX_TREE_DEPTH} here, "
+                                                 "8 in the library; docs/mcmc.md)."),
     workers: int = typer.Option(1, help="Run this many MCMC chains at once, in separate CPU processes "
                                         "(MCMC methods on the CPU only; same draws as one at a time)."),
     seed: int = typer.Option(0, help="Random seed."),
@@ -366,7 +399,7 @@ def _reconstruct(
                    num_samples=num_samples, chains=chains, seed=seed, workers=workers, device=device, out=out,
                    simulate=simulate, percept=percept, lr=lr, vgg16=vgg16, overwrite=overwrite, quiet=quiet,
                    threads=threads, class_index=class_index, choice=choice, task_options=task_options,
-                   batch_size=batch_size, reliance_draws=reliance_draws)
+                   batch_size=batch_size, reliance_draws=reliance_draws, max_tree_depth=max_tree_depth)
     if code:
         raise typer.Exit(code)
 

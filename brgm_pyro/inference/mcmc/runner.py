@@ -28,6 +28,7 @@ from torch.distributions import biject_to
 from torch import Tensor
 
 from brgm_pyro.errors import BRGMError
+from brgm_pyro.inference.mcmc.estimate import time_left_line
 from brgm_pyro.inference.mcmc.hmc import StatsHMC, StatsNUTS
 from brgm_pyro.inference.mcmc.langevin import DensePreconditioner, Langevin
 from brgm_pyro.inference.result import InferenceResult
@@ -36,6 +37,7 @@ from brgm_pyro.inference.sites import initial_values
 SAMPLERS = ("sgld", "psgld", "mala", "hmc", "nuts")
 DEFAULT_WARMUP = {"sgld": 200, "psgld": 200, "mala": 200, "hmc": 200, "nuts": 200}
 DEFAULT_THIN = {"sgld": 10, "psgld": 10, "mala": 5, "hmc": 1, "nuts": 1}
+DEFAULT_MAX_TREE_DEPTH = 8  # the library's NUTS default (the CLI's first-try default is 5: brgm_pyro/cli/reconstruct.py)
 
 
 def make_kernel(method: str, model, *, step_size=None, thin: int = 1, seed: int = 0, **options):
@@ -58,7 +60,7 @@ def make_kernel(method: str, model, *, step_size=None, thin: int = 1, seed: int 
     if method in ("hmc", "nuts"):
         kw = dict(adapt_step_size=True, adapt_mass_matrix=True, full_mass=False, target_accept_prob=0.8)
         if method == "nuts":
-            kw["max_tree_depth"] = 8  # at most 255 gradients per draw (Pyro's default 10: 1023)
+            kw["max_tree_depth"] = DEFAULT_MAX_TREE_DEPTH  # at most 255 gradients per draw (Pyro's 10: 1023)
         if step_size is not None:
             kw["step_size"] = float(step_size)
         if method == "hmc":
@@ -101,6 +103,16 @@ def _run_chain(model, y: Tensor, *, method: str, c: int, z0: dict, seed: int, wa
             "grad_evals": int(kernel.num_grad_evals), "seconds": seconds}
 
 
+def _run_chains_sequential(model, y: Tensor, jobs: list[dict], progress: bool) -> list[dict]:
+    """Run ``jobs`` (one per chain) one after another here; with ``progress``, the time left after each."""
+    outs: list[dict] = []
+    for job in jobs:
+        outs.append(_run_chain(model, y, **job))
+        if progress and len(jobs) > 1:
+            print(time_left_line([o["seconds"] for o in outs], len(jobs)), file=sys.stderr, flush=True)
+    return outs
+
+
 def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
@@ -124,8 +136,8 @@ def _run_chains_parallel(model, y: Tensor, jobs: list[dict], workers: int, threa
             outs.append(f.result())
             if progress:
                 c = len(outs) - 1
-                print(f"chain {c}: {outs[-1]['grad_evals']} gradients in {outs[-1]['seconds']:.1f} s",
-                      file=sys.stderr, flush=True)
+                print(f"chain {c}: {outs[-1]['grad_evals']} gradients in {outs[-1]['seconds']:.1f} s; "
+                      + time_left_line([o["seconds"] for o in outs], len(jobs), workers), file=sys.stderr, flush=True)
         return outs
     except KeyboardInterrupt:
         raise BRGMError(f"{jobs[0]['method']} interrupted") from None
@@ -257,6 +269,30 @@ def _metric(model, y, method, mass, init, init_given, lat_map, z0, supports, kop
     return z0, curvature, time.perf_counter() - t0, int(info.get("backward_passes", 0))
 
 
+def _announce(model, y: Tensor, method: str, z_start: dict, kopts: dict, thin: int, num_chains: int, warmup: int,
+              num_samples: int, workers: int, threads_per_worker: Optional[int], progress: bool) -> Optional[dict]:
+    """Time a few gradients of the potential at chain 0's unconstrained start ``z_start`` (at the
+    per-worker thread count when ``workers`` > 1) and print the run's upper bound (when ``progress``);
+    the :func:`~brgm_pyro.inference.mcmc.estimate.mcmc_budget` dict, or None if timing failed."""
+    from brgm_pyro.inference.mcmc.estimate import budget_line, gradients_per_draw, mcmc_budget, time_gradient
+
+    depth = kopts.get("max_tree_depth", DEFAULT_MAX_TREE_DEPTH) if method == "nuts" else None
+    threads = torch.get_num_threads()
+    try:
+        if workers > 1:
+            torch.set_num_threads(int(threads_per_worker or max(1, threads // workers)))
+        per_grad = time_gradient(model, y, z_start)
+    except Exception:  # an estimate must never stop a run
+        return None
+    finally:
+        torch.set_num_threads(threads)
+    per_draw = gradients_per_draw(method, max_tree_depth=depth, num_steps=kopts.get("num_steps"), thin=thin)
+    budget = mcmc_budget(per_grad, per_draw, num_chains, warmup, num_samples, workers)  # warm-up draws cost the same
+    if progress:
+        print(budget_line(method, budget, num_chains, warmup, num_samples, workers, depth), file=sys.stderr, flush=True)
+    return budget
+
+
 def _check_args(method, num_samples, num_chains, workers, y, thin_arg, options) -> int:
     if method not in SAMPLERS:
         raise BRGMError(f"unknown sampler {method!r}; choose one of: {', '.join(SAMPLERS)}")
@@ -374,12 +410,20 @@ def run_mcmc(
                  num_samples=num_samples, thin=thin, step_size=step_size, kopts=kopts, progress=progress)
             for c in range(num_chains)]
     workers = max(1, min(int(workers), num_chains))
+    t_est = time.perf_counter()
+    budget = _announce(model, y, method, {k: v[0] for k, v in z0.items()}, kopts, thin, num_chains, warmup,
+                       num_samples, workers, threads_per_worker, progress)
+    t_est = time.perf_counter() - t_est
     if workers == 1:
-        outs = [_run_chain(model, y, **job) for job in jobs]
+        outs = _run_chains_sequential(model, y, jobs, progress)
     else:
         outs = _run_chains_parallel(model, y, jobs, workers, threads_per_worker, progress)
-    t_sample = time.perf_counter() - t_start - t_map - t_lap
+    t_sample = time.perf_counter() - t_start - t_map - t_lap - t_est
     timing = {"map_s": t_map, "laplace_s": t_lap, "sampling_s": t_sample, "steps": warmup + num_samples * thin}
+    if budget is not None:
+        timing["estimate_s"] = t_est
+        timing.update(seconds_per_gradient_at_start=budget["seconds_per_gradient"],
+                      estimated_max_sampling_s=budget["max_seconds"])
     settings = dict(num_chains=num_chains, num_draws=num_samples, warmup=warmup, thin=thin, workers=workers,
                     laplace_grad_evals=lap_grads, map_grad_evals=map_grads, mass=None if langevin else mass,
                     curvature=curvature, init=init if given is None and isinstance(init, str) else "value",
