@@ -1,0 +1,60 @@
+"""``brgm fit-discrepancy`` on a small generator file: the scale lands beside the weights, where
+``--discrepancy auto`` finds it; bad input is one line, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from brgm_pyro.cli import app
+from brgm_pyro.models.brgm import build_model
+from brgm_pyro.models.corruptions import SuperResolution
+from brgm_pyro.models.discrepancy import discrepancy_path
+from brgm_pyro.models.generators import ConvGenerator
+from brgm_pyro.models.generators.loading import load_generator, save_generator
+
+runner = CliRunner()
+
+
+def _gen(tmp_path):
+    G = ConvGenerator(img_resolution=8, img_channels=3, w_dim=8, z_dim=8, channels=8, seed=1)
+    return save_generator(G, tmp_path / "g.safetensors")
+
+
+def _images(folder, n=3, size=8):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_fit_discrepancy_writes_beside_weights_and_auto_reads_it(tmp_path):
+    gen = _gen(tmp_path)
+    imgs = _images(tmp_path / "clean")
+    res = runner.invoke(app, ["fit-discrepancy", "--generator", str(gen), "--images", str(imgs), "--steps", "5"])
+    assert res.exit_code == 0, res.output
+    G = load_generator(str(gen))
+    p = discrepancy_path(G)
+    rec = json.loads(p.read_text())
+    assert rec["images"] == 3 and rec["tau"] > rec["residual_rms"] > 0  # the dof correction widens it
+    model = build_model(G, SuperResolution(2, "box"), discrepancy="auto")
+    assert abs(model.discrepancy.tau - rec["tau"]) < 1e-12
+    # random-noise "faces" are far from anything G draws: tau is of the order of their spread
+    assert 0.2 < rec["tau"] < 1.5
+
+
+def test_fit_discrepancy_bad_input_one_line(tmp_path):
+    gen = _gen(tmp_path)
+    imgs = _images(tmp_path / "big", size=16)
+    res = runner.invoke(app, ["fit-discrepancy", "--generator", str(gen), "--images", str(imgs), "--steps", "2"])
+    assert res.exit_code == 2 and "16x16" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not discrepancy_path(load_generator(str(gen))).exists()
+    res = runner.invoke(app, ["fit-discrepancy", "--generator", str(gen), "--images", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "not a folder" in res.stderr
+    res = runner.invoke(app, ["fit-discrepancy", "--generator", str(gen)])  # no faces for an 8x8 generator
+    assert res.exit_code == 2 and "--images" in res.stderr
