@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from brgm_pyro.inference.mcmc import run_mcmc
-from brgm_pyro.inference.mcmc.estimate import (budget_line, gradients_per_draw, mcmc_budget, time_gradient,
+from brgm_pyro.inference.mcmc.estimate import (SAMPLER_OVERHEAD, budget_line, gradients_per_draw, mcmc_budget, time_gradient,
                                                time_left_line)
 from brgm_pyro.models.brgm import build_model
 from brgm_pyro.models.corruptions import SuperResolution
@@ -51,6 +51,10 @@ def test_budget_line_and_time_left():
     line = budget_line("nuts", b, 4, 50, 16, max_tree_depth=5)
     assert line.startswith("NUTS: ~31 gradients per draw at most (tree depth 5), ~0.018 s per gradient -> at most "
                            "~2.5 min for 4 chains x (50 warm-up + 16 draws); for a publication-grade run use")
+    b = mcmc_budget(0.027, 31, 4, 30, 20, overhead=1.2)
+    assert b["max_seconds"] == pytest.approx(0.027 * 31 * 50 * 4 * 1.2)
+    assert "~0.027 s per gradient (+20 % sampler overhead) -> at most ~3.3 min" in budget_line("nuts", b, 4, 30, 20,
+                                                                                                max_tree_depth=5)
     assert "2 at a time" in budget_line("nuts", mcmc_budget(0.018, 31, 4, 50, 16, 2), 4, 50, 16, 2, 5)
     assert time_left_line([30.0], 4) == "chain 1/4 done in 30 s; ~1.5 min left"
     assert time_left_line([30.0, 50.0], 4) == "chain 2/4 done in 50 s; ~1.3 min left"
@@ -78,7 +82,7 @@ def test_run_mcmc_prints_the_estimate_and_records_it(capsys):
     assert "chain 1/2 done in" in err and "left" in err
     assert res.timing["seconds_per_gradient_at_start"] > 0
     assert res.timing["estimated_max_sampling_s"] == pytest.approx(res.timing["seconds_per_gradient_at_start"]
-                                                                  * 7 * 5 * 2)
+                                                                  * 7 * 5 * 2 * SAMPLER_OVERHEAD["nuts"])
     quiet = run_mcmc(model, y, method="nuts", steps=3, num_samples=2, num_chains=2, init="prior", progress=False,
                      max_tree_depth=3)
     assert capsys.readouterr().err == ""

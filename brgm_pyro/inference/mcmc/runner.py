@@ -274,7 +274,8 @@ def _announce(model, y: Tensor, method: str, z_start: dict, kopts: dict, thin: i
     """Time a few gradients of the potential at chain 0's unconstrained start ``z_start`` (at the
     per-worker thread count when ``workers`` > 1) and print the run's upper bound (when ``progress``);
     the :func:`~brgm_pyro.inference.mcmc.estimate.mcmc_budget` dict, or None if timing failed."""
-    from brgm_pyro.inference.mcmc.estimate import budget_line, gradients_per_draw, mcmc_budget, time_gradient
+    from brgm_pyro.inference.mcmc.estimate import (SAMPLER_OVERHEAD, budget_line, gradients_per_draw, mcmc_budget,
+                                                   time_gradient)
 
     depth = kopts.get("max_tree_depth", DEFAULT_MAX_TREE_DEPTH) if method == "nuts" else None
     threads = torch.get_num_threads()
@@ -287,7 +288,8 @@ def _announce(model, y: Tensor, method: str, z_start: dict, kopts: dict, thin: i
     finally:
         torch.set_num_threads(threads)
     per_draw = gradients_per_draw(method, max_tree_depth=depth, num_steps=kopts.get("num_steps"), thin=thin)
-    budget = mcmc_budget(per_grad, per_draw, num_chains, warmup, num_samples, workers)  # warm-up draws cost the same
+    budget = mcmc_budget(per_grad, per_draw, num_chains, warmup, num_samples, workers,  # warm-up draws cost the same
+                         SAMPLER_OVERHEAD.get(method, 1.0))
     if progress:
         print(budget_line(method, budget, num_chains, warmup, num_samples, workers, depth), file=sys.stderr, flush=True)
     return budget
