@@ -95,10 +95,12 @@ def sbc_uniformity(ranks: np.ndarray, num_draws: int, bins: int = 10) -> dict:
     {0, ..., num_draws}, in ``bins`` equal-width bins of the rank range.
 
     Returns ``{"chi2", "dof", "p_value", "counts", "expected"}``. For ``num_draws + 1`` not a
-    multiple of ``bins`` the expected counts follow the number of rank values in each bin.
+    multiple of ``bins`` the expected counts follow the number of rank values in each bin; with
+    fewer rank values than ``bins`` there is one bin per value (else some bins could hold no value).
     """
     from scipy import stats
 
+    bins = min(int(bins), int(num_draws) + 1)
     r = np.asarray(ranks).reshape(-1)
     edges = np.linspace(0, num_draws + 1, bins + 1)
     counts, _ = np.histogram(r, bins=edges)

@@ -87,3 +87,10 @@ def test_sbc_uniformity_uneven_bins():
     res = sbc_uniformity(r, 20, bins=10)
     assert sum(res["expected"]) == pytest.approx(210.0)
     assert res["chi2"] == pytest.approx(0.0) and res["p_value"] == pytest.approx(1.0)
+
+
+def test_sbc_uniformity_with_fewer_rank_values_than_bins():
+    # 5 draws: ranks 0..5, 6 values; 10 equal-width bins would leave 4 of them without a rank value
+    r = np.random.default_rng(0).integers(0, 6, 3000)
+    res = sbc_uniformity(r, 5, bins=10)
+    assert res["dof"] == 5 and len(res["counts"]) == 6 and math.isfinite(res["chi2"]) and res["p_value"] > 0.01
