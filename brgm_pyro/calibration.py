@@ -54,6 +54,20 @@ def interval_width(draws: Tensor, level: float = 0.9) -> Tensor:
     return (hi - lo).to(draws.dtype)
 
 
+def exact_sampler_coverage(level: float, num_draws: int) -> float:
+    """What an exact sampler's central ``level`` interval from ``num_draws`` independent draws covers,
+    in expectation: about ``level (S - 1) / (S + 1)``.
+
+    The interpolated quantiles sit at order-statistic positions 1 + q (S - 1) (1-based), and a new
+    exchangeable value falls between order statistics i < j with probability (j - i) / (S + 1):
+    0.79 for a 90 % interval from 16 draws, 0.89 from 256. Exact for uniform draws (interpolation
+    linear in the CDF); Gaussian draws cover a little more (0.806 at S = 16, 0.874 at S = 64). Compare measured coverage with this,
+    not with ``level``, when draws are few.
+    """
+    S = int(num_draws)
+    return float(level * (S - 1) / (S + 1)) if S > 1 else float("nan")
+
+
 def coverage_report(draws: Tensor, truth: Tensor, missing: Optional[Tensor] = None,
                     levels: Sequence[float] = DEFAULT_LEVELS) -> dict:
     """Coverage and mean interval width per level, for all pixels and, given ``missing`` (a bool
@@ -65,15 +79,18 @@ def coverage_report(draws: Tensor, truth: Tensor, missing: Optional[Tensor] = No
     if missing is not None:
         m = missing.to(torch.bool)
         regions.update({"observed": ~m, "missing": m})
-    out: dict[str, dict] = {}
-    for name, reg in regions.items():
-        row = {}
-        for lev in levels:
-            width = interval_width(draws, lev)
-            w = width if reg is None else width[reg.to(width.device).expand_as(width)]
-            row[f"{lev:g}"] = {"coverage": interval_coverage(draws, truth, lev, reg),
-                               "width": float(w.double().mean()) if w.numel() else float("nan")}
-        out[name] = row
+    out: dict[str, dict] = {name: {} for name in regions}
+    t = truth.detach().double()
+    for lev in levels:
+        lo, hi = interval_bounds(draws, lev)  # once per level, shared by the regions
+        inside = ((t.to(lo.device) >= lo) & (t.to(lo.device) <= hi)).double()
+        width = hi - lo
+        for name, reg in regions.items():
+            sel = None if reg is None else reg.to(lo.device).expand_as(width)
+            cov = inside if sel is None else inside[sel]
+            wid = width if sel is None else width[sel]
+            out[name][f"{lev:g}"] = {"coverage": float(cov.mean()) if cov.numel() else float("nan"),
+                                     "width": float(wid.mean()) if wid.numel() else float("nan")}
     return out
 
 
@@ -113,5 +130,5 @@ def sbc_uniformity(ranks: np.ndarray, num_draws: int, bins: int = 10) -> dict:
             "counts": counts.tolist(), "expected": expected.tolist()}
 
 
-__all__ = ["DEFAULT_LEVELS", "interval_bounds", "interval_coverage", "interval_width", "coverage_report",
+__all__ = ["DEFAULT_LEVELS", "exact_sampler_coverage", "interval_bounds", "interval_coverage", "interval_width", "coverage_report",
            "sbc_ranks", "sbc_uniformity"]

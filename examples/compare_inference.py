@@ -104,7 +104,8 @@ def run_task(task: str, G, args, out: Path) -> dict:
         mask = torch.ones(64, 64)
         mask[30:54, 16:48] = 0
         corr, where = Inpainting(mask), ~mask.bool()[None]
-    model = build_model(G, corr, sigma_pixel=SIGMA)
+    disc = None if args.discrepancy == "off" else ("auto" if args.discrepancy == "auto" else float(args.discrepancy))
+    model = build_model(G, corr, sigma_pixel=SIGMA, discrepancy=disc)
     gen = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
         y = corr(x) + SIGMA * torch.randn(corr(x).shape, generator=gen)
@@ -259,6 +260,8 @@ def main() -> None:
     ap.add_argument("--map-steps", type=int, default=1000)
     ap.add_argument("--map-lr", type=float, default=None, help="MAP learning rate (default: run_map's)")
     ap.add_argument("--map-lr-decay", type=float, default=None, help="MAP learning-rate decay (default: run_map's)")
+    ap.add_argument("--discrepancy", default="off",
+                    help="off, auto (the scale stored beside the weights by brgm fit-discrepancy) or tau")
     ap.add_argument("--chains", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=15)
     ap.add_argument("--draws", type=int, default=25)

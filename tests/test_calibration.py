@@ -94,3 +94,17 @@ def test_sbc_uniformity_with_fewer_rank_values_than_bins():
     r = np.random.default_rng(0).integers(0, 6, 3000)
     res = sbc_uniformity(r, 5, bins=10)
     assert res["dof"] == 5 and len(res["counts"]) == 6 and math.isfinite(res["chi2"]) and res["p_value"] > 0.01
+
+
+def test_exact_sampler_reference_for_few_draws():
+    """With S = 16 exact draws a 90 % interval covers ~0.9 * 15 / 17 = 0.794, not 0.9."""
+    from brgm_pyro.calibration import exact_sampler_coverage, interval_coverage
+
+    g = torch.Generator().manual_seed(3)
+    for S in (16, 64):
+        ref = exact_sampler_coverage(0.9, S)
+        u = interval_coverage(torch.rand(S, 40_000, generator=g), torch.rand(40_000, generator=g), 0.9)
+        assert abs(u - ref) < 0.008, S  # exact for uniform draws (MC error 0.002)
+        n = interval_coverage(torch.randn(S, 40_000, generator=g), torch.randn(40_000, generator=g), 0.9)
+        assert 0 <= n - ref < 0.02, S  # Gaussian tails: a little more (0.806 at S = 16)
+    assert abs(exact_sampler_coverage(0.9, 16) - 0.794) < 1e-3

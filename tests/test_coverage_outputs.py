@@ -65,7 +65,9 @@ def test_simulate_inpaint_vi_writes_coverage_and_interval90(tmp_path):
     c = cov["all_images"]
     assert line == [f"90% interval coverage {c['all']['0.9']['coverage']:.2f} (observed "
                     f"{c['observed']['0.9']['coverage']:.2f}, missing {c['missing']['0.9']['coverage']:.2f}), "
-                    f"mean width {c['all']['0.9']['width']:.3f}"]
+                    f"mean width {c['all']['0.9']['width']:.3f} (an exact sampler with 6 draws: "
+                    f"~{0.9 * 5 / 7:.2f})"]
+    assert abs(cov["exact_sampler_reference"]["0.9"] - 0.9 * 5 / 7) < 1e-12
     # interval90.png beside std.png: the 90 % width of the written samples, max = white
     run = json.loads((out / "run.json").read_text())
     info = run["images"]["clean"]
