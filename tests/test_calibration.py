@@ -106,5 +106,5 @@ def test_exact_sampler_reference_for_few_draws():
         u = interval_coverage(torch.rand(S, 40_000, generator=g), torch.rand(40_000, generator=g), 0.9)
         assert abs(u - ref) < 0.008, S  # exact for uniform draws (MC error 0.002)
         n = interval_coverage(torch.randn(S, 40_000, generator=g), torch.randn(40_000, generator=g), 0.9)
-        assert 0 <= n - ref < 0.02, S  # Gaussian tails: a little more (0.806 at S = 16)
+        assert -0.005 < n - ref < 0.02, S  # Gaussian tails: a little more (0.806 at S = 16)
     assert abs(exact_sampler_coverage(0.9, 16) - 0.794) < 1e-3
