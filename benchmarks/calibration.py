@@ -159,7 +159,7 @@ def part_coverage(args, out: Path, logf: Path) -> None:
         face_ids = ids if method.startswith("vi") else ids[:args.mcmc_faces]
         for task in args.tasks.split(","):
             for kind in args.truths.split(","):
-                for disc in (False, True):
+                for disc in [d == "on" for d in args.discrepancy.split(",")]:
                     key = f"{task}/{kind}/{'disc' if disc else 'nodisc'}/{method}"
                     if key in results:  # resumable: finished cells are kept
                         continue
@@ -191,6 +191,7 @@ def main(argv=None) -> None:
     ap.add_argument("--tasks", default="superres,inpaint")
     ap.add_argument("--truths", default="model,model+e,faces")
     ap.add_argument("--methods", default="vi")
+    ap.add_argument("--discrepancy", default="off,on", help="the arms to run: off, on or both")
     ap.add_argument("--mcmc-faces", type=int, default=4)
     ap.add_argument("--draws", type=int, default=256)
     ap.add_argument("--batch", type=int, default=16)

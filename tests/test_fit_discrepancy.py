@@ -58,3 +58,27 @@ def test_fit_discrepancy_bad_input_one_line(tmp_path):
     assert res.exit_code == 2 and "not a folder" in res.stderr
     res = runner.invoke(app, ["fit-discrepancy", "--generator", str(gen)])  # no faces for an 8x8 generator
     assert res.exit_code == 2 and "--images" in res.stderr
+
+
+def test_reconstruct_discrepancy_option(tmp_path):
+    """--discrepancy TAU reaches the model (run.json) and widens the VI intervals; bad values are one line."""
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "clean.png")
+    base = ["reconstruct", "--generator", "builtin:conv16", "-q", str(tmp_path / "clean.png"), "--simulate",
+            "--task", "superres", "--factor", "2", "--method", "vi", "--steps", "3", "--num-samples", "8",
+            "--reliance-draws", "0"]
+    widths = {}
+    for tau in ("off", "0.3"):
+        out = tmp_path / f"res_{tau}"
+        res = runner.invoke(app, base + ["--discrepancy", tau, "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        run = json.loads((out / "run.json").read_text())
+        text = json.dumps(run)
+        assert ('"tau": 0.3' in text) == (tau == "0.3")
+        widths[tau] = json.loads((out / "metrics.json").read_text())["coverage"]["all_images"]["all"]["0.9"]["width"]
+    assert widths["0.3"] > widths["off"]
+    for bad, msg in (("-1", "positive"), ("wide", "off, auto or a positive number"), ("auto", "no discrepancy scale")):
+        out = tmp_path / f"bad{bad}"
+        res = runner.invoke(app, base + ["--discrepancy", bad, "--out", str(out)])
+        assert res.exit_code == 2 and msg in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert not out.exists()

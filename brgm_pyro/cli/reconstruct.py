@@ -93,6 +93,7 @@ class ModelChoice:
     noise_per_image: bool = False
     kernel_width: Optional[str] = None
     simulate_kernel_width: Optional[float] = None
+    discrepancy: Optional[str] = None
 
     def check(self) -> None:
         from brgm_pyro.models.likelihoods import PIXEL_NOISE
@@ -103,6 +104,22 @@ class ModelChoice:
         sp = number_or_auto(self.sigma_pixel, "--sigma-pixel")
         if self.noise_per_image and sp != "auto":
             raise BRGMError("--noise-per-image learns one noise level per image: add --sigma-pixel auto")
+        self.discrepancy_value()
+
+    def discrepancy_value(self):
+        """``--discrepancy``: None (off), ``"auto"`` (the generator's stored scale) or tau."""
+        d = self.discrepancy
+        if d is None or d == "off":
+            return None
+        if d == "auto":
+            return "auto"
+        try:
+            tau = float(d)
+        except ValueError:
+            raise BRGMError(f"--discrepancy must be off, auto or a positive number; got {d!r}") from None
+        if not tau > 0:
+            raise BRGMError(f"--discrepancy must be positive; got {d!r}")
+        return tau
 
     def model_kwargs(self) -> dict:
         out: dict[str, Any] = {"prior": self.prior, "noise": self.noise}
@@ -111,6 +128,8 @@ class ModelChoice:
             out.update(sigma_pixel="learn", noise_per_image=self.noise_per_image)
         elif sp is not None:
             out["sigma_pixel"] = sp
+        if self.discrepancy_value() is not None:
+            out["discrepancy"] = self.discrepancy_value()
         return out
 
 
@@ -379,6 +398,10 @@ def _reconstruct(
     noise_per_image: bool = typer.Option(False, "--noise-per-image", help="With --sigma-pixel auto: one noise "
                                                                            "level per image instead of one."),
     prior: str = typer.Option("brgm", help="Prior on W+ (a registered name, e.g. brgm | gaussian | studentt)."),
+    discrepancy: Optional[str] = typer.Option(None, help="What G cannot draw, x = G(w) + e, e ~ N(0, tau^2): off "
+                                              "(default), auto (the scale brgm fit-discrepancy stored beside the "
+                                              "weights; bundled for builtin:faces64) or tau in [-1, 1] units. "
+                                              "Widens the intervals to cover real images (docs/discrepancy.md)."),
     percept: bool = typer.Option(True, "--percept/--no-percept", help="Use the generator's perceptual network "
                                                                       "when it has one."),
     lr: Optional[float] = typer.Option(None, help="Learning rate (default: the method's; MAP with --task none: "
@@ -394,7 +417,8 @@ def _reconstruct(
     **task_options,
 ) -> None:
     """Reconstruct corrupted image(s) with a deep generative prior (MAP or posterior sampling)."""
-    choice = ModelChoice(prior=prior, sigma_pixel=sigma_pixel, noise=noise, noise_per_image=noise_per_image)
+    choice = ModelChoice(prior=prior, sigma_pixel=sigma_pixel, noise=noise, noise_per_image=noise_per_image,
+                         discrepancy=discrepancy)
     code = guarded(run_reconstruct, inputs=inputs, task=task, generator=generator, method=method, steps=steps,
                    num_samples=num_samples, chains=chains, seed=seed, workers=workers, device=device, out=out,
                    simulate=simulate, percept=percept, lr=lr, vgg16=vgg16, overwrite=overwrite, quiet=quiet,
