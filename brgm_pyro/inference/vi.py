@@ -30,6 +30,7 @@ from pyro.infer.autoguide import (AutoDiagonalNormal, AutoLowRankMultivariateNor
                                   AutoNormal)
 from torch import Tensor
 
+from brgm_pyro.errors import BRGMError
 from brgm_pyro.inference.engine import ELBOTerms, _particles, guide_marginal_std, optimise, save_checkpoint
 from brgm_pyro.inference.result import InferenceResult
 from brgm_pyro.inference.sites import init_loc_fn, initial_values
@@ -81,9 +82,14 @@ def _draw(model: BRGMModel, guide, y: Tensor, num: int, chunk: int = 64) -> dict
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-def render_samples(model: BRGMModel, draws: dict[str, Tensor], y: Tensor, seed: int = 0) -> Tensor:
+def render_samples(model: BRGMModel, draws: Union[dict, Tensor], y: Optional[Tensor] = None, seed: int = 0) -> Tensor:
     """The images of posterior draws, (S, B, C, H, W): G(w) (plus a draw of the discrepancy e given
-    w and y when the model has one), in chunks to bound memory; see :meth:`BRGMModel.predictive_images`."""
+    w and y when the model has one, which needs ``y``), in chunks to bound memory; see
+    :meth:`BRGMModel.predictive_images`. ``draws``: site -> (S, ...) or the w draws (S, B, L, d) alone."""
+    if not isinstance(draws, dict):
+        draws = {model.image_site: draws}
+    if y is None and model.discrepancy is not None:
+        raise BRGMError("the model has a discrepancy term: its predictive images need the observation y")
     return model.predictive_images(draws, y, seed=seed)
 
 
