@@ -82,3 +82,23 @@ def test_reconstruct_discrepancy_option(tmp_path):
         res = runner.invoke(app, base + ["--discrepancy", bad, "--out", str(out)])
         assert res.exit_code == 2 and msg in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
         assert not out.exists()
+
+
+def test_reconstruct_prior_options(tmp_path):
+    """--prior-option KEY=VALUE reaches the prior factory (run.json's model config); unknown keys and bad
+    forms are one line, exit 2, nothing written."""
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "low.png")
+    base = ["reconstruct", "--generator", "builtin:conv16", "-q", str(tmp_path / "low.png"), "--task", "superres",
+            "--factor", "2", "--steps", "2", "--prior", "studentt"]
+    out = tmp_path / "ok"
+    res = runner.invoke(app, base + ["--prior-option", "df=5", "--prior-option", "colinearity=false", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    run = json.loads((out / "run.json").read_text())
+    assert run["settings"]["model_choice"]["prior_options"] == ["df=5", "colinearity=false"]
+    assert run["model"]["prior"]["df"] == 5.0 and run["model"]["prior"]["class"] == "StudentTPrior"
+    for bad, msg in (("nu=5", "takes df, colinearity"), ("df", "KEY=VALUE")):
+        o = tmp_path / f"bad_{bad}"
+        res = runner.invoke(app, base + ["--prior-option", bad, "--out", str(o)])
+        assert res.exit_code == 2 and msg in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert not o.exists()

@@ -94,6 +94,7 @@ class ModelChoice:
     kernel_width: Optional[str] = None
     simulate_kernel_width: Optional[float] = None
     discrepancy: Optional[str] = None
+    prior_options: tuple = ()
 
     def check(self) -> None:
         from brgm_pyro.models.likelihoods import PIXEL_NOISE
@@ -105,6 +106,30 @@ class ModelChoice:
         if self.noise_per_image and sp != "auto":
             raise BRGMError("--noise-per-image learns one noise level per image: add --sigma-pixel auto")
         self.discrepancy_value()
+        self.prior_option_values()
+
+    def prior_option_values(self) -> dict:
+        """``--prior-option KEY=VALUE`` (repeatable), checked against the prior factory's named options."""
+        import inspect
+
+        from brgm_pyro.models.priors import PRIORS
+
+        if not self.prior_options:
+            return {}
+        sig = inspect.signature(PRIORS.get(self.prior)).parameters
+        known = [k for k, p in sig.items() if k not in ("generator", "stats", "kappa")
+                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        out: dict[str, Any] = {}
+        for item in self.prior_options:
+            key, sep, text = str(item).partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or not key:
+                raise BRGMError(f"--prior-option takes KEY=VALUE (e.g. fidelity_scale=0.05); got {item!r}")
+            if key not in known:
+                raise BRGMError(f"--prior-option {key}: the prior {self.prior!r} takes "
+                                f"{', '.join(known) or 'no options'}")
+            out[key] = _option_value(text.strip())
+        return out
 
     def discrepancy_value(self):
         """``--discrepancy``: None (off), ``"auto"`` (the generator's stored scale) or tau."""
@@ -130,7 +155,21 @@ class ModelChoice:
             out["sigma_pixel"] = sp
         if self.discrepancy_value() is not None:
             out["discrepancy"] = self.discrepancy_value()
+        if self.prior_options:
+            out["prior_options"] = self.prior_option_values()
         return out
+
+
+def _option_value(text: str):
+    """A --prior-option value: true/false, a number, or the text itself (a path, a name)."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def model_kwargs_for(choice: ModelChoice, corruption) -> dict:
@@ -398,6 +437,9 @@ def _reconstruct(
     noise_per_image: bool = typer.Option(False, "--noise-per-image", help="With --sigma-pixel auto: one noise "
                                                                            "level per image instead of one."),
     prior: str = typer.Option("brgm", help="Prior on W+ (a registered name, e.g. brgm | gaussian | studentt)."),
+    prior_option: List[str] = typer.Option([], "--prior-option", help="An option of the prior's factory as "
+                                           "KEY=VALUE, repeatable (e.g. --prior rls --prior-option "
+                                           "fidelity_scale=0.05; --prior studentt --prior-option df=5)."),
     discrepancy: Optional[str] = typer.Option(None, help="What G cannot draw, x = G(w) + e, e ~ N(0, tau^2): off "
                                               "(default), auto (the scale brgm fit-discrepancy stored beside the "
                                               "weights; bundled for builtin:faces64) or tau in [-1, 1] units. "
@@ -418,7 +460,7 @@ def _reconstruct(
 ) -> None:
     """Reconstruct corrupted image(s) with a deep generative prior (MAP or posterior sampling)."""
     choice = ModelChoice(prior=prior, sigma_pixel=sigma_pixel, noise=noise, noise_per_image=noise_per_image,
-                         discrepancy=discrepancy)
+                         discrepancy=discrepancy, prior_options=tuple(prior_option))
     code = guarded(run_reconstruct, inputs=inputs, task=task, generator=generator, method=method, steps=steps,
                    num_samples=num_samples, chains=chains, seed=seed, workers=workers, device=device, out=out,
                    simulate=simulate, percept=percept, lr=lr, vgg16=vgg16, overwrite=overwrite, quiet=quiet,

@@ -70,6 +70,20 @@ PRIORS.register("rls")(make_rls_prior)
 
 
 def make_prior(name: str, generator, stats, **options) -> Prior:
+    """Build a registered prior; an option its factory does not name is an error (``kappa``, which
+    :func:`~brgm_pyro.models.brgm.build_model` passes to every prior, is accepted by all)."""
+    import inspect
+
+    from brgm_pyro.errors import BRGMError
+
+    if name in PRIORS:
+        params = inspect.signature(PRIORS.get(name)).parameters
+        named = {k for k, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        unknown = sorted(set(options) - named - {"kappa"})
+        if unknown:
+            opts = sorted(named - {"generator", "stats", "kappa"})
+            raise BRGMError(f"the prior {name!r} has no option {', '.join(unknown)}; it takes "
+                            f"{', '.join(opts) or 'none'}")
     return PRIORS.build(name, generator, stats, **options)
 
 
