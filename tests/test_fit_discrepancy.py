@@ -102,3 +102,25 @@ def test_reconstruct_prior_options(tmp_path):
         res = runner.invoke(app, base + ["--prior-option", bad, "--out", str(o)])
         assert res.exit_code == 2 and msg in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
         assert not o.exists()
+
+
+def test_reconstruct_discrepancy_default(tmp_path):
+    """Default: auto for methods with posterior draws when the generator has a stored scale; off for a
+    MAP, for non-Gaussian noise and for generators without one (recorded in run.json)."""
+    gen = _gen(tmp_path)
+    G = load_generator(str(gen))
+    discrepancy_path(G).write_text(json.dumps({"tau": 0.11}))
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)).save(tmp_path / "low.png")
+    cases = [(str(gen), "vi", "gaussian", 0.11), (str(gen), "map", "gaussian", None),
+             (str(gen), "vi", "laplace", None), ("builtin:conv16", "vi", "gaussian", None)]
+    for i, (spec, method, noise, tau) in enumerate(cases):
+        out = tmp_path / f"r{i}"
+        res = runner.invoke(app, ["reconstruct", "--generator", spec, "-q", str(tmp_path / "low.png"), "--task",
+                                  "superres", "--factor", "2" if spec == str(gen) else "4", "--method", method,
+                                  "--steps", "2", "--num-samples", "4", "--noise", noise, "--reliance-draws", "0",
+                                  "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        run = json.loads((out / "run.json").read_text())
+        assert run["settings"]["model_choice"]["discrepancy"] == ("auto" if tau else "off"), (spec, method, noise)
+        assert (run["model"]["discrepancy"] or {}).get("tau") == tau

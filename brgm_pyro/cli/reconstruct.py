@@ -172,6 +172,21 @@ def _option_value(text: str):
     return text
 
 
+DISCREPANCY_DEFAULT_METHODS = frozenset({"vi", "sgld", "psgld", "mala", "hmc", "nuts"})
+
+
+def default_discrepancy(method: str, G, noise: str) -> str:
+    """``--discrepancy``'s default: ``auto`` for a method with posterior draws when the generator has a
+    stored scale (``brgm fit-discrepancy``; bundled for builtin:faces64) and the noise is Gaussian,
+    because without it the intervals of real images are too narrow (docs/calibration.md); else ``off``."""
+    from brgm_pyro.models.discrepancy import discrepancy_path
+
+    p = discrepancy_path(G)
+    if method in DISCREPANCY_DEFAULT_METHODS and noise == "gaussian" and p is not None and p.exists():
+        return "auto"
+    return "off"
+
+
 def model_kwargs_for(choice: ModelChoice, corruption) -> dict:
     """``choice.model_kwargs()``; without ``--sigma-pixel``, a corruption that states its noise std
     (denoising: 0.2) gets the model's pixel noise max(that std, the default 0.05): the likelihood
@@ -333,6 +348,8 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
 
     choose_class(G, class_index, required=True)  # conditional generators: --class K
     _core._LOADED[G] = {"spec": str(generator)}
+    if choice.discrepancy is None:
+        choice.discrepancy = default_discrepancy(method, G, choice.noise)
     timings["load_generator_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     obs = _core.observe(inputs, G, t, simulate=simulate, seed=seed, **opts)
@@ -440,10 +457,12 @@ def _reconstruct(
     prior_option: List[str] = typer.Option([], "--prior-option", help="An option of the prior's factory as "
                                            "KEY=VALUE, repeatable (e.g. --prior rls --prior-option "
                                            "fidelity_scale=0.05; --prior studentt --prior-option df=5)."),
-    discrepancy: Optional[str] = typer.Option(None, help="What G cannot draw, x = G(w) + e, e ~ N(0, tau^2): off "
-                                              "(default), auto (the scale brgm fit-discrepancy stored beside the "
-                                              "weights; bundled for builtin:faces64) or tau in [-1, 1] units. "
-                                              "Widens the intervals to cover real images (docs/discrepancy.md)."),
+    discrepancy: Optional[str] = typer.Option(None, help="What G cannot draw, x = G(w) + e, e ~ N(0, tau^2): auto "
+                                              "(the scale brgm fit-discrepancy stored beside the weights; bundled "
+                                              "for builtin:faces64), off, or tau in [-1, 1] units. Default: auto "
+                                              "for methods with posterior draws when a scale is stored and the "
+                                              "noise is gaussian, else off. It makes the intervals cover real "
+                                              "images (docs/discrepancy.md)."),
     percept: bool = typer.Option(True, "--percept/--no-percept", help="Use the generator's perceptual network "
                                                                       "when it has one."),
     lr: Optional[float] = typer.Option(None, help="Learning rate (default: the method's; MAP with --task none: "
