@@ -172,21 +172,6 @@ def _option_value(text: str):
     return text
 
 
-DISCREPANCY_DEFAULT_METHODS = frozenset({"vi", "sgld", "psgld", "mala", "hmc", "nuts"})
-
-
-def default_discrepancy(method: str, G, noise: str) -> str:
-    """``--discrepancy``'s default: ``auto`` for a method with posterior draws when the generator has a
-    stored scale (``brgm fit-discrepancy``; bundled for builtin:faces64) and the noise is Gaussian,
-    because without it the intervals of real images are too narrow (docs/calibration.md); else ``off``."""
-    from brgm_pyro.models.discrepancy import discrepancy_path
-
-    p = discrepancy_path(G)
-    if method in DISCREPANCY_DEFAULT_METHODS and noise == "gaussian" and p is not None and p.exists():
-        return "auto"
-    return "off"
-
-
 def model_kwargs_for(choice: ModelChoice, corruption) -> dict:
     """``choice.model_kwargs()``; without ``--sigma-pixel``, a corruption that states its noise std
     (denoising: 0.2) gets the model's pixel noise max(that std, the default 0.05): the likelihood
@@ -349,7 +334,7 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
     choose_class(G, class_index, required=True)  # conditional generators: --class K
     _core._LOADED[G] = {"spec": str(generator)}
     if choice.discrepancy is None:
-        choice.discrepancy = default_discrepancy(method, G, choice.noise)
+        choice.discrepancy = _core.default_discrepancy(method, G, choice.noise)
     timings["load_generator_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     obs = _core.observe(inputs, G, t, simulate=simulate, seed=seed, **opts)

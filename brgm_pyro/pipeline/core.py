@@ -127,6 +127,21 @@ def latent_stats(G):
     return stats
 
 
+DISCREPANCY_DEFAULT_METHODS = frozenset({"vi", "sgld", "psgld", "mala", "hmc", "nuts"})
+
+
+def default_discrepancy(method: str, G, noise: str) -> str:
+    """``--discrepancy``'s default: ``auto`` for a method with posterior draws when the generator has a
+    stored scale (``brgm fit-discrepancy``; bundled for builtin:faces64) and the noise is Gaussian,
+    because without it the intervals of real images are too narrow (docs/calibration.md); else ``off``."""
+    from brgm_pyro.models.discrepancy import discrepancy_path
+
+    p = discrepancy_path(G)
+    if method in DISCREPANCY_DEFAULT_METHODS and noise == "gaussian" and p is not None and p.exists():
+        return "auto"
+    return "off"
+
+
 def build_model(generator, corruption, *, phi: Any = "default", stats: Any = "cached", **kwargs):
     """The BRGM model with the CLI's defaults: ``phi="default"`` adds the generator's own perceptual
     network (None: no perceptual term), ``stats="cached"`` its cached latent statistics. Other
@@ -287,6 +302,6 @@ def reconstruct(model, y: Union[Observation, Any], method: str = "map", *, steps
     return fn(model, yt.to(device), steps=steps, num_samples=num_samples, seed=seed, progress=progress, **opts)
 
 
-__all__ = ["DEFAULT_GENERATOR", "Observation", "load_generator", "load_generator_checked", "default_phi",
+__all__ = ["DEFAULT_GENERATOR", "default_discrepancy", "Observation", "load_generator", "load_generator_checked", "default_phi",
            "latent_stats", "build_model", "observe", "reconstruct", "methods_registry", "method_options",
            "resolve_device"]
