@@ -54,7 +54,7 @@ def part_sbc(args, out: Path, logf: Path) -> None:
     model = sbc_model()
     res_path = out / "sbc.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
-    settings = {"nuts": dict(warmup=200, kept=200, thin=1), "mala": dict(warmup=300, kept=300, thin=5)}
+    settings = {"nuts": dict(warmup=100, kept=100, thin=1), "mala": dict(warmup=150, kept=150, thin=5)}
     for method, kw in settings.items():
         ranks = results.get(method, {}).get("ranks", [])
         t0 = time.perf_counter()
@@ -91,8 +91,10 @@ def plot_ranks(results: dict, path: Path) -> None:
         lo, hi = np.percentile(np.random.default_rng(0).binomial(n, 0.1, 10_000), [0.5, 99.5])
         for j in range(D):
             ax = axes[r, j]
-            ax.hist(R[:, j], bins=np.linspace(0, RANK_DRAWS + 1, 11), color="C0")
+            counts, _, _ = ax.hist(R[:, j], bins=np.linspace(0, RANK_DRAWS + 1, 11), color="C0")
             ax.axhspan(lo, hi, color="0.85", zorder=0)
+            ax.axhline(n / 10, color="k", lw=0.6)
+            ax.set_ylim(0, 1.15 * max(hi, counts.max()))
             ax.set_title(f"{m} w[{j}]", fontsize=8)
             ax.set_yticks([])
             ax.set_xticks([])
