@@ -159,6 +159,12 @@ def test_discrepancy_refusals_and_stored_scale(tmp_path):
     p.write_text(json.dumps({"tau": 0.07, "images": 16}))
     m = build_model(G, f, prior="gaussian", discrepancy="auto")
     assert m.discrepancy.tau == 0.07 and m.config()["discrepancy"]["tau"] == 0.07
+    # one Discrepancy given to two models: each gets its own binding
+    d = Discrepancy(0.1)
+    m1 = build_model(G, f, prior="gaussian", discrepancy=d)
+    m2 = build_model(G, Inpainting(torch.arange(16).reshape(4, 4) % 2 == 0), prior="gaussian", discrepancy=d)
+    assert m1.discrepancy.corruption is m1.corruption and m2.discrepancy.corruption is m2.corruption
+    assert d.corruption is None
 
 
 def test_residual_scale_dof_correction():

@@ -105,8 +105,8 @@ class BRGMModel:
                             f"the model has {type(pixel[0]).__name__} (use noise='gaussian' or no discrepancy)")
         if self.temperature != 1.0:
             raise BRGMError("the discrepancy term is defined for the untempered posterior (temperature 1)")
-        pixel[0].discrepancy = d.bind(self.corruption, self.generator.image_shape)
-        return d
+        pixel[0].discrepancy = bound = d.bind(self.corruption, self.generator.image_shape)
+        return bound
 
     # --- the Pyro program -------------------------------------------------------------------
     def __call__(self, y: Tensor) -> Tensor:

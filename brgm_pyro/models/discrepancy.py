@@ -63,11 +63,13 @@ class Discrepancy:
         self.image_shape: Optional[tuple] = None
 
     def bind(self, corruption, image_shape: tuple) -> "Discrepancy":
-        """Attach the model's corruption (whose diag(A A^T) enters the likelihood)."""
+        """A copy attached to a model's corruption (whose diag(A A^T) enters the likelihood); the
+        original stays unbound, so one Discrepancy can be given to several models."""
         if not corruption.linear:
             raise BRGMError(f"the discrepancy term needs a linear corruption; {corruption.name!r} is not")
-        self.corruption, self.image_shape = corruption, tuple(image_shape)
-        return self
+        bound = Discrepancy(self.tau, self.source)
+        bound.corruption, bound.image_shape = corruption, tuple(image_shape)
+        return bound
 
     def obs_variance(self, params: Optional[dict], like: Tensor) -> Tensor:
         """tau^2 diag(A A^T): the variance e adds to each observation, (..., C, h, w) like ``like``."""
