@@ -69,6 +69,9 @@ class Discrepancy:
             raise BRGMError(f"the discrepancy term needs a linear corruption; {corruption.name!r} is not")
         bound = Discrepancy(self.tau, self.source)
         bound.corruption, bound.image_shape = corruption, tuple(image_shape)
+        # an operator that cannot state diag(A A^T) says so now, not at the first step of inference
+        probe = {lat.name: torch.as_tensor(float(lat.init)) for lat in corruption.latents()} or None
+        corruption.gram_diagonal(bound.image_shape, probe)
         return bound
 
     def obs_variance(self, params: Optional[dict], like: Tensor) -> Tensor:
