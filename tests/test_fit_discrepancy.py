@@ -124,3 +124,20 @@ def test_reconstruct_discrepancy_default(tmp_path):
         run = json.loads((out / "run.json").read_text())
         assert run["settings"]["model_choice"]["discrepancy"] == ("auto" if tau else "off"), (spec, method, noise)
         assert (run["model"]["discrepancy"] or {}).get("tau") == tau
+
+
+def test_dataset_run_applies_the_discrepancy_default(tmp_path):
+    """A folder run with VI gets the same default as a single run (the batch NetCDF's model config has tau)."""
+    gen = _gen(tmp_path)
+    discrepancy_path(load_generator(str(gen))).write_text(json.dumps({"tau": 0.11}))
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)).save(imgs / f"{i}.png")
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["reconstruct", str(imgs), "--generator", str(gen), "--task", "superres", "--factor", "2",
+                              "--method", "vi", "--steps", "2", "--num-samples", "4", "-q", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    ncs = list((out / "posteriors").glob("*.nc"))
+    assert ncs and all(b'"tau": 0.11' in p.read_bytes() for p in ncs)

@@ -249,8 +249,12 @@ def run_batch(run: DatasetRun, G, k: int, task: str, items: list[Item], todo: se
         opts["mask"] = masks
     obs = core.observe([it.image for it in items], G, task, simulate=run.simulate, seed=run.seed,
                        names=[it.name for it in items], **opts)
+    kwargs = dict(run.model_kwargs)
+    if kwargs.get("discrepancy") == "default":  # as single runs: auto for posterior draws when G has a scale
+        d = core.default_discrepancy(run.method, G, kwargs.get("noise", "gaussian"))
+        kwargs["discrepancy"] = "auto" if d == "auto" else None
     model = core.build_model(G, obs.corruption, phi=core.default_phi(G) if run.percept and obs.image_observation else None,
-                             **run.model_kwargs)
+                             **kwargs)
     extra = {"num_chains": run.chains} if run.chains is not None else {}
     result = core.reconstruct(model, obs, run.method, steps=run.steps, num_samples=run.num_samples, seed=run.seed,
                               progress=not run.quiet, lr=run.lr, **extra)
@@ -352,7 +356,8 @@ def run_dataset_cli(*, source, task, task_options, generator, method, steps, num
     run = DatasetRun(source=str(source), out=Path(out).expanduser().absolute(), task=task, task_options=opts,
                      generator=generator, method=method, steps=steps, num_samples=num_samples, seed=seed,
                      device=device, simulate=simulate, percept=percept, lr=lr, batch_size=batch_size,
-                     model_kwargs=choice.model_kwargs(), chains=chains, class_index=class_index,
+                     model_kwargs={**choice.model_kwargs(), **({"discrepancy": "default"} if choice.discrepancy is None
+                                                                else {})}, chains=chains, class_index=class_index,
                      vgg16=str(vgg16) if vgg16 else None, quiet=quiet or rank > 0)
     t0 = time.perf_counter()
     try:
