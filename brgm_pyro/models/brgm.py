@@ -307,18 +307,26 @@ def build_model(
         if sigma_percept is None:
             sigma_percept = float(getattr(phi, "default_sigma", DEFAULT_SIGMA_PERCEPT))
         liks.append(PerceptualGaussian(phi, sigma_percept))
-    if isinstance(discrepancy, str):
-        if discrepancy != "auto":
-            raise BRGMError(f"discrepancy must be a number, 'auto' or None; got {discrepancy!r}")
-        discrepancy = load_discrepancy(generator)
-    elif isinstance(discrepancy, (int, float)) and not isinstance(discrepancy, bool):
-        discrepancy = Discrepancy(float(discrepancy) / image_scale)
-    model = BRGMModel(generator, p, corruption.to(device), liks, temperature=temperature, discrepancy=discrepancy)
+    model = BRGMModel(generator, p, corruption.to(device), liks, temperature=temperature,
+                      discrepancy=_discrepancy(discrepancy, generator, image_scale))
     if hasattr(p, "to"):
         p.to(device)
     for lat in model.scalar_latents:
         lat.to(device)
     return model
+
+
+def _discrepancy(spec, generator: Generator, image_scale: float) -> Optional[Discrepancy]:
+    """``build_model``'s ``discrepancy`` argument as a :class:`Discrepancy` (or None)."""
+    if spec is None or isinstance(spec, Discrepancy):
+        return spec
+    if isinstance(spec, str):
+        if spec != "auto":
+            raise BRGMError(f"discrepancy must be a number, 'auto' or None; got {spec!r}")
+        return load_discrepancy(generator)
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        return Discrepancy(float(spec) / image_scale)
+    raise BRGMError(f"discrepancy must be a number, 'auto', a Discrepancy or None; got {spec!r}")
 
 
 def noise_latent(kind: str = "lognormal", guess: float = DEFAULT_SIGMA_PIXEL, spread: float = 1.0,
