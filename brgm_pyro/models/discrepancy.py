@@ -110,12 +110,9 @@ class Discrepancy:
 def discrepancy_path(generator, path=None) -> Optional[Path]:
     """``<weights>.discrepancy.json`` beside the generator's weights (``.class<K>`` for class K), the way
     the latent statistics and the flow prior are found; None without a weights file."""
-    path = getattr(generator, "source_path", None) if path is None else path
-    if path is None:
-        return None
-    weights = Path(path)
-    k = getattr(generator, "class_index", None)
-    return weights.with_name(weights.name + ("" if k is None else f".class{k}") + ".discrepancy.json")
+    from brgm_pyro.models.generators.loading import sidecar_path
+
+    return sidecar_path(generator, ".discrepancy.json", path)
 
 
 def load_discrepancy(generator) -> Discrepancy:

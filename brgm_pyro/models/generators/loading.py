@@ -212,12 +212,18 @@ def flow_prior_path(generator: Generator, path: Optional[str | os.PathLike] = No
     beside its weights (``<weights>.class<K>.flow_prior.safetensors`` for class K), the way the latent
     statistics are found; None for a generator without a weights file. Written by ``brgm train-prior``,
     read by ``--prior flow`` / ``rls`` (:mod:`brgm_pyro.models.priors.flow`)."""
+    return sidecar_path(generator, ".flow_prior.safetensors", path)
+
+
+def sidecar_path(generator: Generator, suffix: str, path: Optional[str | os.PathLike] = None) -> Optional[Path]:
+    """``<weights><.class K><suffix>`` beside the generator's weights file (``path``, default its
+    ``source_path``), where its per-generator files live; None for a generator without a weights file."""
     path = getattr(generator, "source_path", None) if path is None else path
     if path is None:
         return None
     weights = Path(path)
     k = getattr(generator, "class_index", None)
-    return weights.with_name(weights.name + ("" if k is None else f".class{k}") + ".flow_prior.safetensors")
+    return weights.with_name(weights.name + ("" if k is None else f".class{k}") + suffix)
 
 
 # -- file formats --------------------------------------------------------------------------------------
@@ -417,4 +423,4 @@ def _one_line(e: BaseException) -> str:
 
 
 __all__ = ["BUILTIN_GENERATORS", "GENERATOR_CLASSES", "load_generator", "choose_class", "save_generator",
-           "latent_stats_for", "flow_prior_path", "infer_stylegan2_config"]
+           "latent_stats_for", "flow_prior_path", "sidecar_path", "infer_stylegan2_config"]
