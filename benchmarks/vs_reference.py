@@ -166,17 +166,21 @@ def compare_task(G, phi, truth, ids, task, a, percept: bool, log) -> dict:
     lambda_c = 1.0 if task == "sr8" and FACTOR > 16 else 0.1
     stats = latent_stats_for(G)
     steps = [int(s) for s in a.steps.split(",")]
-    rows = {"baseline": {0: []}, "ours": {s: [] for s in steps},
-            "reference": {s: [] for s in sorted(set(steps) | {REF_STEPS})}}
+    rows = {"baseline": {0: []}, "ours": {s: [] for s in steps}}
+    if a.reference:
+        rows["reference"] = {s: [] for s in sorted(set(steps) | {REF_STEPS})}
     for s in range(0, truth.shape[0], a.batch):
         xt = truth[s:s + a.batch]
         f = make_f(s, xt.shape[0])
         with torch.no_grad():
             y = f(xt)
         rows["baseline"][0] += score(baseline(y, f), xt, phi)
-        model = build_model(G, f, phi=phi if percept else None, stats=stats)
+        model = build_model(G, f, phi=phi if percept else None, stats=stats, **a.model_kw)
         for k, w in run_ours(model, y, steps, a.seed, a.map_kw).items():
             rows["ours"][k] += score(G(w).detach(), xt, phi)
+        log(f"  {task} percept={percept} faces {ids[s]}..{ids[s] + xt.shape[0] - 1}: ours done")
+        if not a.reference:
+            continue
         loss = ReferenceLoss(G, f, y, phi, w_avg, sigma_s, lambda_c, percept=percept)
         snaps, _ = run_reference(loss, xt.shape[0], REF_STEPS, snapshots=set(rows["reference"]))
         for k, w in snaps.items():
@@ -193,7 +197,7 @@ def time_steps(G, phi, truth, ids, task, a, batch: int, percept: bool, n: int = 
     f = make_f(0, batch)
     with torch.no_grad():
         y = f(xt)
-    model = build_model(G, f, phi=phi if percept else None, stats=latent_stats_for(G))
+    model = build_model(G, f, phi=phi if percept else None, stats=latent_stats_for(G), **a.model_kw)
     w_avg, sigma_s = reference_stats(G)
     loss = ReferenceLoss(G, f, y, phi, w_avg, sigma_s, 0.1, percept=percept)
     ours, ref = [], []
@@ -244,10 +248,15 @@ def parse(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--timing", default="1,16", help="batch sizes to time (empty: no timing)")
     ap.add_argument("--map", default="{}", help="JSON of extra run_map options for ours (default: none)")
+    ap.add_argument("--model", default="{}", help="JSON of extra build_model options for ours (default: none)")
+    ap.add_argument("--reference", default="on", choices=["on", "off"],
+                    help="off: ours and the baseline only (for sweeps on validation faces)")
     ap.add_argument("--generator", default="builtin:faces64")
     ap.add_argument("--out", default="runs/vs_reference")
     a = ap.parse_args(argv)
     a.map_kw = json.loads(a.map)
+    a.model_kw = json.loads(a.model)
+    a.reference = a.reference == "on"
     return a
 
 

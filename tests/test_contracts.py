@@ -173,6 +173,8 @@ def test_guide_contract(name):
 def _budget(name: str) -> dict:
     if name in ("map", "vi"):
         return {"steps": 4, "num_samples": 4}
+    if name == "inla":
+        return {"steps": 4, "num_samples": 4, "refine_steps": 3}
     return {"steps": 4, "num_samples": 4, "num_chains": 2, "map_steps": 5}
 
 

@@ -196,3 +196,46 @@ def test_inferred_blur_width_exact_posterior(blur_problem):
     assert exact["q05"] < t_true < exact["q95"]  # the exact posterior covers the truth here ...
     lo, hi = np.quantile(t, [0.05, 0.95])
     assert lo < t_true < hi  # ... and so do the draws
+
+
+def _grid_summary(res) -> dict:
+    """Mean and 5/95 % quantiles of the scalar latent from the method's grid density."""
+    g = res.extra["grid"]
+    theta, dens = np.array(g["theta"][0]), np.array(g["density"][0])
+    p = dens / np.trapezoid(dens, theta)
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (p[1:] + p[:-1]) * np.diff(theta))])
+    q05, q95 = np.interp([0.05, 0.95], cdf / cdf[-1], theta)
+    return {"mean": float(np.trapezoid(p * theta, theta)), "q05": float(q05), "q95": float(q95)}
+
+
+def test_inla_learned_sigma_is_exact_on_the_linear_model(noise_problem):
+    """INLA integrates w out in closed form: on a linear generator with a Gaussian prior its sigma
+    posterior is the quadrature's to grid precision, and its draws match by z-scores."""
+    from brgm_pyro.inference import run_inla
+
+    model, y, exact = noise_problem
+    res = run_inla(model, y, steps=300, num_samples=4000, seed=2, progress=False)
+    g = _grid_summary(res)
+    for k in ("mean", "q05", "q95"):
+        assert abs(g[k] - exact[k]) < 2e-3 * exact[k], (k, g[k], exact[k])
+    s = res.draws["sigma_pixel"].double().numpy()
+    assert abs(s.mean() - exact["mean"]) < 4 * s.std() / math.sqrt(s.size)
+    assert abs(float(res.latents["sigma_pixel"]) - exact["mean"]) < 2e-3 * exact["mean"]
+    w = res.draws["w"].double().reshape(s.size, -1).numpy()
+    z = (w.mean(0) - exact["ew"]) / (w.std(0) / math.sqrt(s.size))
+    assert np.abs(z).max() < 4.5, z
+
+
+def test_inla_blur_width_is_exact_on_the_linear_model(blur_problem):
+    """The width enters the operator: INLA's grid posterior of it is the quadrature's."""
+    from brgm_pyro.inference import run_inla
+
+    model, y, exact, t_true = blur_problem
+    res = run_inla(model, y, steps=300, num_samples=2000, seed=3, progress=False)
+    g = _grid_summary(res)
+    for k in ("mean", "q05", "q95"):
+        assert abs(g[k] - exact[k]) < 3e-3 * exact[k], (k, g[k], exact[k])
+    t = res.draws["kernel_width"].double().numpy()
+    assert abs(t.mean() - exact["mean"]) < 4 * t.std() / math.sqrt(t.size)
+    lo, hi = np.quantile(t, [0.05, 0.95])
+    assert lo < t_true < hi

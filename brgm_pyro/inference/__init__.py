@@ -2,6 +2,7 @@
 seed=0, progress=True, **options) -> InferenceResult`` registered in :data:`METHODS`; add one with a
 new file and one ``METHODS.register(name)`` line."""
 
+from brgm_pyro.inference.inla import run_inla
 from brgm_pyro.inference.map import run_map
 from brgm_pyro.inference.result import InferenceResult
 from brgm_pyro.inference.vi import GUIDES, run_vi
@@ -10,7 +11,8 @@ from brgm_pyro.registry import Registry
 METHODS: Registry = Registry("inference method")
 METHODS.register("map")(run_map)
 METHODS.register("vi")(run_vi)
+METHODS.register("inla")(run_inla)
 
-__all__ = ["run_map", "run_vi", "InferenceResult", "METHODS", "GUIDES"]
+__all__ = ["run_map", "run_vi", "run_inla", "InferenceResult", "METHODS", "GUIDES"]
 
 from brgm_pyro.inference import mcmc  # noqa: F401,E402

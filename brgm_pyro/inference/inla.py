@@ -1,0 +1,550 @@
+r"""Integrated nested Laplace approximation (INLA) for a scalar latent: a learned noise level or an
+inferred corruption parameter, and w given it.
+
+Rue, Martino & Chopin (2009): for a model with a few hyperparameters theta and a high-dimensional
+latent w, integrate w out with a Laplace approximation and integrate theta numerically on a grid,
+
+.. math::
+
+    p(\theta \mid y) \propto p(\theta)\, p(y \mid \theta), \qquad
+    p(y \mid \theta) = \int p(y \mid w, \theta)\, p(w)\, dw .
+
+Here the inner integral is the closed form of the model linearised at a point :math:`w_c` (the
+MAP of w given the current estimate of theta), with the prior's Gaussian
+:math:`w \sim N(\mu, S_0)` (mean :meth:`~Prior.init_value`, precision :meth:`~Prior.curvature`:
+exact for the Gaussian prior; the colinearity factor of ``brgm`` is left out, as in the Laplace
+metric) and the Gaussian pixel likelihood with per-element variance :math:`N_\theta`
+(:math:`\sigma^2`, plus :math:`\tau^2 \mathrm{diag}(A A^\top)` with a discrepancy term):
+
+.. math::
+
+    f_\theta(G(w)) \approx p_\theta + J_\theta (w - w_c), \quad
+    r_0 = y - p_\theta - J_\theta(\mu - w_c), \quad
+    P_\theta = S_0^{-1} + J_\theta^\top N_\theta^{-1} J_\theta, \quad
+    b = J_\theta^\top N_\theta^{-1} r_0,
+
+    \log p(y \mid \theta) = -\tfrac12\big[r_0^\top N_\theta^{-1} r_0 - b^\top P_\theta^{-1} b
+        + \log|N_\theta| + \log|P_\theta| + \log|S_0| + n \log 2\pi\big],
+    \qquad w \mid y, \theta \sim N(\mu + P_\theta^{-1} b,\; P_\theta^{-1})
+
+(Woodbury). For a linear generator with a Gaussian prior this *is* the exact posterior. theta
+moves on a grid in its unconstrained coordinate u (log sigma, log width; the Jacobian enters the
+density), first over the prior's range, then zoomed onto the posterior's mass; draws of u come
+from the grid density's inverse CDF, and w | theta from the Gaussian. The linearisation point is
+refined ``refine`` times: theta at its posterior mean, the conditional MAP of w again, a new
+Jacobian.
+
+Why: a learned noise level is what the fit leaves over, and the usual approximations bias it
+(docs/latent_sites.md): the joint MAP over-fits an under-determined observation (x8 SR: 192 values
+for 1,280 latent dimensions) and mean-field VI inflates sigma. Integrating w out removes both: on
+the linearised model the evidence counts only the directions the data determine (MacKay's
+gamma). Cost: one Jacobian of f(G(w)) per linearisation, min(n, D) passes (n observed values, D
+latent dimensions; D forward-mode passes when theta is a corruption parameter), and a D x D
+eigen- or Cholesky decomposition per image.
+
+Supports one scalar latent site (per image or shared) owned by the pixel likelihood or the
+corruption, or none (then it is the linearised Laplace approximation at the MAP); a Gaussian
+pixel likelihood alone (no perceptual term: its ~2.4e5 features per image make the Jacobian too
+large) and a linear corruption. Anything else is refused in one line.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.distributions import biject_to
+
+from brgm_pyro.errors import BRGMError
+from brgm_pyro.inference.engine import optimise
+from brgm_pyro.inference.result import InferenceResult
+from brgm_pyro.inference.sites import initial_values
+from brgm_pyro.models.density import log_density_terms
+
+DEFAULT_INLA_STEPS = 500
+DEFAULT_REFINE_STEPS = 200
+GRID_POINTS = 41
+
+
+@dataclass
+class _Parts:
+    """What the method needs of the model: the pixel likelihood, the scalar latent (or None) and
+    whether the corruption owns it (then J depends on theta)."""
+
+    lik: object
+    theta: object
+    in_corruption: bool
+
+
+def _parts(model) -> _Parts:
+    from brgm_pyro.models.likelihoods import PixelGaussian
+
+    name = "method inla"
+    if len(model.likelihoods) != 1 or not isinstance(model.likelihoods[0], PixelGaussian):
+        kinds = ", ".join(type(l).__name__ for l in model.likelihoods)
+        raise BRGMError(f"{name} needs a Gaussian pixel likelihood alone; the model has {kinds} (build it without "
+                        "the perceptual term: phi=None, --percept off; noise='gaussian')")
+    if not model.corruption.linear:
+        raise BRGMError(f"{name} needs a linear corruption; {model.corruption.name!r} is not")
+    if model.temperature != 1.0:
+        raise BRGMError(f"{name} computes the untempered posterior (temperature 1)")
+    lats = model.scalar_latents
+    if len(lats) > 1:
+        raise BRGMError(f"{name} integrates one scalar latent on a grid; the model has "
+                        f"{', '.join(l.name for l in lats)}: fix all but one, or use nuts")
+    if lats and lats[0] in model.prior.latents():
+        raise BRGMError(f"{name} integrates latents of the likelihood or corruption; {lats[0].name!r} is the prior's")
+    if model.prior.curvature() is None:
+        raise BRGMError(f"the prior {type(model.prior).__name__} states no curvature, which {name} needs for its "
+                        "Gaussian approximation")
+    theta = lats[0] if lats else None
+    return _Parts(model.likelihoods[0], theta, theta is not None and theta in model.corruption.latents())
+
+
+# --- Jacobians --------------------------------------------------------------------------------------
+
+def _check_size(B: int, rows: int, D: int, max_gib: float) -> None:
+    gib = B * rows * D * 4 / 2 ** 30
+    if gib > max_gib:
+        raise BRGMError(f"method inla needs a {rows} x {D} Jacobian per image ({gib:.1f} GiB for {B} images), more "
+                        f"than max_jacobian_gib={max_gib}; use fewer images per batch, or nuts / vi")
+
+
+def image_jacobian(G, w: Tensor, chunk: int = 32, progress: bool = False) -> Tensor:
+    """dG(w)/dw per image: (B, C H W, D), D = L d, by forward-mode passes (``chunk`` tangents at once)."""
+    B, D = w.shape[0], w[0].numel()
+    w = w.detach()
+    cols = []
+    fn = lambda v: torch.func.jvp(G, (w,), (v,))[1]  # noqa: E731
+    from tqdm.auto import tqdm
+
+    for s in tqdm(range(0, D, chunk), desc="Jacobian of G", disable=not progress, leave=False):
+        k = min(chunk, D - s)
+        V = torch.zeros(k, B, D, dtype=w.dtype, device=w.device)
+        V[torch.arange(k), :, torch.arange(s, s + k)] = 1.0
+        with torch.no_grad():
+            jv = torch.func.vmap(fn)(V.reshape(k, *w.shape))  # (k, B, C, H, W)
+        cols.append(jv.reshape(k, B, -1))
+    return torch.cat(cols).permute(1, 2, 0).contiguous()
+
+
+def observation_jacobian(model, w: Tensor, params: dict, chunk: int = 32, progress: bool = False) -> Tensor:
+    """d f(G(w))/dw per image at fixed scalar latents: (B, n, D), n = the observation's size.
+
+    min(n, D) passes: n backward passes (``chunk`` rows at once) when n <= D, else the Jacobian of
+    G by forward mode pushed through the (linear) corruption."""
+    B, D = w.shape[0], w[0].numel()
+    n = math.prod(model.obs_shape)
+    if n > D:
+        JG = image_jacobian(model.generator, w, chunk, progress)  # (B, P, D)
+        cols = JG.permute(2, 0, 1).reshape(D, B, *model.generator.image_shape)
+        with torch.no_grad():
+            return model.corruption(cols, params).reshape(D, B, n).permute(1, 2, 0).contiguous()
+    wv = w.detach().clone().requires_grad_(True)
+    pred = model.predict(wv, params).reshape(B, n)
+    rows = []
+    from tqdm.auto import tqdm
+
+    for s in tqdm(range(0, n, chunk), desc="Jacobian of f(G)", disable=not progress, leave=False):
+        k = min(chunk, n - s)
+        E = torch.zeros(k, B, n, dtype=pred.dtype, device=pred.device)
+        E[torch.arange(k), :, torch.arange(s, s + k)] = 1.0
+        (g,) = torch.autograd.grad(pred, wv, grad_outputs=E, retain_graph=True, is_grads_batched=True)
+        rows.append(g.reshape(k, B, D))
+    return torch.cat(rows).permute(1, 0, 2).contiguous()
+
+
+# --- the linearised model and its evidence -----------------------------------------------------------
+
+def _flat(model, x: Tensor, B: int) -> Tensor:
+    return x.expand(B, *model.obs_shape).reshape(B, -1).double()
+
+
+class Linearisation:
+    """The model linearised at ``w_c`` (B, L, d): log p(y | theta) and w | y, theta in closed form.
+
+    ``theta`` values are (B,) for a per-image latent, () for a shared one, None without one.
+    """
+
+    def __init__(self, model, parts: _Parts, y: Tensor, w_c: Tensor, theta0: Optional[Tensor],
+                 chunk: int = 32, progress: bool = False, max_gib: float = 2.0) -> None:
+        self.model, self.parts, self.y = model, parts, y
+        B, D = w_c.shape[0], w_c[0].numel()
+        self.B, self.D = B, D
+        prior = model.prior
+        self.mu = prior.init_value().to(y).expand(B, *w_c.shape[1:]).reshape(B, D).double()
+        self.s0 = (1.0 / prior.curvature().to(y).expand(B, *w_c.shape[1:]).reshape(B, D)).double()
+        self.w_c = w_c.detach().reshape(B, D).double()
+        mask = model.mask
+        self.m = _flat(model, mask.to(y.dtype) if mask is not None else torch.ones((), dtype=y.dtype,
+                                                                                   device=y.device), B)
+        self.yv = _flat(model, y, B)
+        self.n_obs = self.m.sum(-1)
+        n = self.yv.shape[-1]
+        t0 = time.perf_counter()
+        if parts.in_corruption:
+            _check_size(B, math.prod(model.generator.image_shape), D, max_gib)
+            with torch.no_grad():
+                self.x_c = model.render(w_c.detach())
+            self.JG = image_jacobian(model.generator, w_c, chunk, progress)  # (B, P, D) float32
+            self.passes = D
+        else:
+            _check_size(B, n, D, max_gib)
+            params = {} if theta0 is None else {parts.theta.name: theta0}
+            with torch.no_grad():
+                self.p_c = _flat(model, model.predict(w_c.detach(), params), B)
+            self.J = observation_jacobian(model, w_c, params, chunk, progress)
+            self.passes = min(n, D)
+        self.jacobian_s = time.perf_counter() - t0
+        self._eig = None
+
+    # -- pieces depending on theta --
+    def params(self, theta) -> dict:
+        return {} if theta is None else {self.parts.theta.name: theta}
+
+    def noise_var(self, theta) -> Tensor:
+        """Per observed element variance (B, n) of the pixel likelihood, discrepancy included."""
+        s = self.parts.lik.total_scale(self.params(theta), self.y)
+        return _flat(self.model, torch.as_tensor(s, dtype=self.y.dtype, device=self.y.device) ** 2, self.B)
+
+    def operator(self, theta) -> tuple[Tensor, Tensor]:
+        """(J_theta (B, n, D) float64, p_theta (B, n)): the linearised f_theta(G(w)) at w_c."""
+        if not self.parts.in_corruption:
+            return self.J.double(), self.p_c
+        B, D = self.B, self.D
+        params = self.params(theta)
+        with torch.no_grad():
+            cols = self.JG.permute(2, 0, 1).reshape(D, B, *self.model.generator.image_shape)
+            J = self.model.corruption(cols, params).reshape(D, B, -1).permute(1, 2, 0)
+            p = self.model.corruption(self.x_c, params)
+        return J.double(), _flat(self.model, p, B)
+
+    def scalar_noise(self) -> bool:
+        """True when only a per-image scalar noise variance depends on theta (the eigen path)."""
+        if self.parts.in_corruption:
+            return False
+        th = self.parts.theta
+        v = self.noise_var(None if th is None else _theta_like(th, self.B, self.y))
+        obs = self.m > 0
+        vmax = torch.where(obs, v, torch.full_like(v, -math.inf)).amax(-1)
+        vmin = torch.where(obs, v, torch.full_like(v, math.inf)).amin(-1)
+        return bool(((vmax - vmin) <= 1e-9 * vmax.abs()).all())
+
+    def observed_var(self, theta) -> Tensor:
+        """The noise variance of each image's observed elements (B,) (the eigen path's v)."""
+        v = self.noise_var(theta)
+        return torch.where(self.m > 0, v, torch.full_like(v, -math.inf)).amax(-1)
+
+    # -- the general path: one Cholesky per image and theta --
+    def gaussian(self, theta) -> dict:
+        """log p(y | theta) (B,), the conditional mean of w (B, D) and the Cholesky factor of P."""
+        J, p = self.operator(theta)
+        v = self.noise_var(theta)
+        prec = self.m / v
+        r0 = self.yv - p - torch.einsum("bnd,bd->bn", J, self.mu - self.w_c)
+        P = torch.einsum("bnd,bn,bne->bde", J, prec, J) + torch.diag_embed(1.0 / self.s0)
+        L = torch.linalg.cholesky(P)
+        b = torch.einsum("bnd,bn->bd", J, prec * r0)
+        Pb = torch.cholesky_solve(b[..., None], L)[..., 0]
+        logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+        quad = (prec * r0 ** 2).sum(-1) - (b * Pb).sum(-1)
+        logn = torch.where(self.m > 0, v.log(), torch.zeros_like(v)).sum(-1)
+        ev = -0.5 * (quad + logn + logdet + self.s0.log().sum(-1) + self.n_obs * math.log(2 * math.pi))
+        return {"log_evidence": ev, "mean": self.mu + Pb, "chol": L}
+
+    # -- the eigen path: theta moves only a scalar noise variance v per image --
+    def _eigen(self) -> dict:
+        if self._eig is None:
+            J, p = self.operator(None)
+            r0 = self.yv - p - torch.einsum("bnd,bd->bn", J, self.mu - self.w_c)
+            Js = J * self.s0.sqrt()[:, None, :] * self.m.sqrt()[..., None]
+            lam, V = torch.linalg.eigh(Js.transpose(1, 2) @ Js)
+            z = (Js.transpose(1, 2) @ (self.m.sqrt() * r0)[..., None])  # (B, D, 1)
+            q = (V.transpose(1, 2) @ z)[..., 0]
+            self._eig = {"lam": lam.clamp_min(0.0), "V": V, "q": q, "rr": (self.m * r0 ** 2).sum(-1)}
+        return self._eig
+
+    def eigen_evidence(self, v: Tensor) -> Tensor:
+        """log p(y | v) for per-image noise variances v (B, K): (B, K)."""
+        e = self._eigen()
+        lam, q = e["lam"][:, None, :], e["q"][:, None, :]
+        v3 = v[..., None]
+        quad = e["rr"][:, None] / v - (q ** 2 / (v3 * (v3 + lam))).sum(-1)
+        return -0.5 * (quad + self.n_obs[:, None] * (v.log() + math.log(2 * math.pi)) + torch.log1p(lam / v3).sum(-1))
+
+    def eigen_draw(self, v: Tensor, xi: Optional[Tensor]) -> Tensor:
+        """The conditional mean (xi None) or a draw of w given per-image variances v (B,): (B, D)."""
+        e = self._eigen()
+        coef = e["q"] / (v[:, None] + e["lam"])
+        if xi is not None:
+            coef = coef + xi / torch.sqrt(1.0 + e["lam"] / v[:, None])
+        return self.mu + self.s0.sqrt() * (e["V"] @ coef[..., None])[..., 0]
+
+
+def _theta_like(th, B: int, like: Tensor, value: float = None) -> Tensor:
+    """A value of the scalar latent ``th`` in its natural layout ((B,) per image, () shared)."""
+    v = torch.as_tensor(th.init if value is None else value, dtype=like.dtype, device=like.device)
+    return v.expand(B).clone() if th.per_image else v
+
+
+# --- the grid over theta ---------------------------------------------------------------------------
+
+def _prior_range(th, like: Tensor, tail: float = 1e-4) -> tuple[float, float]:
+    """The prior's central 1 - 2 tail of theta, in its unconstrained coordinate u."""
+    t = biject_to(th.prior.support)
+    q = torch.tensor([tail, 1.0 - tail], dtype=torch.float64)
+    try:
+        ends = th.prior.icdf(q.to(like.dtype).to(like.device))
+    except (NotImplementedError, AttributeError, ValueError):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            d = th.prior.sample((20000,)).double().cpu()
+        ends = torch.quantile(d, q)
+    u = t.inv(ends.to(like.dtype).to(like.device)).double().cpu()
+    return float(u[0]), float(u[1])
+
+
+def _weights(u: Tensor) -> Tensor:
+    """Trapezoid weights of a uniform grid (G, K)."""
+    du = (u[:, 1:2] - u[:, :1])
+    w = du.expand_as(u).clone()
+    w[:, 0] *= 0.5
+    w[:, -1] *= 0.5
+    return w
+
+
+def _normalise(u: Tensor, lp: Tensor) -> Tensor:
+    p = torch.exp(lp - lp.amax(-1, keepdim=True))
+    return p / (p * _weights(u)).sum(-1, keepdim=True)
+
+
+def grid_posterior(log_post, lo: float, hi: float, groups: int, points: int = GRID_POINTS, zooms: int = 3,
+                   fine: int = 20) -> dict:
+    """The density of u on a grid (G, K') zoomed ``zooms`` times onto its mass (mean +- 6 sd).
+
+    ``log_post(u (G, K)) -> (G, K)``: the unnormalised log posterior density of u, evaluated at
+    ``points`` nodes per zoom. The returned grid is ``fine`` times denser: the log density
+    interpolated by a cubic spline between the nodes (smooth densities: quantiles and draws then
+    agree with quadrature to ~1e-4 of the mean, not only the mean)."""
+    from scipy.interpolate import CubicSpline
+
+    u = torch.linspace(lo, hi, points, dtype=torch.float64).expand(groups, points).clone()
+    for z in range(zooms + 1):
+        lp = log_post(u)
+        p = _normalise(u, lp)
+        if z == zooms:
+            break
+        w = _weights(u) * p
+        mean = (w * u).sum(-1)
+        sd = ((w * (u - mean[:, None]) ** 2).sum(-1)).clamp_min(0).sqrt()
+        half = torch.maximum(6 * sd, 1.5 * (u[:, 1] - u[:, 0]))
+        u = mean[:, None] + half[:, None] * torch.linspace(-1, 1, points, dtype=torch.float64)
+    uf = torch.stack([torch.linspace(float(r[0]), float(r[-1]), fine * (points - 1) + 1, dtype=torch.float64)
+                      for r in u])
+    lpf = torch.stack([torch.from_numpy(CubicSpline(r.numpy(), l.numpy())(f.numpy()))
+                       for r, l, f in zip(u, lp, uf)])
+    return {"u": uf, "density": _normalise(uf, lpf), "log_post": lpf, "nodes": u, "log_post_nodes": lp}
+
+
+def sample_grid(post: dict, num: int, gen: torch.Generator) -> Tensor:
+    """``num`` draws of u per group from the grid density's inverse CDF (trapezoid rule): (num, G)."""
+    u, p = post["u"].numpy(), post["density"].numpy()
+    U = torch.rand(num, u.shape[0], generator=gen, dtype=torch.float64).numpy()
+    out = np.empty_like(U)
+    for g in range(u.shape[0]):
+        mid = 0.5 * (p[g, 1:] + p[g, :-1]) * np.diff(u[g])
+        cdf = np.concatenate([[0.0], np.cumsum(mid)])
+        out[:, g] = np.interp(U[:, g], cdf / cdf[-1], u[g])
+    return torch.from_numpy(out)
+
+
+def _log_posterior_fn(lin: Linearisation, eigen: bool):
+    """u (G, K) -> log p(u | y) up to a constant, (G, K): evidence + log prior + log |d theta / du|."""
+    th = lin.parts.theta
+    t = biject_to(th.prior.support)
+
+    def fn(u: Tensor) -> Tensor:
+        theta = t(u.to(lin.y.dtype).to(lin.y.device))
+        cols = []
+        for k in range(u.shape[1]):
+            val = theta[:, k] if th.per_image else theta[0, k]
+            if eigen:
+                cols.append(lin.observed_var(val))  # one variance per image (checked constant)
+            else:
+                ev = lin.gaussian(val)["log_evidence"]
+                cols.append(ev if th.per_image else ev.sum(-1, keepdim=True))
+        if eigen:
+            v = torch.stack(cols, -1)  # (B, K)
+            ev = lin.eigen_evidence(v)
+            ev = ev if th.per_image else ev.sum(0, keepdim=True)
+        else:
+            ev = torch.stack(cols, -1)
+        lprior = th.prior.log_prob(theta) + t.log_abs_det_jacobian(u.to(theta), theta)
+        return ev.cpu().double() + lprior.double().cpu()
+
+    return fn
+
+
+# --- the method ------------------------------------------------------------------------------------
+
+def conditional_map(model, y: Tensor, w0: Tensor, fixed: dict, steps: int, lr: float, lr_decay: float,
+                    progress: bool) -> tuple[Tensor, dict]:
+    """argmax_w log p(w, y | theta) with the scalar latents held at ``fixed`` (Adam from ``w0``)."""
+    import pyro
+
+    names = list(dict.fromkeys(model.site_terms().values()))
+    w = w0.detach().clone().requires_grad_(True)
+
+    def loss():
+        with pyro.validation_enabled(False):
+            terms = log_density_terms(model, y, {**fixed, model.image_site: w})
+        vec = torch.stack([-terms[n] if n in terms else w.new_zeros(()) for n in names])
+        return vec.sum(), vec
+
+    out = optimise(lambda: [w], loss, names, steps=steps, lr=lr, lr_decay=lr_decay, desc="INLA: MAP of w",
+                   progress=progress)
+    return w.detach(), out
+
+
+def _draws(lin: Linearisation, post: Optional[dict], eigen: bool, num: int, seed: int) -> dict:
+    """``num`` joint draws: theta from the grid, w | theta from the linearised Gaussian (natural layout)."""
+    model, B, D = lin.model, lin.B, lin.D
+    th = lin.parts.theta
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    shape = (B, *model.generator.latent_shape)
+    out = {}
+    if th is not None:
+        t = biject_to(th.prior.support)
+        u = sample_grid(post, num, gen)  # (S, G)
+        theta = t(u.to(lin.y.dtype)).to(lin.y.device)
+        out[th.name] = theta if th.per_image else theta[:, 0]
+    xi = torch.randn(num, B, D, generator=gen, dtype=torch.float64).to(lin.y.device)
+    ws = torch.empty(num, B, D, dtype=torch.float64, device=lin.y.device)
+    if eigen:
+        for s in range(num):
+            val = None if th is None else out[th.name][s]
+            ws[s] = lin.eigen_draw(lin.observed_var(val), xi[s])
+    else:  # w | theta at the grid point nearest each draw of theta (one Cholesky per grid point used)
+        idx = (None if th is None else
+               (post["u"][None] - u[..., None]).abs().argmin(-1).expand(num, B))  # (S, B)
+        ks = [None] if idx is None else sorted(set(idx.reshape(-1).tolist()))
+        for k in ks:
+            val = None
+            if k is not None:
+                tk = t(post["u"][:, k].to(lin.y.dtype)).to(lin.y.device)
+                val = tk.expand(B) if th.per_image else tk[0]
+            g = lin.gaussian(val)
+            z = torch.linalg.solve_triangular(g["chol"].transpose(-1, -2), xi.permute(1, 2, 0), upper=True)
+            cand = g["mean"][None] + z.permute(2, 0, 1)
+            sel = torch.ones(num, B, dtype=torch.bool) if k is None else (idx == k)
+            ws[sel.to(ws.device)] = cand[sel.to(ws.device)]
+    out[model.image_site] = ws.to(lin.y.dtype).reshape(num, *shape)
+    return out
+
+
+def run_inla(
+    model,
+    y: Tensor,
+    *,
+    steps: Optional[int] = None,
+    num_samples: int = 16,
+    seed: int = 0,
+    progress: bool = True,
+    init: Optional[dict] = None,
+    init_w: Optional[Tensor] = None,
+    refine: int = 1,
+    refine_steps: int = DEFAULT_REFINE_STEPS,
+    lr: float = 0.1,
+    lr_decay: float = 0.1,
+    grid_points: int = GRID_POINTS,
+    zooms: int = 3,
+    chunk: int = 32,
+    max_jacobian_gib: float = 2.0,
+) -> InferenceResult:
+    """The posterior of the model's scalar latent (grid) and of w given it (linearised Laplace).
+
+    Args:
+        model: a :class:`~brgm_pyro.models.brgm.BRGMModel` with a Gaussian pixel likelihood alone,
+            a linear corruption and at most one scalar latent (of the likelihood or corruption).
+        y: (B, C, h, w) observations.
+        steps: Adam steps of the first conditional MAP of w (theta at its component's initial
+            value; lr ``lr`` decaying to ``lr * lr_decay``). Default 500.
+        num_samples: joint draws returned.
+        refine: how many times the linearisation point is moved (theta to its posterior mean, then
+            ``refine_steps`` more Adam steps of w from the previous point, then a new Jacobian).
+        grid_points, zooms: the grid over theta's unconstrained coordinate (the prior's central
+            99.98 %, then ``zooms`` times onto mean +- 6 sd of the current grid density).
+        chunk: Jacobian rows/columns per pass. max_jacobian_gib: refuse larger Jacobians.
+    Returns:
+        :class:`InferenceResult`: ``latents`` = theta's posterior mean and w's conditional mean at
+        it, ``draws``/``samples`` joint draws, ``extra['grid']`` theta's grid, density (per unit of
+        theta) and log evidence per group (image, or one for a shared theta).
+    """
+    steps = DEFAULT_INLA_STEPS if steps is None else int(steps)
+    model.check_observation(y)
+    parts = _parts(model)
+    th, site = parts.theta, model.image_site
+    values = initial_values(model, y, init, init_w)
+    fixed = {} if th is None else {th.name: values[th.name]}
+    t0 = time.perf_counter()
+    w_c, out = conditional_map(model, y, values[site], fixed, steps, lr, lr_decay, progress)
+    history, passes, post = out["history"], 0, None
+    rounds = 0 if th is None else max(int(refine), 0)
+    for r in range(rounds + 1):
+        lin = Linearisation(model, parts, y, w_c, fixed.get(th.name) if th else None, chunk, progress,
+                            max_jacobian_gib)
+        passes += lin.passes
+        eigen = lin.scalar_noise()
+        if th is not None:
+            lo, hi = _prior_range(th, y)
+            post = grid_posterior(_log_posterior_fn(lin, eigen), lo, hi, y.shape[0] if th.per_image else 1,
+                                  grid_points, zooms)
+            fixed = {th.name: _posterior_mean(th, post, y)}
+        if r < rounds:
+            w_c, out = conditional_map(model, y, w_c, fixed, refine_steps, lr, lr_decay, progress)
+            history = {k: history[k] + out["history"][k] for k in history}
+    draws = _draws(lin, post, eigen, num_samples, seed) if num_samples > 0 else None
+    latents = {**fixed, site: _conditional_mean(lin, fixed.get(th.name) if th else None, eigen)}
+    samples = model.predictive_images(draws, y, seed=seed) if draws is not None else None
+    with torch.no_grad():
+        image = samples.mean(0) if samples is not None else model.render(latents[site])
+    total = time.perf_counter() - t0
+    extra = {"seed": seed, "refine": rounds, "jacobian_passes": passes, "eigen": eigen,
+             "grid": None if post is None else _grid_record(th, post)}
+    return InferenceResult(method="inla", latents={k: latents[k] for k in model.latent_sites()}, image=image,
+                           draws=draws, samples=samples, history=history,
+                           timing={"total_s": total, "per_step_s": out["timing"]["per_step_s"],
+                                   "steps": len(history.get("loss", [])), "jacobian_s": lin.jacobian_s},
+                           stopped=out["stopped"], extra=extra, image_site=site)
+
+
+def _posterior_mean(th, post: dict, like: Tensor) -> Tensor:
+    """E[theta | y] from the grid, natural layout."""
+    t = biject_to(th.prior.support)
+    theta = t(post["u"].to(like.dtype)).double()
+    m = (_weights(post["u"]) * post["density"] * theta).sum(-1).to(like.dtype).to(like.device)
+    return m if th.per_image else m[0]
+
+
+def _conditional_mean(lin: Linearisation, theta, eigen: bool) -> Tensor:
+    shape = (lin.B, *lin.model.generator.latent_shape)
+    mean = lin.eigen_draw(lin.observed_var(theta), None) if eigen else lin.gaussian(theta)["mean"]
+    return mean.to(lin.y.dtype).reshape(shape)
+
+
+def _grid_record(th, post: dict) -> dict:
+    """theta's grid and density per unit of theta (G, K), for reports and plots."""
+    t = biject_to(th.prior.support)
+    theta = t(post["u"])
+    jac = t.log_abs_det_jacobian(post["u"], theta).exp()
+    return {"site": th.name, "theta": theta.tolist(), "density": (post["density"] / jac).tolist(),
+            "nodes": t(post["nodes"]).tolist(), "log_posterior_u_nodes": post["log_post_nodes"].tolist()}
+
+
+__all__ = ["run_inla", "Linearisation", "grid_posterior", "image_jacobian", "observation_jacobian",
+           "conditional_map"]
