@@ -241,13 +241,17 @@ class Linearisation:
         return torch.where(self.m > 0, v, torch.full_like(v, -math.inf)).amax(-1)
 
     # -- the general path: one Cholesky per image and theta --
-    def gaussian(self, theta) -> dict:
-        """log p(y | theta) (B,), the conditional mean of w (B, D) and the Cholesky factor of P."""
+    def gaussian(self, theta, form: Optional[str] = None) -> dict:
+        """log p(y | theta) (B,), the conditional mean of w (B, D) and what draws need: the Cholesky
+        factor L of P (P^-1 = L^-T L^-1), or in the dual form (n < D) that of C."""
         J, p = self.operator(theta)
         v = self.noise_var(theta)
-        prec = self.m / v
         r0 = self.yv - p - torch.einsum("bnd,bd->bn", J, self.mu - self.w_c)
-        P = torch.einsum("bnd,bn,bne->bde", J, prec, J) + torch.diag_embed(1.0 / self.s0)
+        if form == "dual" or (form is None and J.shape[1] < J.shape[2]):
+            return self._gaussian_dual(J, v, r0)
+        prec = self.m / v
+        Jw = J * prec.sqrt()[..., None]
+        P = Jw.transpose(1, 2) @ Jw + torch.diag_embed(1.0 / self.s0)
         L = torch.linalg.cholesky(P)
         b = torch.einsum("bnd,bn->bd", J, prec * r0)
         Pb = torch.cholesky_solve(b[..., None], L)[..., 0]
@@ -256,6 +260,33 @@ class Linearisation:
         logn = torch.where(self.m > 0, v.log(), torch.zeros_like(v)).sum(-1)
         ev = -0.5 * (quad + logn + logdet + self.s0.log().sum(-1) + self.n_obs * math.log(2 * math.pi))
         return {"log_evidence": ev, "mean": self.mu + Pb, "chol": L}
+
+    def _gaussian_dual(self, J: Tensor, v: Tensor, r0: Tensor) -> dict:
+        """The same in observation space (n < D): C = J S0 J^T + N over the observed elements
+        (unobserved ones get unit variance and zero rows, so they drop out exactly)."""
+        obs = self.m > 0
+        Js = J * self.s0.sqrt()[:, None, :] * self.m[..., None]
+        C = Js @ Js.transpose(1, 2) + torch.diag_embed(torch.where(obs, v, torch.ones_like(v)))
+        L = torch.linalg.cholesky(C)
+        r = torch.where(obs, r0, torch.zeros_like(r0))
+        a = torch.cholesky_solve(r[..., None], L)[..., 0]
+        ev = -0.5 * ((r * a).sum(-1) + 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+                     + self.n_obs * math.log(2 * math.pi))
+        mean = self.mu + self.s0.sqrt() * (Js.transpose(1, 2) @ a[..., None])[..., 0]
+        # P^-1 = S0^1/2 (I - Js^T C^-1 Js) S0^1/2: draws as S0^1/2 (xi - Js^T C^-1 (Js xi + N^1/2 eta))
+        return {"log_evidence": ev, "mean": mean, "dual": (Js, L, torch.where(obs, v, torch.zeros_like(v)))}
+
+    def draw_given(self, g: dict, xi: Tensor, eta: Tensor) -> Tensor:
+        """Draws of w (S, B, D) from :meth:`gaussian`'s output with standard normals xi (S, B, D),
+        eta (S, B, n) (eta is used by the dual form: Matheron's rule)."""
+        if "chol" in g:
+            z = torch.linalg.solve_triangular(g["chol"].transpose(-1, -2), xi.permute(1, 2, 0), upper=True)
+            return g["mean"] + z.permute(2, 0, 1)
+        Js, L, v = g["dual"]
+        u = (Js @ xi.permute(1, 2, 0)).permute(2, 0, 1) + v.sqrt() * eta  # (S, B, n)
+        c = torch.cholesky_solve(u.permute(1, 2, 0), L)  # (B, n, S)
+        z = xi - (Js.transpose(1, 2) @ c).permute(2, 0, 1)
+        return g["mean"] + self.s0.sqrt() * z
 
     # -- the eigen path: theta moves only a scalar noise variance v per image --
     def _eigen(self) -> dict:
@@ -424,6 +455,7 @@ def _draws(lin: Linearisation, post: Optional[dict], eigen: bool, num: int, seed
         theta = t(u.to(lin.y.dtype)).to(lin.y.device)
         out[th.name] = theta if th.per_image else theta[:, 0]
     xi = torch.randn(num, B, D, generator=gen, dtype=torch.float64).to(lin.y.device)
+    eta = torch.randn(num, B, lin.yv.shape[-1], generator=gen, dtype=torch.float64).to(lin.y.device)
     ws = torch.empty(num, B, D, dtype=torch.float64, device=lin.y.device)
     if eigen:
         for s in range(num):
@@ -438,9 +470,7 @@ def _draws(lin: Linearisation, post: Optional[dict], eigen: bool, num: int, seed
             if k is not None:
                 tk = t(post["u"][:, k].to(lin.y.dtype)).to(lin.y.device)
                 val = tk.expand(B) if th.per_image else tk[0]
-            g = lin.gaussian(val)
-            z = torch.linalg.solve_triangular(g["chol"].transpose(-1, -2), xi.permute(1, 2, 0), upper=True)
-            cand = g["mean"][None] + z.permute(2, 0, 1)
+            cand = lin.draw_given(lin.gaussian(val), xi, eta)
             sel = torch.ones(num, B, dtype=torch.bool) if k is None else (idx == k)
             ws[sel.to(ws.device)] = cand[sel.to(ws.device)]
     out[model.image_site] = ws.to(lin.y.dtype).reshape(num, *shape)
