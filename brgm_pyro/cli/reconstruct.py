@@ -214,19 +214,19 @@ def mcmc_cli_defaults(method: str, steps: Optional[int], max_tree_depth: Optiona
 
 def check_method_options(*, method: str, steps, num_samples: int, chains, workers: int, device: str, lr) -> None:
     """One-line errors for inference options that make no sense together."""
-    if lr is not None and method not in ("map", "vi"):
-        raise BRGMError(f"--lr is the MAP/VI learning rate; --method {method} has none (drop --lr)")
+    if lr is not None and method not in ("map", "vi", "inla"):
+        raise BRGMError(f"--lr is the MAP/VI/INLA learning rate; --method {method} has none (drop --lr)")
     if steps is not None and steps < 1:
         raise BRGMError(f"--steps must be at least 1, got {steps}")
     if num_samples < 0:
         raise BRGMError(f"--num-samples must be >= 0, got {num_samples}")
     if chains is not None:
-        if method in ("map", "vi"):
+        if method in ("map", "vi", "inla"):
             raise BRGMError(f"--chains is for MCMC methods; --method {method} has no chains (drop --chains)")
         if chains < 1:
             raise BRGMError(f"--chains must be at least 1, got {chains}")
     if workers != 1:
-        if method in ("map", "vi"):
+        if method in ("map", "vi", "inla"):
             raise BRGMError(f"--workers runs MCMC chains in parallel; --method {method} has no chains (drop --workers)")
         if workers < 1:
             raise BRGMError(f"--workers must be at least 1, got {workers}")
@@ -416,7 +416,9 @@ def _reconstruct(
     generator: str = typer.Option(DEFAULT_GENERATOR, help="builtin:NAME or a .pkl/.safetensors generator file."),
     class_index: Optional[int] = typer.Option(None, "--class", help="Class K of a conditional generator "
                                               "(required for those): mapping and latent statistics of class K."),
-    method: str = typer.Option("map", help="Inference method: map | vi | sgld | psgld | mala | hmc | nuts."),
+    method: str = typer.Option("map", help="Inference method: map | vi | inla | sgld | psgld | mala | hmc | nuts "
+                                           "(inla: a learned noise level or kernel width integrated on a grid, "
+                                           "with --no-percept; docs/latent_sites.md)."),
     steps: Optional[int] = typer.Option(None, help="Optimisation steps (MAP, VI) or warm-up draws per chain (MCMC) "
                                                    f"(default: the method's; NUTS here: {CLI_NUTS_WARMUP})."),
     num_samples: int = typer.Option(16, help="Posterior samples to draw (per chain for MCMC methods)."),

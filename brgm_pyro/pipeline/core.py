@@ -127,7 +127,7 @@ def latent_stats(G):
     return stats
 
 
-DISCREPANCY_DEFAULT_METHODS = frozenset({"vi", "sgld", "psgld", "mala", "hmc", "nuts"})
+DISCREPANCY_DEFAULT_METHODS = frozenset({"vi", "inla", "sgld", "psgld", "mala", "hmc", "nuts"})
 
 
 def default_discrepancy(method: str, G, noise: str) -> str:
