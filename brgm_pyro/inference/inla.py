@@ -126,7 +126,7 @@ def image_jacobian(G, w: Tensor, chunk: int = 32, progress: bool = False) -> Ten
     for s in tqdm(range(0, D, chunk), desc="Jacobian of G", disable=not progress, leave=False):
         k = min(chunk, D - s)
         V = torch.zeros(k, B, D, dtype=w.dtype, device=w.device)
-        V[torch.arange(k), :, torch.arange(s, s + k)] = 1.0
+        V[torch.arange(k, device=w.device), :, torch.arange(s, s + k, device=w.device)] = 1.0
         with torch.no_grad():
             jv = torch.func.vmap(fn)(V.reshape(k, *w.shape))  # (k, B, C, H, W)
         cols.append(jv.reshape(k, B, -1))
@@ -153,7 +153,7 @@ def observation_jacobian(model, w: Tensor, params: dict, chunk: int = 32, progre
     for s in tqdm(range(0, n, chunk), desc="Jacobian of f(G)", disable=not progress, leave=False):
         k = min(chunk, n - s)
         E = torch.zeros(k, B, n, dtype=pred.dtype, device=pred.device)
-        E[torch.arange(k), :, torch.arange(s, s + k)] = 1.0
+        E[torch.arange(k, device=pred.device), :, torch.arange(s, s + k, device=pred.device)] = 1.0
         (g,) = torch.autograd.grad(pred, wv, grad_outputs=E, retain_graph=True, is_grads_batched=True)
         rows.append(g.reshape(k, B, D))
     return torch.cat(rows).permute(1, 0, 2).contiguous()
@@ -328,7 +328,7 @@ def _theta_like(th, B: int, like: Tensor, value: float = None) -> Tensor:
 def _prior_range(th, like: Tensor, tail: float = 1e-4) -> tuple[float, float]:
     """The prior's central 1 - 2 tail of theta, in its unconstrained coordinate u."""
     t = biject_to(th.prior.support)
-    q = torch.tensor([tail, 1.0 - tail], dtype=torch.float64)
+    q = torch.tensor([tail, 1.0 - tail], dtype=torch.float64, device="cpu")  # the grid lives on the CPU
     try:
         ends = th.prior.icdf(q.to(like.dtype).to(like.device))
     except (NotImplementedError, AttributeError, ValueError):
@@ -364,7 +364,7 @@ def grid_posterior(log_post, lo: float, hi: float, groups: int, points: int = GR
     agree with quadrature to ~1e-4 of the mean, not only the mean)."""
     from scipy.interpolate import CubicSpline
 
-    u = torch.linspace(lo, hi, points, dtype=torch.float64).expand(groups, points).clone()
+    u = torch.linspace(lo, hi, points, dtype=torch.float64, device="cpu").expand(groups, points).clone()
     for z in range(zooms + 1):
         lp = log_post(u)
         p = _normalise(u, lp)
@@ -374,8 +374,9 @@ def grid_posterior(log_post, lo: float, hi: float, groups: int, points: int = GR
         mean = (w * u).sum(-1)
         sd = ((w * (u - mean[:, None]) ** 2).sum(-1)).clamp_min(0).sqrt()
         half = torch.maximum(6 * sd, 1.5 * (u[:, 1] - u[:, 0]))
-        u = mean[:, None] + half[:, None] * torch.linspace(-1, 1, points, dtype=torch.float64)
-    uf = torch.stack([torch.linspace(float(r[0]), float(r[-1]), fine * (points - 1) + 1, dtype=torch.float64)
+        u = mean[:, None] + half[:, None] * torch.linspace(-1, 1, points, dtype=torch.float64, device="cpu")
+    uf = torch.stack([torch.linspace(float(r[0]), float(r[-1]), fine * (points - 1) + 1, dtype=torch.float64,
+                                     device="cpu")
                       for r in u])
     lpf = torch.stack([torch.from_numpy(CubicSpline(r.numpy(), l.numpy())(f.numpy()))
                        for r, l, f in zip(u, lp, uf)])
@@ -471,8 +472,8 @@ def _draws(lin: Linearisation, post: Optional[dict], eigen: bool, num: int, seed
                 tk = t(post["u"][:, k].to(lin.y.dtype)).to(lin.y.device)
                 val = tk.expand(B) if th.per_image else tk[0]
             cand = lin.draw_given(lin.gaussian(val), xi, eta)
-            sel = torch.ones(num, B, dtype=torch.bool) if k is None else (idx == k)
-            ws[sel.to(ws.device)] = cand[sel.to(ws.device)]
+            sel = torch.ones(num, B, dtype=torch.bool, device=ws.device) if k is None else (idx == k).to(ws.device)
+            ws[sel] = cand[sel]
     out[model.image_site] = ws.to(lin.y.dtype).reshape(num, *shape)
     return out
 
@@ -572,8 +573,8 @@ def gauss_newton_step(lin: Linearisation, theta, w_c: Tensor, eigen: bool) -> tu
             return _per_image_log_joint(model, y, {**fixed, model.image_site: w})
 
     best, best_lp = w_c.clone(), per_image(w_c)
-    taken = torch.zeros(w_c.shape[0], dtype=torch.float64)
-    todo = torch.ones(w_c.shape[0], dtype=torch.bool)
+    taken = torch.zeros(w_c.shape[0], dtype=torch.float64, device=w_c.device)
+    todo = torch.ones(w_c.shape[0], dtype=torch.bool, device=w_c.device)
     for alpha in (1.0, 0.5, 0.25, 0.125):
         cand = w_c + alpha * (target - w_c)
         lp = per_image(cand)
