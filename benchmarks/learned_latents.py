@@ -96,7 +96,7 @@ def inla_noise_rows(G, stats, truths: dict, masks, args, log) -> list[dict]:
                 model = build_model(G, f, prior="brgm", sigma_pixel="learn", noise_per_image=True, stats=stats,
                                     discrepancy=args.discrepancy)
                 t0 = time.perf_counter()
-                r = run_inla(model, y, num_samples=args.draws, progress=False, seed=k)
+                r = run_inla(model, y, num_samples=args.draws, progress=False, seed=k, **args.inla)
                 row = {"method": "inla", "truth_kind": kind, "task": task, "discrepancy": args.discrepancy,
                        **summarise(r.draws["sigma_pixel"], s), "seconds": time.perf_counter() - t0,
                        "jacobian_s": r.timing["jacobian_s"]}
@@ -119,7 +119,7 @@ def inla_blur_rows(G, stats, x, args, log) -> list[dict]:
             y = y + 0.02 * torch.randn(y.shape, generator=g)
         model = build_model(G, f, prior="brgm", sigma_pixel=0.02, stats=stats, discrepancy=args.discrepancy)
         t0 = time.perf_counter()
-        r = run_inla(model, y, num_samples=args.draws, progress=False, seed=k)
+        r = run_inla(model, y, num_samples=args.draws, progress=False, seed=k, **args.inla)
         row = {"method": "inla", "task": "sr4_gauss", "discrepancy": args.discrepancy, **summarise(r.draws["kernel_width"], t),
                "seconds": time.perf_counter() - t0}
         rows.append(row)
@@ -228,9 +228,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--methods", default="map-vi", help="map-vi and/or inla")
     ap.add_argument("--discrepancy", default=None, help="inla rows: 'auto' adds the generator's discrepancy term "
                     "(what brgm reconstruct --method inla does by default), a number sets tau")
+    ap.add_argument("--inla", default="{}", help="JSON of run_inla options (e.g. '{\"grid_points\": 25}')")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default="runs/learned_latents")
     a = ap.parse_args(argv)
+    a.inla = json.loads(a.inla)
     if a.discrepancy not in (None, "auto"):
         a.discrepancy = float(a.discrepancy)
     if a.threads:
