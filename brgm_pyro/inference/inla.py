@@ -506,8 +506,9 @@ def run_inla(
         steps: Adam steps of the first conditional MAP of w (theta at its component's initial
             value; lr ``lr`` decaying to ``lr * lr_decay``). Default 500.
         num_samples: joint draws returned.
-        refine: how many times the linearisation point is moved (theta to its posterior mean, then
-            ``refine_steps`` more Adam steps of w from the previous point, then a new Jacobian).
+        refine: how many times the linearisation point is moved (theta to its posterior mean, a
+            Gauss-Newton step of w (:func:`gauss_newton_step`), ``refine_steps`` more Adam steps,
+            then a new Jacobian).
         grid_points, zooms: the grid over theta's unconstrained coordinate (the prior's central
             99.98 %, then ``zooms`` times onto mean +- 6 sd of the current grid density).
         chunk: Jacobian rows/columns per pass. max_jacobian_gib: refuse larger Jacobians.
@@ -590,6 +591,7 @@ def _per_image_log_joint(model, y: Tensor, latents: dict) -> Tensor:
     """log p(latents_b, y_b) per image (B,), from the model's own trace (the images plate kept)."""
     import pyro
     from pyro import poutine
+    from pyro.distributions.util import scale_and_mask
 
     from brgm_pyro.models.density import plate_layout
 
@@ -601,8 +603,7 @@ def _per_image_log_joint(model, y: Tensor, latents: dict) -> Tensor:
     for name, site in tr.nodes.items():
         if site["type"] != "sample" or name not in terms:
             continue
-        lp = site["fn"].log_prob(site["value"]) * site["scale"]
-        lp = lp.double()
+        lp = scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"]).double()
         total = total + (lp.reshape(y.shape[0], -1).sum(-1) if lp.numel() >= y.shape[0] and lp.ndim >= 1
                          else lp.sum() / y.shape[0])
     return total
