@@ -317,9 +317,9 @@ class Linearisation:
         return self.mu + self.s0.sqrt() * (e["V"] @ coef[..., None])[..., 0]
 
 
-def _theta_like(th, B: int, like: Tensor, value: float = None) -> Tensor:
-    """A value of the scalar latent ``th`` in its natural layout ((B,) per image, () shared)."""
-    v = torch.as_tensor(th.init if value is None else value, dtype=like.dtype, device=like.device)
+def _theta_like(th, B: int, like: Tensor) -> Tensor:
+    """The scalar latent's starting value in its natural layout ((B,) per image, () shared)."""
+    v = torch.as_tensor(th.init, dtype=like.dtype, device=like.device)
     return v.expand(B).clone() if th.per_image else v
 
 
