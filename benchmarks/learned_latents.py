@@ -56,6 +56,16 @@ def model_drawn(G, n: int, seed: int = 123) -> torch.Tensor:
         return G(w[:, None].expand(n, G.num_ws, G.w_dim)).clamp(-1, 1)
 
 
+def prior_drawn(G, stats, n: int, seed: int = 321) -> torch.Tensor:
+    """G(w) with w drawn from the Gaussian W+ prior itself (prior "gaussian": w_i ~ N(mu, sigma^2),
+    independent layers), unclamped: truths for which the model with that prior is exactly right."""
+    from brgm_pyro.models.priors import PRIORS
+
+    prior = PRIORS.get("gaussian")(G, stats)
+    with torch.no_grad():
+        return G(prior.draw_init(n, torch.Generator().manual_seed(seed)))
+
+
 def posterior(model, y, args, seed=0):
     """A well-converged MAP (the learned sigma is the residual of the fit: an early-stopped fit
     over-estimates it), then the plain ELBO (no hyperprior, which would widen q(w) and with it sigma)."""
@@ -117,13 +127,13 @@ def inla_blur_rows(G, stats, x, args, log) -> list[dict]:
         with torch.no_grad():
             y = f(x, {"kernel_width": torch.full((x.shape[0],), t)})
             y = y + 0.02 * torch.randn(y.shape, generator=g)
-        model = build_model(G, f, prior="brgm", sigma_pixel=0.02, stats=stats, discrepancy=args.discrepancy)
+        model = build_model(G, f, prior=args.blur_prior, sigma_pixel=0.02, stats=stats, discrepancy=args.discrepancy)
         t0 = time.perf_counter()
         r = run_inla(model, y, num_samples=args.draws, progress=False, seed=k, **args.inla)
-        row = {"method": "inla", "task": "sr4_gauss", "discrepancy": args.discrepancy, **summarise(r.draws["kernel_width"], t),
-               "seconds": time.perf_counter() - t0}
+        row = {"method": "inla", "task": "sr4_gauss", "discrepancy": args.discrepancy, "truths": args.blur_truths,
+               "prior": args.blur_prior, **summarise(r.draws["kernel_width"], t), "seconds": time.perf_counter() - t0}
         rows.append(row)
-        log(f"inla blur width {t:.1f}: mean {row['mean_of_means']:.3f} 90 % covered: {row['covered_90']:.2f} "
+        log(f"inla blur width {t:.1f} ({args.blur_truths}, prior {args.blur_prior}): mean {row['mean_of_means']:.3f} 90 % covered: {row['covered_90']:.2f} "
             f"within 20 %: {row['within_20pct']:.2f} ({row['seconds']:.0f} s)")
     return rows
 
@@ -229,6 +239,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--discrepancy", default=None, help="inla rows: 'auto' adds the generator's discrepancy term "
                     "(what brgm reconstruct --method inla does by default), a number sets tau")
     ap.add_argument("--inla", default="{}", help="JSON of run_inla options (e.g. '{\"grid_points\": 25}')")
+    ap.add_argument("--blur-truths", default="test faces", choices=["test faces", "model-drawn", "prior-drawn"],
+                    help="blur rows: held-out faces, G(mapping(z)), or G(w) with w drawn from the Gaussian W+ prior "
+                         "(use with --blur-prior gaussian: the model is then exactly right)")
+    ap.add_argument("--blur-prior", default="brgm", help="blur rows: the model's prior (registered name)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default="runs/learned_latents")
     a = ap.parse_args(argv)
@@ -259,6 +273,8 @@ def main(argv=None) -> dict:
         truths = {"model-drawn": model_drawn(G, a.faces), "test faces": faces}
         res["nuts"] = nuts_rows(G, stats, {k: v for k, v in truths.items() if k in a.truths.split(",")}, a, log)
     if "blur" in a.parts:
+        faces = {"test faces": faces, "model-drawn": model_drawn(G, a.faces),
+                 "prior-drawn": prior_drawn(G, stats, a.faces)}[a.blur_truths]
         if "map-vi" in a.methods:
             res["blur"] = blur_rows(G, stats, faces, a, log)
         if "inla" in a.methods:

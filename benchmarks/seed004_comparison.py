@@ -152,7 +152,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default="runs/seed004")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="DIR",
+                    help="combine the results.json of runs over disjoint faces (e.g. two processes, one per core) "
+                         "into --out, weighted by their face counts; runs nothing")
     a = ap.parse_args(argv)
+    if a.merge:
+        return merge_runs([Path(d) for d in a.merge], Path(a.out))
     a.methods = a.methods.split(",")
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -189,6 +194,37 @@ def main(argv=None) -> dict:
     (out / "results.md").write_text(to_markdown(results))
     log(f"wrote {out / 'results.md'}")
     return results
+
+
+def _merge_summary(parts: list[dict]) -> dict:
+    """Pool per-run summaries (means over n faces each) into one over all faces, std included."""
+    n = np.array([p["n"] for p in parts], float)
+    w = n / n.sum()
+    out = {k: float(sum(wi * p[k] for wi, p in zip(w, parts))) for k in parts[0] if k not in ("n", "psnr_std")}
+    if "psnr_std" in parts[0]:  # pooled variance: E[x^2] - E[x]^2 over the union
+        ex2 = sum(wi * (p["psnr_std"] ** 2 + p["psnr"] ** 2) for wi, p in zip(w, parts))
+        out["psnr_std"] = float(np.sqrt(max(ex2 - out["psnr"] ** 2, 0.0)))
+    out["n"] = int(n.sum())
+    return out
+
+
+def merge_runs(dirs: list[Path], out: Path) -> dict:
+    """Merge ``results.json`` of runs over disjoint faces; every run must hold the same tasks and rows."""
+    runs = [json.loads((d / "results.json").read_text()) for d in dirs]
+    faces = sorted((r["settings"]["first_face"], r["settings"]["faces"]) for r in runs)
+    merged = {"settings": {**runs[0]["settings"], "merged_from": [str(d) for d in dirs], "face_ranges": faces},
+              "tasks": {}}
+    for task, t0 in runs[0]["tasks"].items():
+        mt = merged["tasks"][task] = {"baseline": _merge_summary([r["tasks"][task]["baseline"] for r in runs])}
+        for name, v in t0.items():
+            if name == "baseline" or not all(name in r["tasks"].get(task, {}) for r in runs):
+                continue
+            mt[name] = {m: _merge_summary([r["tasks"][task][name][m] for r in runs]) for m in v}
+    out.mkdir(parents=True, exist_ok=True)
+    _write(out / "results.json", merged)
+    (out / "results.md").write_text(to_markdown(merged))
+    print(to_markdown(merged))
+    return merged
 
 
 def _write(path: Path, obj: dict) -> None:

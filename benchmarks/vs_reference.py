@@ -14,7 +14,10 @@ from its definition (not its code) on any generator of ours:
 Both sides get the same generator, corruption object, observations and perceptual network, and
 are scored the same way (PSNR, SSIM on the 64x64 image in [0, 1]; "LPIPS-faces" = the bundled
 faces network's ``||phi(a) - phi(b)||^2``). Ours is ``run_map`` with its defaults, on the model
-``brgm reconstruct`` builds (``build_model(G, f, phi=default phi, stats=latent_stats_for(G))``).
+``brgm reconstruct`` builds (``build_model(G, f, phi=default phi, stats=latent_stats_for(G),
+discrepancy="auto")`` when the generator has a stored discrepancy scale, as builtin:faces64 does),
+scored on the image run_map returns (G(w*) + E[e | w*, y], the joint MAP of the clean image) and,
+as a separate row, on G(w*) alone (``--model '{"discrepancy": null}'``: the model without the term).
 Milliseconds per step are medians over repeats of short runs of both loops, interleaved in one
 process so that machine noise hits both alike.
 
@@ -167,6 +170,8 @@ def compare_task(G, phi, truth, ids, task, a, percept: bool, log) -> dict:
     stats = latent_stats_for(G)
     steps = [int(s) for s in a.steps.split(",")]
     rows = {"baseline": {0: []}, "ours": {s: [] for s in steps}}
+    if a.model_kw.get("discrepancy") is not None:
+        rows["ours, G(w) alone"] = {s: [] for s in steps}
     if a.reference:
         rows["reference"] = {s: [] for s in sorted(set(steps) | {REF_STEPS})}
     for s in range(0, truth.shape[0], a.batch):
@@ -177,7 +182,10 @@ def compare_task(G, phi, truth, ids, task, a, percept: bool, log) -> dict:
         rows["baseline"][0] += score(baseline(y, f), xt, phi)
         model = build_model(G, f, phi=phi if percept else None, stats=stats, **a.model_kw)
         for k, w in run_ours(model, y, steps, a.seed, a.map_kw).items():
-            rows["ours"][k] += score(G(w).detach(), xt, phi)
+            # what run_map returns as its image (G(w*) + E[e | w*, y] with the discrepancy term), and G(w*) alone
+            rows["ours"][k] += score(model.point_image({model.image_site: w}, y), xt, phi)
+            if "ours, G(w) alone" in rows:
+                rows["ours, G(w) alone"][k] += score(G(w).detach(), xt, phi)
         log(f"  {task} percept={percept} faces {ids[s]}..{ids[s] + xt.shape[0] - 1}: ours done")
         if not a.reference:
             continue
@@ -256,6 +264,11 @@ def parse(argv=None):
     a = ap.parse_args(argv)
     a.map_kw = json.loads(a.map)
     a.model_kw = json.loads(a.model)
+    if "discrepancy" not in a.model_kw:  # brgm reconstruct's default: the generator's stored scale, if any
+        from brgm_pyro.pipeline.core import default_discrepancy
+
+        d = default_discrepancy("map", load_generator(a.generator), "gaussian")
+        a.model_kw["discrepancy"] = "auto" if d == "auto" else None
     a.reference = a.reference == "on"
     return a
 

@@ -178,3 +178,27 @@ def test_residual_scale_dof_correction():
     assert abs(out["tau"] - 0.1) < 0.003
     with pytest.raises(BRGMError, match="latent coordinates"):
         residual_scale(r, num_latents=256)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_map_image_is_the_joint_mode_of_x(case):
+    """MAP with the term reports G(w*) + E[e | w*, y]: the joint mode of (w, e), which for the linear
+    Gaussian model is E[x | y] in closed form (mode = mean), observed pixels pulled to the data."""
+    from brgm_pyro.inference import run_map
+
+    model, w, y, A, keep = _problem(CASES[case](), seed=6)
+    G = model.generator
+    M, b = G.A.double(), G.b.double()
+    base = model.prior.distribution().base_dist
+    m0, s0 = base.loc.double().reshape(-1), base.scale.double().reshape(-1) ** 2
+    J = A @ M
+    cov_y = J @ torch.diag(s0) @ J.T + SIGMA ** 2 * torch.eye(A.shape[0], dtype=torch.float64) + TAU ** 2 * A @ A.T
+    r = y.double().reshape(-1)[keep] - (J @ m0 + A @ b)
+    cov_x = M @ torch.diag(s0) @ M.T + TAU ** 2 * torch.eye(16, dtype=torch.float64)
+    x_mean = (M @ m0 + b) + cov_x @ A.T @ torch.linalg.solve(cov_y, r)
+    res = run_map(model, y, steps=3000, lr=0.05, lr_decay=0.01, progress=False)
+    torch.testing.assert_close(res.image.double().reshape(-1), x_mean, atol=2e-3, rtol=0)
+    gw = model.render(res.w)
+    assert not torch.allclose(gw, res.image, atol=1e-3)  # e* is not zero: the data enter the image
+    model.discrepancy = None  # without the term the image is G(w) alone
+    assert torch.equal(model.point_image(res.latents, y), gw)

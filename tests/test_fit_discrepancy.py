@@ -105,14 +105,15 @@ def test_reconstruct_prior_options(tmp_path):
 
 
 def test_reconstruct_discrepancy_default(tmp_path):
-    """Default: auto for methods with posterior draws when the generator has a stored scale; off for a
-    MAP, for non-Gaussian noise and for generators without one (recorded in run.json)."""
+    """Default: auto for every method (MAP included: its image is the joint MAP of G(w) + e) when the
+    generator has a stored scale; off for non-Gaussian noise and for generators without one (recorded
+    in run.json)."""
     gen = _gen(tmp_path)
     G = load_generator(str(gen))
     discrepancy_path(G).write_text(json.dumps({"tau": 0.11}))
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)).save(tmp_path / "low.png")
-    cases = [(str(gen), "vi", "gaussian", 0.11), (str(gen), "map", "gaussian", None),
+    cases = [(str(gen), "vi", "gaussian", 0.11), (str(gen), "map", "gaussian", 0.11),
              (str(gen), "vi", "laplace", None), ("builtin:conv16", "vi", "gaussian", None)]
     for i, (spec, method, noise, tau) in enumerate(cases):
         out = tmp_path / f"r{i}"

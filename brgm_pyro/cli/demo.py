@@ -259,17 +259,16 @@ def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, gene
     blur = DEMO_BLUR_SIGMA * R / 64  # the same blur relative to the face on any generator size
     tasks.append((f"deblurring ({blur:g} px)", "deblur", make_corruption("deblur", kernel="gauss", sigma=blur)))
     prior_var = None  # the prior's pixel variances: one prior, shared by every task's reliance map
-    vi_disc = pipeline.default_discrepancy("vi", G, "gaussian")
+    disc = pipeline.default_discrepancy("map", G, "gaussian")  # as brgm reconstruct: every method, if G has one
     results: dict[str, dict] = {}
     stopped_by_user = False
     for label, key, corruption in tasks:
         corruption = corruption.to(device)
         with torch.no_grad():
             y = corruption(x)
-        model = pipeline.build_model(G, corruption, phi=phi, stats=stats)
-        # VI as brgm reconstruct runs it: with the generator's discrepancy term when it has one
-        vi_model = model if vi_disc == "off" else pipeline.build_model(G, corruption, phi=phi, stats=stats,
-                                                                      discrepancy=vi_disc)
+        # MAP and VI as brgm reconstruct runs them: with the generator's discrepancy term when it has one
+        model = pipeline.build_model(G, corruption, phi=phi, stats=stats,
+                                     discrepancy=None if disc == "off" else disc)
         t0 = time.perf_counter()
         if not quiet:
             print(f"{label}: MAP ({map_steps} steps) on {faces} faces", file=sys.stderr)
@@ -281,7 +280,7 @@ def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, gene
             t0 = time.perf_counter()
             if not quiet:
                 print(f"{label}: VI ({vi_steps} steps, {num_samples} samples)", file=sys.stderr)
-            r_vi = pipeline.reconstruct(vi_model, y, "vi", steps=vi_steps, num_samples=num_samples, seed=seed,
+            r_vi = pipeline.reconstruct(model, y, "vi", steps=vi_steps, num_samples=num_samples, seed=seed,
                                         init_w=r_map.w, progress=not quiet, runner=METHODS.get("vi"))
             timings[f"{key}_vi_s"] = time.perf_counter() - t0
         rel = None
@@ -290,11 +289,11 @@ def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, gene
 
             t0 = time.perf_counter()
             if prior_var is None:
-                _, var, ess = prior_image_moments(vi_model, DEMO_RELIANCE_PRIOR_DRAWS, seed=seed)
+                _, var, ess = prior_image_moments(model, DEMO_RELIANCE_PRIOR_DRAWS, seed=seed)
                 prior_var = (var, ess)
             rel = reliance_from_draws(r_vi.samples, prior_var[0], DEMO_RELIANCE_PRIOR_DRAWS, prior_var[1])
             timings[f"{key}_reliance_s"] = time.perf_counter() - t0
-        results[key] = {"label": label, "y": y, "map": r_map, "vi": r_vi, "model": model, "vi_model": vi_model,
+        results[key] = {"label": label, "y": y, "map": r_map, "vi": r_vi, "model": model,
                         "reliance": rel,
                         "corruption": corruption}
         if interrupted(r_map) or (r_vi is not None and interrupted(r_vi)):
@@ -340,7 +339,7 @@ def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, gene
                 "seed": seed,
                 "generator": {"spec": generator, "class": type(G).__name__, "resolution": R, "channels": C},
                 "models": {k: res["model"].config() for k, res in results.items()},
-                "vi_discrepancy": vi_disc,  # VI's model adds the discrepancy term (docs/discrepancy.md)
+                "discrepancy": disc,  # MAP's and VI's model add the discrepancy term (docs/discrepancy.md)
                 "inference": {k: {m: ({"stopped": res[m].stopped, "timing": res[m].timing,
                                        "loss_terms": history_summary(res[m].history)} if res[m] is not None else None)
                                   for m in ("map", "vi")} for k, res in results.items()},

@@ -69,7 +69,8 @@ def run_map(
         checkpoint_path: save the current latents there (safetensors) every ``checkpoint_every`` steps.
     Returns:
         :class:`InferenceResult` with ``latents`` (every site; ``.w`` (B, L, d)) and ``image`` =
-        G(w) (B, C, H, W).
+        G(w) (B, C, H, W), plus E[e | w, y] when the model has a discrepancy term (the joint MAP of
+        the clean image, :meth:`BRGMModel.point_image`; ``model.render(result.w)`` is G(w) alone).
     """
     steps = DEFAULT_MAP_STEPS if steps is None else int(steps)
     model.check_observation(y)
@@ -91,7 +92,7 @@ def run_map(
                        checkpoint=ckpt, checkpoint_every=checkpoint_every)
         with torch.no_grad():
             latents = {k: v.detach().clone() for k, v in current().items()}
-            image = model.render(latents[model.image_site])
+            image = model.point_image(latents, y)
     return InferenceResult(method="map", latents=latents, image=image, history=out["history"],
                            timing=out["timing"], stopped=out["stopped"], image_site=model.image_site,
                            extra={"lr": lr, "lr_decay": lr_decay, "lr_rampdown": lr_rampdown, "seed": seed})

@@ -17,8 +17,9 @@ class InferenceResult:
         method: ``"map"``, ``"vi"``, ``"sgld"``, ...
         latents: site -> point estimate (the MAP, or the posterior mean), natural layout
             (w: (B, L, d); a shared scalar: (); a per-image scalar: (B,)).
-        image: (B, C, H, W) reconstruction in [-1, 1]: G(w_MAP), or the posterior mean of G(w)
-            when samples exist.
+        image: (B, C, H, W) reconstruction in [-1, 1]: G(w_MAP) (plus E[e | w_MAP, y] with a
+            discrepancy term: :meth:`BRGMModel.point_image`), or the posterior mean of the
+            predictive images when samples exist.
         draws: site -> (S, *value shape) posterior draws (flattened over chains), or None.
         samples: (S, B, C, H, W) images of the draws, or None.
         history: loss-term name -> one float per step (log densities are reported as their

@@ -143,6 +143,28 @@ class BRGMModel:
         """G(w): (..., L, d) -> (..., C, H, W)."""
         return self.generator(w)
 
+    def point_image(self, latents: dict[str, Tensor], y: Optional[Tensor]) -> Tensor:
+        """The image of a point estimate (B, C, H, W): G(w), plus E[e | w, y] with a discrepancy term.
+
+        Under x = G(w) + e the joint mode of (w, e) is w* (the mode of the e-marginalised model this
+        model scores) with e at its conditional mean, so G(w*) + E[e | w*, y] is the MAP of the clean
+        image: it keeps what the data say about pixels G cannot draw (docs/discrepancy.md).
+        ``latents``: site -> natural-layout value (as :attr:`InferenceResult.latents`).
+        """
+        from brgm_pyro.models.density import plate_layout
+
+        with torch.no_grad():
+            x = self.render(latents[self.image_site])
+            if self.discrepancy is None:
+                return x
+            if y is None:
+                raise BRGMError("the model has a discrepancy term: its point image needs the observation y")
+            # one leading sample dim, laid out as predictive_images lays out draws
+            part = plate_layout(self, {k: v.unsqueeze(0) for k, v in latents.items()}, 1)
+            params = {lat.name: part[lat.name] for lat in self.scalar_latents}
+            x = self.discrepancy.conditional_mean(x.unsqueeze(0), y, self._noise_std(params), params or None, self.mask)
+            return x[0]
+
     def predictive_images(self, draws: dict[str, Tensor], y: Tensor, seed: int = 0, chunk: int = 16) -> Tensor:
         """Images of posterior draws: (S, B, C, H, W) from ``draws`` (site -> (S, *value shape)).
 

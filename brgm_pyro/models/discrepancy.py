@@ -103,6 +103,21 @@ class Discrepancy:
             r = torch.where(mask, r, torch.zeros((), dtype=r.dtype, device=r.device))
         return x + e0 + self.tau ** 2 * A.A_adjoint(r, params)
 
+    def conditional_mean(self, x: Tensor, y: Tensor, sigma: Union[float, Tensor], params: Optional[dict],
+                         mask: Optional[Tensor]) -> Tensor:
+        r"""G(w) + E[e | w, y] = G(w) + tau^2 A^T S^{-1} (y - A G(w)), (*S, B, C, H, W).
+
+        For a Gaussian model this is also the joint mode: maximising over (w, e) gives the MAP of w under
+        the e-marginalised likelihood and e at its conditional mean, so ``G(w*) + E[e | w*, y]`` is the
+        MAP estimate of the clean image x (exact where diag(A A^T) is). Arguments as in :meth:`draw`.
+        """
+        A = self.corruption
+        S = torch.as_tensor(sigma, dtype=x.dtype, device=x.device) ** 2 + self.obs_variance(params, x)
+        r = (y - A(x, params)) / S
+        if mask is not None:
+            r = torch.where(mask, r, torch.zeros((), dtype=r.dtype, device=r.device))
+        return x + self.tau ** 2 * A.A_adjoint(r, params)
+
     def config(self) -> dict:
         return {"tau": self.tau, **({"source": self.source} if self.source else {})}
 
