@@ -105,7 +105,7 @@ def run_task(task: str, G, args, out: Path) -> dict:
         mask[30:54, 16:48] = 0
         corr, where = Inpainting(mask), ~mask.bool()[None]
     disc = None if args.discrepancy == "off" else ("auto" if args.discrepancy == "auto" else float(args.discrepancy))
-    model = build_model(G, corr, sigma_pixel=SIGMA, discrepancy=disc)
+    model = build_model(G, corr, prior=args.prior, sigma_pixel=SIGMA, discrepancy=disc)
     gen = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
         y = corr(x) + SIGMA * torch.randn(corr(x).shape, generator=gen)
@@ -262,6 +262,7 @@ def main() -> None:
     ap.add_argument("--map-lr-decay", type=float, default=None, help="MAP learning-rate decay (default: run_map's)")
     ap.add_argument("--discrepancy", default="off",
                     help="off, auto (the scale stored beside the weights by brgm fit-discrepancy) or tau")
+    ap.add_argument("--prior", default="brgm", help="the prior on W+ (a registered name: brgm, flow, rls, studentt, ...)")
     ap.add_argument("--chains", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=15)
     ap.add_argument("--draws", type=int, default=25)
