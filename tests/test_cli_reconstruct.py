@@ -320,7 +320,7 @@ def test_simulate_mask_drawn_on_the_clean_image_is_cropped_and_resized(tmp_path)
     assert np.all(np.abs(obs[6:10, 6:10] - 128) <= 1)  # centre of the 16x16 image is missing
 
 
-def _brgm_process(*args, **kw):
+def _brgm_process(*args, sigint_default: bool = False, **kw):
     import subprocess
     import sys
 
@@ -328,7 +328,10 @@ def _brgm_process(*args, **kw):
 
     repo = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-c", "from brgm_pyro.cli import main; main()", *map(str, args)],
+    code = "from brgm_pyro.cli import main; main()"
+    if sigint_default:
+        code = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); " + code
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kw)
 
 
@@ -348,8 +351,10 @@ def test_real_sigint_during_inference(tmp_path):
 
     Image.fromarray(_rgb(2, 2)).save(tmp_path / "low.png")
     out = tmp_path / "res"
+    # a shell that runs this suite in the background (`pytest &`) hands its children SIGINT ignored,
+    # and Python then installs no KeyboardInterrupt handler: restore the terminal's default first
     p = _brgm_process("reconstruct", tmp_path / "low.png", "--generator", GEN, "--steps", "1000000", "--out", out,
-                      "--threads", "1")
+                      "--threads", "1", sigint_default=True)
     seen = ""
     deadline = time.time() + 120
     import os

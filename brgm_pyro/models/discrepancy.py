@@ -92,16 +92,12 @@ class Discrepancy:
             params: the scalar latents (plate layout, for corruptions that have some).
             mask: observed elements (None: all).
         """
-        A = self.corruption
         gen = dict(generator=generator, dtype=x.dtype)
         e0 = self.tau * torch.randn(x.shape, **gen).to(x.device)
-        pred = A(x + e0, params)
-        n0 = torch.randn(pred.shape, **gen).to(x.device) * sigma
-        S = torch.as_tensor(sigma, dtype=x.dtype, device=x.device) ** 2 + self.obs_variance(params, x)
-        r = (y - pred - n0) / S
-        if mask is not None:
-            r = torch.where(mask, r, torch.zeros((), dtype=r.dtype, device=r.device))
-        return x + e0 + self.tau ** 2 * A.A_adjoint(r, params)
+        obs_shape = (*x.shape[:-3], *y.shape[-3:])
+        n0 = torch.randn(obs_shape, **gen).to(x.device) * sigma
+        # Matheron: the conditional mean applied to a joint prior draw (x + e0, its observation + n0)
+        return self.conditional_mean(x + e0, y - n0, sigma, params, mask)
 
     def conditional_mean(self, x: Tensor, y: Tensor, sigma: Union[float, Tensor], params: Optional[dict],
                          mask: Optional[Tensor]) -> Tensor:

@@ -128,7 +128,7 @@ def latent_stats(G):
 
 
 #: every method: posterior draws need the term for honest intervals (docs/calibration.md), and MAP's
-#: image G(w*) + E[e | w*, y] is the joint MAP of the clean image (+0.9 dB on in-painting, docs/vs_reference.md)
+#: image G(w*) + E[e | w*, y] is the joint MAP of the clean image (+1.0 dB on in-painting, docs/vs_reference.md)
 DISCREPANCY_DEFAULT_METHODS = frozenset({"map", "vi", "inla", "sgld", "psgld", "mala", "hmc", "nuts"})
 
 
