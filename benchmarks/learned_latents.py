@@ -268,9 +268,9 @@ def main(argv=None) -> dict:
     _, faces = face_batch(range(a.faces), "test")
     res: dict = {"settings": vars(a)}
     if "noise" in a.parts:
-        truths = {"model-drawn": model_drawn(G, a.faces), "test faces": faces,
-                  "model-drawn unclamped": model_drawn(G, a.faces, clamp=False)}
-        truths = {k: v for k, v in truths.items() if k in a.truths.split(",")}
+        make = {"model-drawn": lambda: model_drawn(G, a.faces), "test faces": lambda: faces,
+                "model-drawn unclamped": lambda: model_drawn(G, a.faces, clamp=False)}
+        truths = {k: f() for k, f in make.items() if k in a.truths.split(",")}
         if "map-vi" in a.methods:
             res["noise"] = noise_rows(G, stats, truths, freeform_masks(a.faces), a, log)
         if "inla" in a.methods:
@@ -280,8 +280,8 @@ def main(argv=None) -> dict:
         truths = {"model-drawn": model_drawn(G, a.faces), "test faces": faces}
         res["nuts"] = nuts_rows(G, stats, {k: v for k, v in truths.items() if k in a.truths.split(",")}, a, log)
     if "blur" in a.parts:
-        faces = {"test faces": faces, "model-drawn": model_drawn(G, a.faces),
-                 "prior-drawn": prior_drawn(G, stats, a.faces)}[a.blur_truths]
+        faces = {"test faces": lambda: faces, "model-drawn": lambda: model_drawn(G, a.faces),
+                 "prior-drawn": lambda: prior_drawn(G, stats, a.faces)}[a.blur_truths]()
         if "map-vi" in a.methods:
             res["blur"] = blur_rows(G, stats, faces, a, log)
         if "inla" in a.methods:

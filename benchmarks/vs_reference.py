@@ -264,11 +264,6 @@ def parse(argv=None):
     a = ap.parse_args(argv)
     a.map_kw = json.loads(a.map)
     a.model_kw = json.loads(a.model)
-    if "discrepancy" not in a.model_kw:  # brgm reconstruct's default: the generator's stored scale, if any
-        from brgm_pyro.pipeline.core import default_discrepancy
-
-        d = default_discrepancy("map", load_generator(a.generator), "gaussian")
-        a.model_kw["discrepancy"] = "auto" if d == "auto" else None
     a.reference = a.reference == "on"
     return a
 
@@ -287,6 +282,10 @@ def main(argv=None) -> dict:
 
     G = load_generator(a.generator).eval()
     phi = default_phi(G, a.generator)
+    if "discrepancy" not in a.model_kw:  # brgm reconstruct's default: the generator's stored scale, if any
+        from brgm_pyro.pipeline.core import default_discrepancy
+
+        a.model_kw["discrepancy"] = "auto" if default_discrepancy("map", G, "gaussian") == "auto" else None
     ids = list(range(a.first_face, a.first_face + a.faces))
     _, truth = face_batch(ids, "test")
     res = {"settings": {k: v for k, v in vars(a).items()}, "faces": f"{ids[0]}-{ids[-1]} (test split)",

@@ -151,19 +151,22 @@ class BRGMModel:
         image: it keeps what the data say about pixels G cannot draw (docs/discrepancy.md).
         ``latents``: site -> natural-layout value (as :attr:`InferenceResult.latents`).
         """
-        from brgm_pyro.models.density import plate_layout
-
         with torch.no_grad():
             x = self.render(latents[self.image_site])
             if self.discrepancy is None:
                 return x
             if y is None:
                 raise BRGMError("the model has a discrepancy term: its point image needs the observation y")
-            # one leading sample dim, laid out as predictive_images lays out draws
-            part = plate_layout(self, {k: v.unsqueeze(0) for k, v in latents.items()}, 1)
-            params = {lat.name: part[lat.name] for lat in self.scalar_latents}
+            params = self._draw_params({k: v.unsqueeze(0) for k, v in latents.items()})  # as one draw
             x = self.discrepancy.conditional_mean(x.unsqueeze(0), y, self._noise_std(params), params or None, self.mask)
             return x[0]
+
+    def _draw_params(self, draws: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The scalar latents of draws (site -> (S, *value shape)) in plate layout, for the likelihood."""
+        from brgm_pyro.models.density import plate_layout
+
+        part = plate_layout(self, draws, 1)
+        return {lat.name: part[lat.name] for lat in self.scalar_latents}
 
     def predictive_images(self, draws: dict[str, Tensor], y: Tensor, seed: int = 0, chunk: int = 16) -> Tensor:
         """Images of posterior draws: (S, B, C, H, W) from ``draws`` (site -> (S, *value shape)).
@@ -172,8 +175,6 @@ class BRGMModel:
         term (:mod:`brgm_pyro.models.discrepancy`); rendered ``chunk`` draws at a time without
         gradients.
         """
-        from brgm_pyro.models.density import plate_layout
-
         w = draws[self.image_site]
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
         out = []
@@ -181,8 +182,7 @@ class BRGMModel:
             for s in range(0, w.shape[0], chunk):
                 x = self.render(w[s:s + chunk])
                 if self.discrepancy is not None:
-                    part = plate_layout(self, {k: v[s:s + chunk] for k, v in draws.items()}, 1)
-                    params = {lat.name: part[lat.name] for lat in self.scalar_latents}
+                    params = self._draw_params({k: v[s:s + chunk] for k, v in draws.items()})
                     x = self.discrepancy.draw(x, y, self._noise_std(params), params or None, self.mask, gen)
                 out.append(x)
         return torch.cat(out)

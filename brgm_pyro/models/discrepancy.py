@@ -94,7 +94,7 @@ class Discrepancy:
         """
         gen = dict(generator=generator, dtype=x.dtype)
         e0 = self.tau * torch.randn(x.shape, **gen).to(x.device)
-        obs_shape = (*x.shape[:-3], *y.shape[-3:])
+        obs_shape = (*x.shape[:-3], *self.corruption.out_shape(tuple(x.shape[-3:])))
         n0 = torch.randn(obs_shape, **gen).to(x.device) * sigma
         # Matheron: the conditional mean applied to a joint prior draw (x + e0, its observation + n0)
         return self.conditional_mean(x + e0, y - n0, sigma, params, mask)
