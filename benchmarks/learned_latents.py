@@ -120,6 +120,14 @@ def inla_noise_rows(G, stats, truths: dict, masks, args, log) -> list[dict]:
     return rows
 
 
+def _blurred(f, x, width: float, k: int) -> torch.Tensor:
+    """x blurred with a Gaussian kernel of std ``width``, down-sampled, noise 0.02 (seed 2 + k)."""
+    g = torch.Generator().manual_seed(2 + k)
+    with torch.no_grad():
+        y = f(x, {"kernel_width": torch.full((x.shape[0],), width)})
+        return y + 0.02 * torch.randn(y.shape, generator=g)
+
+
 def inla_blur_rows(G, stats, x, args, log) -> list[dict]:
     """INLA on the blur width, one batch per true width."""
     from brgm_pyro.inference import run_inla
@@ -127,10 +135,7 @@ def inla_blur_rows(G, stats, x, args, log) -> list[dict]:
     rows = []
     for k, t in enumerate(args.widths):
         f = SuperResolution(4, "gauss", gauss_sigma=blur_width_latent(4, per_image=True))
-        g = torch.Generator().manual_seed(2 + k)
-        with torch.no_grad():
-            y = f(x, {"kernel_width": torch.full((x.shape[0],), t)})
-            y = y + 0.02 * torch.randn(y.shape, generator=g)
+        y = _blurred(f, x, t, k)
         model = build_model(G, f, prior=args.blur_prior, sigma_pixel=0.02, stats=stats, discrepancy=args.discrepancy)
         t0 = time.perf_counter()
         r = run_inla(model, y, num_samples=args.draws, progress=False, seed=k, **args.inla)
@@ -139,6 +144,58 @@ def inla_blur_rows(G, stats, x, args, log) -> list[dict]:
         rows.append(row)
         log(f"inla blur width {t:.1f} ({args.blur_truths}, prior {args.blur_prior}): mean {row['mean_of_means']:.3f} 90 % covered: {row['covered_90']:.2f} "
             f"within 20 %: {row['within_20pct']:.2f} ({row['seconds']:.0f} s)")
+    return rows
+
+
+def nuts_blur_face(G, stats, y, args, seed: int) -> dict:
+    """NUTS on (w, kernel_width) for one observation (1, C, h, w), started at Laplace draws around a
+    converged joint MAP: the width's draws (chains, draws), their R-hat and bulk ESS."""
+    import arviz as az
+
+    from brgm_pyro.inference.mcmc import run_mcmc
+
+    f = SuperResolution(4, "gauss", gauss_sigma=blur_width_latent(4, per_image=True))
+    model = build_model(G, f, prior=args.blur_prior, sigma_pixel=0.02, stats=stats, discrepancy=args.discrepancy)
+    m = run_map(model, y, steps=args.map_steps, lr=args.map_lr, lr_decay=0.1, progress=False, seed=seed)
+    r = run_mcmc(model, y, method="nuts", num_chains=args.nuts_chains, steps=args.nuts_warmup,
+                 num_samples=args.nuts_draws, map_w=m.latents, progress=False, seed=seed,
+                 workers=args.nuts_workers, kernel_options={"max_tree_depth": args.nuts_depth})
+    d = r.draws["kernel_width"].double().reshape(args.nuts_chains, -1).numpy()
+    halves = d if d.shape[0] > 1 else d[:, : d.shape[1] // 2 * 2].reshape(2, -1)  # one chain: its two halves
+    return {"draws": d.reshape(-1).tolist(), "map": float(m.latents["kernel_width"]),
+            "r_hat": float(az.rhat(halves)), "ess_bulk": float(az.ess(d)), "grad_evals": r.extra.get("grad_evals")}
+
+
+def nuts_blur_rows(G, stats, x, args, log, done: list[dict], save) -> list[dict]:
+    """NUTS per face and true width (the same observations as the INLA rows); resumes from ``done``
+    (the per-face records of an interrupted run), saving after every face."""
+    key = {"truths": args.blur_truths, "prior": args.blur_prior, "discrepancy": args.discrepancy}
+    faces = [r for r in done if all(r.get(n) == v for n, v in key.items())]
+    for k, t in enumerate(args.widths):
+        f = SuperResolution(4, "gauss", gauss_sigma=blur_width_latent(4, per_image=True))
+        y = _blurred(f, x, t, k)
+        for b in range(x.shape[0]):
+            if any(r["truth"] == t and r["face"] == b for r in faces):
+                continue
+            t0 = time.perf_counter()
+            rec = {**key, "truth": t, "face": b, **nuts_blur_face(G, stats, y[b:b + 1], args, seed=b),
+                   "seconds": time.perf_counter() - t0}
+            faces.append(rec)
+            d = torch.tensor(rec["draws"])
+            log(f"nuts blur width {t:.1f} face {b}: mean {float(d.mean()):.3f} [{float(d.quantile(0.05)):.3f}, "
+                f"{float(d.quantile(0.95)):.3f}] MAP {rec['map']:.3f} R-hat {rec['r_hat']:.3f} ESS {rec['ess_bulk']:.0f} "
+                f"({rec['seconds']:.0f} s)")
+            save(faces)
+    rows = []
+    for t in args.widths:
+        recs = sorted((r for r in faces if r["truth"] == t), key=lambda r: r["face"])
+        if not recs:
+            continue
+        draws = torch.tensor([r["draws"] for r in recs]).T  # (S, faces)
+        rows.append({"method": "nuts", "task": "sr4_gauss", "discrepancy": args.discrepancy,
+                     "truths": args.blur_truths, "prior": args.blur_prior, **summarise(draws, t),
+                     "max_r_hat": max(r["r_hat"] for r in recs), "min_ess_bulk": min(r["ess_bulk"] for r in recs),
+                     "seconds": sum(r["seconds"] for r in recs), "faces": len(recs)})
     return rows
 
 
@@ -241,7 +298,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--nuts-faces", type=int, default=8)
     ap.add_argument("--nuts-warmup", type=int, default=150)
     ap.add_argument("--nuts-draws", type=int, default=150)
-    ap.add_argument("--methods", default="map-vi", help="map-vi and/or inla")
+    ap.add_argument("--nuts-chains", type=int, default=2, help="blur rows with --methods nuts: chains per face")
+    ap.add_argument("--nuts-workers", type=int, default=2, help="blur rows with --methods nuts: chains run at once")
+    ap.add_argument("--nuts-depth", type=int, default=6, help="blur rows with --methods nuts: NUTS max tree depth")
+    ap.add_argument("--methods", default="map-vi", help="map-vi, inla and/or nuts (nuts: blur rows, per face; "
+                    "an interrupted run resumes from --out)")
     ap.add_argument("--discrepancy", default=None, help="inla rows: 'auto' adds the generator's discrepancy term "
                     "(what brgm reconstruct --method inla does by default), a number sets tau")
     ap.add_argument("--inla", default="{}", help="JSON of run_inla options (e.g. '{\"grid_points\": 25}')")
@@ -286,6 +347,15 @@ def main(argv=None) -> dict:
             res["blur"] = blur_rows(G, stats, faces, a, log)
         if "inla" in a.methods:
             res["blur_inla"] = inla_blur_rows(G, stats, faces, a, log)
+        if "nuts" in a.methods:
+            prev = out / "learned_latents.json"
+            done = json.loads(prev.read_text()).get("blur_nuts_faces", []) if prev.exists() else []
+
+            def save(recs):
+                res["blur_nuts_faces"] = recs
+                _save(out, res)
+
+            res["blur_nuts"] = nuts_blur_rows(G, stats, faces, a, log, done, save)
     _save(out, res)
     return res
 

@@ -101,3 +101,18 @@ def test_without_scalar_latents_it_is_the_linearised_laplace_posterior():
     d = r.draws["w"].double().reshape(3000, 2, -1)
     sd = d.std(0)
     assert ((d.mean(0) - exact["mean"]).abs() < 4 * sd / 3000 ** 0.5).all()
+
+
+def test_best_of_starts_keeps_each_images_best_fit():
+    """Restarts of the inner MAP: from a bad first fit every image moves to a restart that reaches
+    the mode (the linear model's exact posterior mean); a first fit at the mode is kept."""
+    from brgm_pyro.inference.inla import best_of_starts
+
+    model, y, _ = _setup(n_side=4, num_ws=2, w_dim=3)
+    exact = Linearisation(model, _parts(model), y, model.init_latents(2), None).gaussian(None)["mean"]
+    bad = model.init_latents(2) + 3.0
+    w, chosen = best_of_starts(model, y, bad, {}, 2, 400, 0.1, 0.1, False, seed=0)
+    assert all(c >= 1 for c in chosen)
+    assert torch.allclose(w.reshape(2, -1).double(), exact, atol=2e-3)
+    r = run_inla(model, y, steps=5, restarts=2, num_samples=0, progress=False)
+    assert len(r.extra["start"]) == 2

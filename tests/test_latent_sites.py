@@ -239,3 +239,19 @@ def test_inla_blur_width_is_exact_on_the_linear_model(blur_problem):
     assert abs(t.mean() - exact["mean"]) < 4 * t.std() / math.sqrt(t.size)
     lo, hi = np.quantile(t, [0.05, 0.95])
     assert lo < t_true < hi
+    assert res.extra["warnings"] == []  # exact here: no caution
+
+
+def test_inla_cautions_about_a_corruption_parameter_of_a_nonlinear_generator():
+    """Measured bias (docs/latent_sites.md): INLA says so, by name, for a non-linear G only."""
+    from brgm_pyro.inference.inla import _cautions, _parts
+    from brgm_pyro.models.generators import ConvGenerator, compute_latent_stats
+
+    G = ConvGenerator(img_resolution=8, img_channels=1, w_dim=8, z_dim=8, channels=8, seed=1)
+    f = SuperResolution(2, "gauss", gauss_sigma=blur_width_latent(2, guess=1.0, spread=0.5))
+    model = build_model(G, f, prior="gaussian", sigma_pixel=0.02, stats=compute_latent_stats(G, num_samples=500))
+    (line,) = _cautions(model, _parts(model))
+    assert "'kernel_width'" in line and "nuts" in line
+    noise = build_model(G, SuperResolution(2, "gauss"), prior="gaussian", sigma_pixel="learn",
+                        stats=compute_latent_stats(G, num_samples=500))
+    assert _cautions(noise, _parts(noise)) == []  # a noise level: no caution

@@ -496,6 +496,7 @@ def run_inla(
     zooms: int = 3,
     chunk: int = 32,
     max_jacobian_gib: float = 2.0,
+    restarts: int = 0,
 ) -> InferenceResult:
     """The posterior of the model's scalar latent (grid) and of w given it (linearised Laplace).
 
@@ -512,6 +513,10 @@ def run_inla(
         grid_points, zooms: the grid over theta's unconstrained coordinate (the prior's central
             99.98 %, then ``zooms`` times onto mean +- 6 sd of the current grid density).
         chunk: Jacobian rows/columns per pass. max_jacobian_gib: refuse larger Jacobians.
+        restarts: extra starting points of the first conditional MAP (each component's own
+            starting-point draws, seeded by ``seed``); per image the fit with the highest log joint
+            is kept (:func:`best_of_starts`). For in-painting, where Adam can stop in a basin whose
+            residual sits above the noise floor, and sigma would then learn that misfit.
     Returns:
         :class:`InferenceResult`: ``latents`` = theta's posterior mean and w's conditional mean at
         it, ``draws``/``samples`` joint draws, ``extra['grid']`` theta's grid, density (per unit of
@@ -525,6 +530,9 @@ def run_inla(
     fixed = {} if th is None else {th.name: values[th.name]}
     t0 = time.perf_counter()
     w_c, out = conditional_map(model, y, values[site], fixed, steps, lr, lr_decay, progress)
+    chosen = [0] * y.shape[0]
+    if restarts > 0:
+        w_c, chosen = best_of_starts(model, y, w_c, fixed, int(restarts), steps, lr, lr_decay, progress, seed)
     history, passes, post, gn_steps = out["history"], 0, None, []
     rounds = 0 if th is None else max(int(refine), 0)
     for r in range(rounds + 1):
@@ -549,12 +557,37 @@ def run_inla(
         image = samples.mean(0) if samples is not None else model.render(latents[site])
     total = time.perf_counter() - t0
     extra = {"seed": seed, "refine": rounds, "jacobian_passes": passes, "eigen": eigen, "gauss_newton": gn_steps,
+             "start": chosen, "warnings": _cautions(model, parts),
              "grid": None if post is None else _grid_record(th, post)}
     return InferenceResult(method="inla", latents={k: latents[k] for k in model.latent_sites()}, image=image,
                            draws=draws, samples=samples, history=history,
                            timing={"total_s": total, "per_step_s": out["timing"]["per_step_s"],
                                    "steps": len(history.get("loss", [])), "jacobian_s": lin.jacobian_s},
                            stopped=out["stopped"], extra=extra, image_site=site)
+
+
+def best_of_starts(model, y: Tensor, w_first: Tensor, fixed: dict, restarts: int, steps: int, lr: float,
+                   lr_decay: float, progress: bool, seed: int) -> tuple[Tensor, list[int]]:
+    """Per image, the conditional MAP of w with the highest true log joint among ``w_first`` (start 0)
+    and ``restarts`` more Adam runs from the model's own starting-point draws (starts 1..).
+
+    The estimate of a learned noise level is the residual of this fit (docs/latent_sites.md): a
+    start that ends in a basin whose residual is above the noise floor makes sigma learn the misfit,
+    and a longer Adam run does not leave such a basin. Returns (w (B, L, d), start chosen per image).
+    """
+    site = model.image_site
+    starts = model.draw_inits(restarts, y.shape[0], seed)[site]
+    best = w_first.clone()
+    with torch.no_grad():
+        best_lp = _per_image_log_joint(model, y, {**fixed, site: best})
+    chosen = torch.zeros(y.shape[0], dtype=torch.long)
+    for r in range(restarts):
+        w, _ = conditional_map(model, y, starts[r].to(w_first), fixed, steps, lr, lr_decay, progress)
+        with torch.no_grad():
+            lp = _per_image_log_joint(model, y, {**fixed, site: w})
+        ok = torch.isfinite(lp) & (lp > best_lp)
+        best[ok], best_lp[ok], chosen[ok.cpu()] = w[ok], lp[ok], r + 1
+    return best, chosen.tolist()
 
 
 def gauss_newton_step(lin: Linearisation, theta, w_c: Tensor, eigen: bool) -> tuple[Tensor, list]:
@@ -609,6 +642,17 @@ def _per_image_log_joint(model, y: Tensor, latents: dict) -> Tensor:
     return total
 
 
+def _cautions(model, parts: _Parts) -> list[str]:
+    """What the user should know about this run's accuracy (written to run.json and stderr)."""
+    if parts.in_corruption and not getattr(model.generator, "linear", False):
+        # measured: x4 SR blur width, prior-drawn truths, exact model: INLA 1.23-1.26 for a true 1.0,
+        # NUTS 0.98-1.01 (docs/latent_sites.md); the linearised posterior of w is far too wide
+        return [f"INLA's posterior of {parts.theta.name!r} is biased with a non-linear generator (its Laplace step "
+                "misjudges how w's spread moves the observation; docs/latent_sites.md): use --method nuts for "
+                "intervals of a corruption parameter"]
+    return []
+
+
 def _posterior_mean(th, post: dict, like: Tensor) -> Tensor:
     """E[theta | y] from the grid, natural layout."""
     t = biject_to(th.prior.support)
@@ -632,5 +676,5 @@ def _grid_record(th, post: dict) -> dict:
             "nodes": t(post["nodes"]).tolist(), "log_posterior_u_nodes": post["log_post_nodes"].tolist()}
 
 
-__all__ = ["run_inla", "Linearisation", "grid_posterior", "image_jacobian", "observation_jacobian",
+__all__ = ["run_inla", "best_of_starts", "Linearisation", "grid_posterior", "image_jacobian", "observation_jacobian",
            "conditional_map"]

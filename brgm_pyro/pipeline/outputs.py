@@ -197,7 +197,7 @@ def write_results(out, obs, result, model, *, overwrite: bool = False, vgg16: Op
     outdir = out if isinstance(out, io.OutputDir) else io.OutputDir(out, overwrite=overwrite)
     B = obs.y.shape[0]
     split = (B > 1) if per_image_dirs is None else per_image_dirs
-    written: dict = {"images": {}, "scores": None, "warnings": []}
+    written: dict = {"images": {}, "scores": None, "warnings": list(result.extra.get("warnings", []))}
     rel, w = reliance_for(model, result, reliance_draws)
     if w:
         written["warnings"].append(w)

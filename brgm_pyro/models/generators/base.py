@@ -27,8 +27,10 @@ class Generator(nn.Module, abc.ABC):
         z_dim: size of the mapping network's input noise.
         img_channels: C (1 or 3).
         img_resolution: H = W, in pixels.
+        linear: True when G(w) is affine in w (then Laplace approximations are exact).
     """
 
+    linear: bool = False
     num_ws: int
     w_dim: int
     z_dim: int

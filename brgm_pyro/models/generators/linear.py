@@ -24,6 +24,8 @@ class LinearGenerator(Generator):
         seed: initialisation seed.
     """
 
+    linear = True
+
     def __init__(self, num_ws: int = 2, w_dim: int = 4, img_channels: int = 1,
                  img_resolution: int = 8, z_dim: int | None = None, scale: float = 1.0,
                  seed: int = 0) -> None:
