@@ -120,9 +120,14 @@ def inla_noise_rows(G, stats, truths: dict, masks, args, log) -> list[dict]:
     return rows
 
 
+DEFAULT_WIDTHS = [1.0, 2.0, 3.0]
+
+
 def _blurred(f, x, width: float, k: int) -> torch.Tensor:
-    """x blurred with a Gaussian kernel of std ``width``, down-sampled, noise 0.02 (seed 2 + k)."""
-    g = torch.Generator().manual_seed(2 + k)
+    """x blurred with a Gaussian kernel of std ``width``, down-sampled, noise 0.02. The noise seed is
+    2 + the width's place among the default widths (so ``--widths 3 2`` sees the same observations
+    as the default run), else 2 + ``k``."""
+    g = torch.Generator().manual_seed(2 + (DEFAULT_WIDTHS.index(width) if width in DEFAULT_WIDTHS else k))
     with torch.no_grad():
         y = f(x, {"kernel_width": torch.full((x.shape[0],), width)})
         return y + 0.02 * torch.randn(y.shape, generator=g)
@@ -155,26 +160,57 @@ def nuts_blur_face(G, stats, y, args, seed: int) -> dict:
     from brgm_pyro.inference.mcmc import run_mcmc
 
     f = SuperResolution(4, "gauss", gauss_sigma=blur_width_latent(4, per_image=True))
-    model = build_model(G, f, prior=args.blur_prior, sigma_pixel=0.02, stats=stats, discrepancy=args.discrepancy)
+    sigma = "learn" if args.blur_sigma == "learn" else float(args.blur_sigma)
+    model = build_model(G, f, prior=args.blur_prior, sigma_pixel=sigma, stats=stats, discrepancy=args.discrepancy)
     m = run_map(model, y, steps=args.map_steps, lr=args.map_lr, lr_decay=0.1, progress=False, seed=seed)
     r = run_mcmc(model, y, method="nuts", num_chains=args.nuts_chains, steps=args.nuts_warmup,
                  num_samples=args.nuts_draws, map_w=m.latents, progress=False, seed=seed,
                  workers=args.nuts_workers, kernel_options={"max_tree_depth": args.nuts_depth})
     d = r.draws["kernel_width"].double().reshape(args.nuts_chains, -1).numpy()
     halves = d if d.shape[0] > 1 else d[:, : d.shape[1] // 2 * 2].reshape(2, -1)  # one chain: its two halves
-    return {"draws": d.reshape(-1).tolist(), "map": float(m.latents["kernel_width"]),
+    extra = {"sigma_pixel_mean": float(r.draws["sigma_pixel"].mean())} if "sigma_pixel" in r.draws else {}
+    return {**extra, "draws": d.reshape(-1).tolist(), "map": float(m.latents["kernel_width"]),
             "r_hat": float(az.rhat(halves)), "ess_bulk": float(az.ess(d)), "grad_evals": r.extra.get("grad_evals")}
+
+
+def merge_nuts_blur(args, out: Path) -> dict:
+    """Combine the per-face NUTS blur records of several runs (one record per width and face)."""
+    recs: dict = {}
+    for d in args.merge:
+        src = Path(d) / "learned_latents.json"
+        if not src.exists():
+            raise SystemExit(f"--merge: {src} does not exist (has that run saved a face yet?)")
+        for r in json.loads(src.read_text()).get("blur_nuts_faces", []):
+            r.setdefault("sigma", "0.02")  # runs before --blur-sigma existed
+            recs.setdefault((r["truths"], r["prior"], str(r["discrepancy"]), r["sigma"], r["truth"], r["face"]), r)
+    faces = list(recs.values())
+    kinds = {(r["truths"], r["prior"], r["discrepancy"], r["sigma"]) for r in faces}
+    if len(kinds) != 1:
+        raise SystemExit(f"--merge: the runs differ in truths/prior/discrepancy: {sorted(map(str, kinds))}")
+    args.blur_truths, args.blur_prior, args.discrepancy, args.blur_sigma = next(iter(kinds))
+    args.widths = sorted({r["truth"] for r in faces})
+    res = {"settings": vars(args), "blur_nuts_faces": faces,
+           "blur_nuts": nuts_blur_rows(None, None, None, args, print, faces, lambda _: None)}
+    _save(out, res)
+    for row in res["blur_nuts"]:
+        print(f"width {row['truth']:.1f}: {row['faces']} faces, mean {row['mean_of_means']:.3f}, within 20 % "
+              f"{row['within_20pct']:.2f}, 90 % covers {row['covered_90']:.2f}, max R-hat {row['max_r_hat']:.2f}, "
+              f"min ESS {row['min_ess_bulk']:.0f}")
+    return res
 
 
 def nuts_blur_rows(G, stats, x, args, log, done: list[dict], save) -> list[dict]:
     """NUTS per face and true width (the same observations as the INLA rows); resumes from ``done``
     (the per-face records of an interrupted run), saving after every face."""
-    key = {"truths": args.blur_truths, "prior": args.blur_prior, "discrepancy": args.discrepancy}
-    faces = [r for r in done if all(r.get(n) == v for n, v in key.items())]
-    for k, t in enumerate(args.widths):
+    key = {"truths": args.blur_truths, "prior": args.blur_prior, "discrepancy": args.discrepancy,
+           "sigma": args.blur_sigma}
+    faces = [r for r in done if all(r.get(n, "0.02" if n == "sigma" else None) == v for n, v in key.items())]
+    for k, t in enumerate(args.widths if x is not None else []):  # x None: only summarise ``done``
         f = SuperResolution(4, "gauss", gauss_sigma=blur_width_latent(4, per_image=True))
         y = _blurred(f, x, t, k)
-        for b in range(x.shape[0]):
+        for b in (reversed(range(x.shape[0])) if args.reverse_faces else range(x.shape[0])):
+            if args.only_faces is not None and b not in args.only_faces:
+                continue
             if any(r["truth"] == t and r["face"] == b for r in faces):
                 continue
             t0 = time.perf_counter()
@@ -240,13 +276,14 @@ def blur_rows(G, stats, x, args, log) -> list[dict]:
     with torch.no_grad():
         y = f(x.repeat(K, 1, 1, 1), {"kernel_width": widths})
         y = y + 0.02 * torch.randn(y.shape, generator=g)
-    model = build_model(G, f, prior="brgm", sigma_pixel=0.02, stats=stats)
+    model = build_model(G, f, prior="brgm", sigma_pixel=0.02, stats=stats, discrepancy=args.discrepancy)
     t0 = time.perf_counter()
     m, v = posterior(model, y, args)
     for k, t in enumerate(args.widths):
         sl = slice(k * B, (k + 1) * B)
-        r = {"task": "sr4_gauss", **summarise(v.draws["kernel_width"][:, sl], t),
-             "map_mean": float(m.latents["kernel_width"][sl].mean()), "seconds": time.perf_counter() - t0}
+        r = {"task": "sr4_gauss", "discrepancy": args.discrepancy, **summarise(v.draws["kernel_width"][:, sl], t),
+             "map_mean": float(m.latents["kernel_width"][sl].mean()),
+             "map_per_image": m.latents["kernel_width"][sl].tolist(), "seconds": time.perf_counter() - t0}
         rows.append(r)
         log(f"blur width {t:.1f}: VI mean {r['mean_of_means']:.3f} (MAP {r['map_mean']:.3f}) "
             f"90 % covered: {r['covered_90']:.2f} within 20 %: {r['within_20pct']:.2f} ({r['seconds']:.0f} s)")
@@ -285,7 +322,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--faces", type=int, default=8)
     ap.add_argument("--noise", type=float, nargs="+", default=[0.02, 0.05, 0.1])
-    ap.add_argument("--widths", type=float, nargs="+", default=[1.0, 2.0, 3.0])
+    ap.add_argument("--widths", type=float, nargs="+", default=DEFAULT_WIDTHS)
     ap.add_argument("--map-steps", type=int, default=1000)
     ap.add_argument("--map-lr", type=float, default=0.1)
     ap.add_argument("--tasks", default="sr8,inpaint")
@@ -301,10 +338,17 @@ def main(argv=None) -> dict:
     ap.add_argument("--nuts-chains", type=int, default=2, help="blur rows with --methods nuts: chains per face")
     ap.add_argument("--nuts-workers", type=int, default=2, help="blur rows with --methods nuts: chains run at once")
     ap.add_argument("--nuts-depth", type=int, default=6, help="blur rows with --methods nuts: NUTS max tree depth")
+    ap.add_argument("--blur-sigma", default="0.02", help="blur rows with --methods nuts: the pixel noise std the "
+                    "model assumes (the truth is 0.02), or 'learn' (a per-image latent beside the width)")
+    ap.add_argument("--only-faces", type=int, nargs="+", default=None, help="blur rows with --methods nuts: these faces only")
+    ap.add_argument("--reverse-faces", action="store_true", help="blur rows with --methods nuts: last face first "
+                    "(a second process then meets the first one halfway; combine them with --merge)")
+    ap.add_argument("--merge", nargs="+", default=None, help="blur rows with --methods nuts: combine the per-face "
+                    "records of these --out directories into --out (no inference)")
     ap.add_argument("--methods", default="map-vi", help="map-vi, inla and/or nuts (nuts: blur rows, per face; "
                     "an interrupted run resumes from --out)")
-    ap.add_argument("--discrepancy", default=None, help="inla rows: 'auto' adds the generator's discrepancy term "
-                    "(what brgm reconstruct --method inla does by default), a number sets tau")
+    ap.add_argument("--discrepancy", default=None, help="inla, nuts and blur rows: 'auto' adds the generator's discrepancy term "
+                    "(what brgm reconstruct does by default for every method), a number sets tau")
     ap.add_argument("--inla", default="{}", help="JSON of run_inla options (e.g. '{\"grid_points\": 25}')")
     ap.add_argument("--blur-truths", default="test faces", choices=["test faces", "model-drawn", "prior-drawn"],
                     help="blur rows: held-out faces, G(mapping(z)), or G(w) with w drawn from the Gaussian W+ prior "
@@ -324,6 +368,8 @@ def main(argv=None) -> dict:
     def log(msg):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
+    if a.merge:
+        return merge_nuts_blur(a, out)
     G = load_generator("builtin:faces64").eval()
     stats = latent_stats_for(G)
     _, faces = face_batch(range(a.faces), "test")

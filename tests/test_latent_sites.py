@@ -20,6 +20,7 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
+from brgm_pyro.errors import BRGMError
 from brgm_pyro.inference import run_map, run_vi
 from brgm_pyro.inference.mcmc import run_mcmc
 from brgm_pyro.models.brgm import build_model
@@ -255,3 +256,20 @@ def test_inla_cautions_about_a_corruption_parameter_of_a_nonlinear_generator():
     noise = build_model(G, SuperResolution(2, "gauss"), prior="gaussian", sigma_pixel="learn",
                         stats=compute_latent_stats(G, num_samples=500))
     assert _cautions(noise, _parts(noise)) == []  # a noise level: no caution
+
+
+def test_map_holds_the_corruption_latents_first_then_reaches_the_same_mode(blur_problem):
+    """run_map's held phase: the blur width stays at its start while w fits (hold ~ all steps),
+    and holding for half the steps ends at the joint mode reached without holding."""
+    model, y, _, _ = blur_problem
+    start = float(model.init_values(1)["kernel_width"])
+    held = run_map(model, y, steps=40, hold_corruption=0.99, progress=False)
+    assert float(held.latents["kernel_width"]) == pytest.approx(start, abs=1e-6)
+    assert not torch.allclose(held.w, model.init_latents(1))
+    a = run_map(model, y, steps=1500, lr=0.05, lr_decay=0.01, hold_corruption=0.5, progress=False)
+    b = run_map(model, y, steps=1500, lr=0.05, lr_decay=0.01, hold_corruption=0.0, progress=False)
+    assert float(a.latents["kernel_width"]) == pytest.approx(float(b.latents["kernel_width"]), rel=1e-3)
+    assert torch.allclose(a.w, b.w, atol=1e-3)
+    assert len(a.history["loss"]) == 1500
+    with pytest.raises(BRGMError):
+        run_map(model, y, steps=5, hold_corruption=1.0, progress=False)
