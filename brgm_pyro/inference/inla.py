@@ -530,9 +530,7 @@ def run_inla(
     fixed = {} if th is None else {th.name: values[th.name]}
     t0 = time.perf_counter()
     w_c, out = conditional_map(model, y, values[site], fixed, steps, lr, lr_decay, progress)
-    chosen = [0] * y.shape[0]
-    if restarts > 0:
-        w_c, chosen = best_of_starts(model, y, w_c, fixed, int(restarts), steps, lr, lr_decay, progress, seed)
+    w_c, chosen = best_of_starts(model, y, w_c, fixed, int(restarts), steps, lr, lr_decay, progress, seed)
     history, passes, post, gn_steps = out["history"], 0, None, []
     rounds = 0 if th is None else max(int(refine), 0)
     for r in range(rounds + 1):
@@ -550,11 +548,7 @@ def run_inla(
             gn_steps.append(steps_taken)
             w_c, out = conditional_map(model, y, w_c, fixed, refine_steps, lr, lr_decay, progress)
             history = {k: history[k] + out["history"][k] for k in history}
-    draws = _draws(lin, post, eigen, num_samples, seed) if num_samples > 0 else None
-    latents = {**fixed, site: _conditional_mean(lin, fixed.get(th.name) if th else None, eigen)}
-    samples = model.predictive_images(draws, y, seed=seed) if draws is not None else None
-    with torch.no_grad():
-        image = samples.mean(0) if samples is not None else model.render(latents[site])
+    draws, latents, samples, image = _finish(lin, post, eigen, fixed, num_samples, seed)
     total = time.perf_counter() - t0
     extra = {"seed": seed, "refine": rounds, "jacobian_passes": passes, "eigen": eigen, "gauss_newton": gn_steps,
              "start": chosen, "warnings": _cautions(model, parts),
@@ -564,6 +558,17 @@ def run_inla(
                            timing={"total_s": total, "per_step_s": out["timing"]["per_step_s"],
                                    "steps": len(history.get("loss", [])), "jacobian_s": lin.jacobian_s},
                            stopped=out["stopped"], extra=extra, image_site=site)
+
+
+def _finish(lin: Linearisation, post: Optional[dict], eigen: bool, fixed: dict, num_samples: int, seed: int):
+    """(draws, latents, predictive samples, image) at the last linearisation."""
+    model, y, th = lin.model, lin.y, lin.parts.theta
+    draws = _draws(lin, post, eigen, num_samples, seed) if num_samples > 0 else None
+    latents = {**fixed, model.image_site: _conditional_mean(lin, fixed.get(th.name) if th else None, eigen)}
+    samples = model.predictive_images(draws, y, seed=seed) if draws is not None else None
+    with torch.no_grad():
+        image = samples.mean(0) if samples is not None else model.render(latents[model.image_site])
+    return draws, latents, samples, image
 
 
 def best_of_starts(model, y: Tensor, w_first: Tensor, fixed: dict, restarts: int, steps: int, lr: float,
@@ -576,6 +581,8 @@ def best_of_starts(model, y: Tensor, w_first: Tensor, fixed: dict, restarts: int
     and a longer Adam run does not leave such a basin. Returns (w (B, L, d), start chosen per image).
     """
     site = model.image_site
+    if restarts <= 0:
+        return w_first, [0] * y.shape[0]
     starts = model.draw_inits(restarts, y.shape[0], seed)[site]
     best = w_first.clone()
     with torch.no_grad():
