@@ -653,7 +653,7 @@ def _cautions(model, parts: _Parts) -> list[str]:
     """What the user should know about this run's accuracy (written to run.json and stderr)."""
     if parts.in_corruption and not getattr(model.generator, "linear", False):
         # measured: x4 SR blur width, prior-drawn truths, exact model: INLA 1.23-1.26 for a true 1.0,
-        # NUTS 0.98-1.01 (docs/latent_sites.md); the linearised posterior of w is far too wide
+        # NUTS 0.98-1.03, covering it (docs/latent_sites.md); the linearised posterior of w is far too wide
         return [f"INLA's posterior of {parts.theta.name!r} is biased with a non-linear generator (its Laplace step "
                 "misjudges how w's spread moves the observation; docs/latent_sites.md): use --method nuts for "
                 "intervals of a corruption parameter"]

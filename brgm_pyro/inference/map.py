@@ -14,6 +14,7 @@ import torch
 from pyro.infer.autoguide import AutoDelta
 from torch import Tensor
 
+from brgm_pyro.errors import BRGMError
 from brgm_pyro.inference.engine import ELBOTerms, optimise, save_checkpoint
 from brgm_pyro.inference.result import InferenceResult
 from brgm_pyro.inference.sites import init_loc_fn, initial_values
@@ -120,8 +121,6 @@ def run_map(
 def _phases(guide, model, steps: int, hold: float) -> list[tuple[int, int, list]]:
     """[(first step, steps, parameters to move)]: one phase, or two when the corruption has
     latents and ``hold`` > 0 (the first moves every parameter but those of the corruption's sites)."""
-    from brgm_pyro.errors import BRGMError
-
     if not 0.0 <= hold < 1.0:
         raise BRGMError(f"hold_corruption must be in [0, 1), got {hold}")
     everything = list(guide.parameters())
@@ -131,6 +130,9 @@ def _phases(guide, model, steps: int, hold: float) -> list[tuple[int, int, list]
         return [(0, steps, everything)]
     site = lambda name: name.rsplit(".", 1)[-1].removesuffix("_unconstrained")  # noqa: E731
     free = [p for name, p in guide.named_parameters() if site(name) not in held_sites]
+    if len(free) == len(everything):  # a guide whose parameters are not named by site: say so, never ignore
+        raise BRGMError(f"run_map cannot find the guide parameters of {sorted(held_sites)} to hold them; "
+                        "use hold_corruption=0")
     return [(0, n_hold, free), (n_hold, steps - n_hold, everything)]
 
 
