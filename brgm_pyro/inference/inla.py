@@ -587,7 +587,7 @@ def best_of_starts(model, y: Tensor, w_first: Tensor, fixed: dict, restarts: int
     best = w_first.clone()
     with torch.no_grad():
         best_lp = _per_image_log_joint(model, y, {**fixed, site: best})
-    chosen = torch.zeros(y.shape[0], dtype=torch.long)
+    chosen = torch.zeros(y.shape[0], dtype=torch.long, device="cpu")  # a record, not a model tensor
     for r in range(restarts):
         w, _ = conditional_map(model, y, starts[r].to(w_first), fixed, steps, lr, lr_decay, progress)
         with torch.no_grad():
