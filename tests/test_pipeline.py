@@ -141,3 +141,17 @@ def test_score_and_write_results_agree(tmp_path):
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert m["images"] == json.loads(json.dumps(brgm.score(obs, res)["images"]))
     assert written["dir"] == (tmp_path / "out").absolute() and "baseline_bicubic" in m["images"]["clean"]
+
+
+def test_a_methods_warnings_reach_run_json(tmp_path):
+    """What a method says about its own accuracy (``extra['warnings']``, e.g. INLA on a blur width
+    of a non-linear G) is written to run.json and returned for the console."""
+    G = brgm.load_generator("builtin:conv16")
+    Image.fromarray(_smooth(16, 16)).save(tmp_path / "clean.png")
+    obs = brgm.observe([tmp_path / "clean.png"], G, "superres", factor=4, simulate=True)
+    model = brgm.build_model(G, obs)
+    res = brgm.reconstruct(model, obs, "map", steps=2)
+    res.extra["warnings"] = ["this method is biased here"]
+    written = brgm.write_results(tmp_path / "out", obs, res, model)
+    assert "this method is biased here" in written["warnings"]
+    assert "this method is biased here" in json.loads((tmp_path / "out" / "run.json").read_text())["warnings"]
