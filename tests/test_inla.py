@@ -116,3 +116,19 @@ def test_best_of_starts_keeps_each_images_best_fit():
     assert torch.allclose(w.reshape(2, -1).double(), exact, atol=2e-3)
     r = run_inla(model, y, steps=5, restarts=2, num_samples=0, progress=False)
     assert len(r.extra["start"]) == 2
+
+
+def test_restarts_are_ranked_by_the_profile_over_theta():
+    """At a fixed, far too large noise level the prior outranks the fit; maximised over sigma (the
+    profile best_of_starts ranks by) the fit that explains y wins."""
+    from brgm_pyro.inference.inla import _profile_score
+
+    model, y, w_true = _setup(n_side=4, num_ws=2, w_dim=3)
+    stats = compute_latent_stats(model.generator, num_samples=2000)
+    model = build_model(model.generator, Identity(), prior="gaussian", sigma_pixel="learn", stats=stats)
+    theta = model.scalar_latents[0]
+    fixed = {theta.name: torch.tensor(10.0)}
+    w_fit, w_prior = w_true, model.init_latents(2)
+    at_fixed, profile = _profile_score(model, y, fixed, None), _profile_score(model, y, fixed, theta)
+    assert (at_fixed(w_prior) > at_fixed(w_fit)).all()
+    assert (profile(w_fit) > profile(w_prior)).all()

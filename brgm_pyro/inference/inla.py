@@ -530,7 +530,7 @@ def run_inla(
     fixed = {} if th is None else {th.name: values[th.name]}
     t0 = time.perf_counter()
     w_c, out = conditional_map(model, y, values[site], fixed, steps, lr, lr_decay, progress)
-    w_c, chosen = best_of_starts(model, y, w_c, fixed, int(restarts), steps, lr, lr_decay, progress, seed)
+    w_c, chosen = best_of_starts(model, y, w_c, fixed, int(restarts), steps, lr, lr_decay, progress, seed, th)
     history, passes, post, gn_steps = out["history"], 0, None, []
     rounds = 0 if th is None else max(int(refine), 0)
     for r in range(rounds + 1):
@@ -572,29 +572,52 @@ def _finish(lin: Linearisation, post: Optional[dict], eigen: bool, fixed: dict, 
 
 
 def best_of_starts(model, y: Tensor, w_first: Tensor, fixed: dict, restarts: int, steps: int, lr: float,
-                   lr_decay: float, progress: bool, seed: int) -> tuple[Tensor, list[int]]:
+                   lr_decay: float, progress: bool, seed: int, theta=None) -> tuple[Tensor, list[int]]:
     """Per image, the conditional MAP of w with the highest true log joint among ``w_first`` (start 0)
     and ``restarts`` more Adam runs from the model's own starting-point draws (starts 1..).
 
     The estimate of a learned noise level is the residual of this fit (docs/latent_sites.md): a
     start that ends in a basin whose residual is above the noise floor makes sigma learn the misfit,
-    and a longer Adam run does not leave such a basin. Returns (w (B, L, d), start chosen per image).
+    and a longer Adam run does not leave such a basin. With ``theta`` (the scalar latent, held at
+    ``fixed[theta.name]`` during the fits) the fits are ranked by the log joint maximised over theta
+    on a grid of its prior's range (the profile), not at its starting value, where a smaller prior
+    cost could outrank a smaller residual. Returns (w (B, L, d), start chosen per image).
     """
     site = model.image_site
     if restarts <= 0:
         return w_first, [0] * y.shape[0]
     starts = model.draw_inits(restarts, y.shape[0], seed)[site]
+    score = _profile_score(model, y, fixed, theta)
     best = w_first.clone()
-    with torch.no_grad():
-        best_lp = _per_image_log_joint(model, y, {**fixed, site: best})
+    best_lp = score(best)
     chosen = torch.zeros(y.shape[0], dtype=torch.long, device="cpu")  # a record, not a model tensor
     for r in range(restarts):
         w, _ = conditional_map(model, y, starts[r].to(w_first), fixed, steps, lr, lr_decay, progress)
-        with torch.no_grad():
-            lp = _per_image_log_joint(model, y, {**fixed, site: w})
+        lp = score(w)
         ok = torch.isfinite(lp) & (lp > best_lp)
         best[ok], best_lp[ok], chosen[ok.cpu()] = w[ok], lp[ok], r + 1
     return best, chosen.tolist()
+
+
+def _profile_score(model, y: Tensor, fixed: dict, theta, points: int = 25):
+    """w -> per-image log joint (B,), maximised over ``theta`` on ``points`` values of its prior's
+    central range (geometric in the unconstrained coordinate); at ``fixed`` when theta is None."""
+    site = model.image_site
+    values = [None]
+    if theta is not None:
+        lo, hi = _prior_range(theta, y)
+        t = biject_to(theta.prior.support)
+        u = torch.linspace(lo, hi, points, dtype=torch.float64, device="cpu")
+        values = [_theta_like(theta, y.shape[0], y).new_full(_theta_like(theta, y.shape[0], y).shape, float(t(v)))
+                  for v in u]
+
+    def score(w: Tensor) -> Tensor:
+        with torch.no_grad():
+            lps = [_per_image_log_joint(model, y, {**fixed, site: w, **({} if v is None else {theta.name: v})})
+                   for v in values]
+        return torch.stack(lps).amax(0)
+
+    return score
 
 
 def gauss_newton_step(lin: Linearisation, theta, w_c: Tensor, eigen: bool) -> tuple[Tensor, list]:
