@@ -46,7 +46,8 @@ def setup(width: float, faces: int):
 
 
 def inla_steps(model, y, points: int = 25, zooms: int = 2):
-    """INLA as run_inla does it with refine=1: (linearisation, grid posterior, parts)."""
+    """INLA's steps with refine=1, restated from run_inla's body (which keeps its Linearisation to
+    itself): (linearisation, grid posterior, parts). Keep in step with run_inla."""
     parts = I._parts(model)
     th = parts.theta
     vals = initial_values(model, y, None, None)

@@ -180,8 +180,7 @@ def merge_nuts_blur(args, out: Path) -> dict:
         src = Path(d) / "learned_latents.json"
         if not src.exists():
             raise SystemExit(f"--merge: {src} does not exist (has that run saved a face yet?)")
-        for r in json.loads(src.read_text()).get("blur_nuts_faces", []):
-            r.setdefault("sigma", "0.02")  # runs before --blur-sigma existed
+        for r in map(_legacy, json.loads(src.read_text()).get("blur_nuts_faces", [])):
             recs.setdefault((r["truths"], r["prior"], str(r["discrepancy"]), r["sigma"], r["truth"], r["face"]), r)
     faces = list(recs.values())
     kinds = {(r["truths"], r["prior"], r["discrepancy"], r["sigma"]) for r in faces}
@@ -190,7 +189,7 @@ def merge_nuts_blur(args, out: Path) -> dict:
     args.blur_truths, args.blur_prior, args.discrepancy, args.blur_sigma = next(iter(kinds))
     args.widths = sorted({r["truth"] for r in faces})
     res = {"settings": vars(args), "blur_nuts_faces": faces,
-           "blur_nuts": nuts_blur_rows(None, None, None, args, print, faces, lambda _: None)}
+           "blur_nuts": nuts_blur_summary(faces, args)}
     _save(out, res)
     for row in res["blur_nuts"]:
         print(f"width {row['truth']:.1f}: {row['faces']} faces, mean {row['mean_of_means']:.3f}, within 20 % "
@@ -199,13 +198,18 @@ def merge_nuts_blur(args, out: Path) -> dict:
     return res
 
 
+def _legacy(rec: dict) -> dict:
+    """A per-face record with the fields later runs add (runs before --blur-sigma assumed 0.02)."""
+    return {"sigma": "0.02", **rec}
+
+
 def nuts_blur_rows(G, stats, x, args, log, done: list[dict], save) -> list[dict]:
     """NUTS per face and true width (the same observations as the INLA rows); resumes from ``done``
     (the per-face records of an interrupted run), saving after every face."""
     key = {"truths": args.blur_truths, "prior": args.blur_prior, "discrepancy": args.discrepancy,
            "sigma": args.blur_sigma}
-    faces = [r for r in done if all(r.get(n, "0.02" if n == "sigma" else None) == v for n, v in key.items())]
-    for k, t in enumerate(args.widths if x is not None else []):  # x None: only summarise ``done``
+    faces = [r for r in map(_legacy, done) if all(r.get(n) == v for n, v in key.items())]
+    for k, t in enumerate(args.widths):
         f = SuperResolution(4, "gauss", gauss_sigma=blur_width_latent(4, per_image=True))
         y = _blurred(f, x, t, k)
         for b in (reversed(range(x.shape[0])) if args.reverse_faces else range(x.shape[0])):
@@ -222,6 +226,11 @@ def nuts_blur_rows(G, stats, x, args, log, done: list[dict], save) -> list[dict]
                 f"{float(d.quantile(0.95)):.3f}] MAP {rec['map']:.3f} R-hat {rec['r_hat']:.3f} ESS {rec['ess_bulk']:.0f} "
                 f"({rec['seconds']:.0f} s)")
             save(faces)
+    return nuts_blur_summary(faces, args)
+
+
+def nuts_blur_summary(faces: list[dict], args) -> list[dict]:
+    """One row per true width from the per-face NUTS records."""
     rows = []
     for t in args.widths:
         recs = sorted((r for r in faces if r["truth"] == t), key=lambda r: r["face"])

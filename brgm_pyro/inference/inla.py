@@ -601,21 +601,18 @@ def best_of_starts(model, y: Tensor, w_first: Tensor, fixed: dict, restarts: int
 
 def _profile_score(model, y: Tensor, fixed: dict, theta, points: int = 25):
     """w -> per-image log joint (B,), maximised over ``theta`` on ``points`` values of its prior's
-    central range (geometric in the unconstrained coordinate); at ``fixed`` when theta is None."""
+    central range (uniform in the unconstrained coordinate); at ``fixed`` when theta is None."""
     site = model.image_site
-    values = [None]
+    grid = [{}]
     if theta is not None:
-        lo, hi = _prior_range(theta, y)
+        like = _theta_like(theta, y.shape[0], y)
         t = biject_to(theta.prior.support)
-        u = torch.linspace(lo, hi, points, dtype=torch.float64, device="cpu")
-        values = [_theta_like(theta, y.shape[0], y).new_full(_theta_like(theta, y.shape[0], y).shape, float(t(v)))
-                  for v in u]
+        grid = [{theta.name: torch.full_like(like, float(t(u)))}
+                for u in torch.linspace(*_prior_range(theta, y), points, dtype=torch.float64, device="cpu")]
 
     def score(w: Tensor) -> Tensor:
         with torch.no_grad():
-            lps = [_per_image_log_joint(model, y, {**fixed, site: w, **({} if v is None else {theta.name: v})})
-                   for v in values]
-        return torch.stack(lps).amax(0)
+            return torch.stack([_per_image_log_joint(model, y, {**fixed, site: w, **g}) for g in grid]).amax(0)
 
     return score
 
