@@ -108,7 +108,7 @@ def inla_noise_rows(G, stats, truths: dict, masks, args, log) -> list[dict]:
                 f = SuperResolution(8, "bicubic") if task == "sr8" else Inpainting(masks)
                 y = _corrupt(f, x, torch.full((x.shape[0],), s), seed=1 + k)
                 model = build_model(G, f, prior="brgm", sigma_pixel="learn", noise_per_image=True, stats=stats,
-                                    discrepancy=args.discrepancy)
+                                    discrepancy=_disc(args, G))
                 t0 = time.perf_counter()
                 r = run_inla(model, y, num_samples=args.draws, progress=False, seed=k, **args.inla)
                 row = {"method": "inla", "truth_kind": kind, "task": task, "discrepancy": args.discrepancy,
@@ -141,7 +141,7 @@ def inla_blur_rows(G, stats, x, args, log) -> list[dict]:
     for k, t in enumerate(args.widths):
         f = SuperResolution(4, "gauss", gauss_sigma=blur_width_latent(4, per_image=True))
         y = _blurred(f, x, t, k)
-        model = build_model(G, f, prior=args.blur_prior, sigma_pixel=0.02, stats=stats, discrepancy=args.discrepancy)
+        model = build_model(G, f, prior=args.blur_prior, sigma_pixel=0.02, stats=stats, discrepancy=_disc(args, G))
         t0 = time.perf_counter()
         r = run_inla(model, y, num_samples=args.draws, progress=False, seed=k, **args.inla)
         row = {"method": "inla", "task": "sr4_gauss", "discrepancy": args.discrepancy, "truths": args.blur_truths,
@@ -150,6 +150,16 @@ def inla_blur_rows(G, stats, x, args, log) -> list[dict]:
         log(f"inla blur width {t:.1f} ({args.blur_truths}, prior {args.blur_prior}): mean {row['mean_of_means']:.3f} 90 % covered: {row['covered_90']:.2f} "
             f"within 20 %: {row['within_20pct']:.2f} ({row['seconds']:.0f} s)")
     return rows
+
+
+def _disc(args, G):
+    """What build_model takes for ``--discrepancy`` (and ``--discrepancy-length``: coloured e)."""
+    if args.discrepancy is None or args.discrepancy_length is None:
+        return args.discrepancy
+    from brgm_pyro.models.discrepancy import Discrepancy, load_discrepancy
+
+    tau = load_discrepancy(G).tau if args.discrepancy == "auto" else float(args.discrepancy)
+    return Discrepancy(tau, length=args.discrepancy_length)
 
 
 def nuts_blur_face(G, stats, y, args, seed: int) -> dict:
@@ -161,7 +171,7 @@ def nuts_blur_face(G, stats, y, args, seed: int) -> dict:
 
     f = SuperResolution(4, "gauss", gauss_sigma=blur_width_latent(4, per_image=True))
     sigma = "learn" if args.blur_sigma == "learn" else float(args.blur_sigma)
-    model = build_model(G, f, prior=args.blur_prior, sigma_pixel=sigma, stats=stats, discrepancy=args.discrepancy)
+    model = build_model(G, f, prior=args.blur_prior, sigma_pixel=sigma, stats=stats, discrepancy=_disc(args, G))
     m = run_map(model, y, steps=args.map_steps, lr=args.map_lr, lr_decay=0.1, progress=False, seed=seed)
     r = run_mcmc(model, y, method="nuts", num_chains=args.nuts_chains, steps=args.nuts_warmup,
                  num_samples=args.nuts_draws, map_w=m.latents, progress=False, seed=seed,
@@ -181,12 +191,13 @@ def merge_nuts_blur(args, out: Path) -> dict:
         if not src.exists():
             raise SystemExit(f"--merge: {src} does not exist (has that run saved a face yet?)")
         for r in map(_legacy, json.loads(src.read_text()).get("blur_nuts_faces", [])):
-            recs.setdefault((r["truths"], r["prior"], str(r["discrepancy"]), r["sigma"], r["truth"], r["face"]), r)
+            recs.setdefault((r["truths"], r["prior"], str(r["discrepancy"]), r["length"], r["sigma"], r["truth"],
+                             r["face"]), r)
     faces = list(recs.values())
-    kinds = {(r["truths"], r["prior"], r["discrepancy"], r["sigma"]) for r in faces}
+    kinds = {(r["truths"], r["prior"], r["discrepancy"], r["length"], r["sigma"]) for r in faces}
     if len(kinds) != 1:
         raise SystemExit(f"--merge: the runs differ in truths/prior/discrepancy: {sorted(map(str, kinds))}")
-    args.blur_truths, args.blur_prior, args.discrepancy, args.blur_sigma = next(iter(kinds))
+    args.blur_truths, args.blur_prior, args.discrepancy, args.discrepancy_length, args.blur_sigma = next(iter(kinds))
     args.widths = sorted({r["truth"] for r in faces})
     res = {"settings": vars(args), "blur_nuts_faces": faces,
            "blur_nuts": nuts_blur_summary(faces, args)}
@@ -199,15 +210,16 @@ def merge_nuts_blur(args, out: Path) -> dict:
 
 
 def _legacy(rec: dict) -> dict:
-    """A per-face record with the fields later runs add (runs before --blur-sigma assumed 0.02)."""
-    return {"sigma": "0.02", **rec}
+    """A per-face record with the fields later runs add (runs before --blur-sigma assumed 0.02; before
+    --discrepancy-length the term was white)."""
+    return {"sigma": "0.02", "length": None, **rec}
 
 
 def nuts_blur_rows(G, stats, x, args, log, done: list[dict], save) -> list[dict]:
     """NUTS per face and true width (the same observations as the INLA rows); resumes from ``done``
     (the per-face records of an interrupted run), saving after every face."""
     key = {"truths": args.blur_truths, "prior": args.blur_prior, "discrepancy": args.discrepancy,
-           "sigma": args.blur_sigma}
+           "length": args.discrepancy_length, "sigma": args.blur_sigma}
     faces = [r for r in map(_legacy, done) if all(r.get(n) == v for n, v in key.items())]
     for k, t in enumerate(args.widths):
         f = SuperResolution(4, "gauss", gauss_sigma=blur_width_latent(4, per_image=True))
@@ -238,6 +250,7 @@ def nuts_blur_summary(faces: list[dict], args) -> list[dict]:
             continue
         draws = torch.tensor([r["draws"] for r in recs]).T  # (S, faces)
         rows.append({"method": "nuts", "task": "sr4_gauss", "discrepancy": args.discrepancy,
+                     "discrepancy_length": args.discrepancy_length,
                      "truths": args.blur_truths, "prior": args.blur_prior, **summarise(draws, t),
                      "max_r_hat": max(r["r_hat"] for r in recs), "min_ess_bulk": min(r["ess_bulk"] for r in recs),
                      "seconds": sum(r["seconds"] for r in recs), "faces": len(recs)})
@@ -285,7 +298,7 @@ def blur_rows(G, stats, x, args, log) -> list[dict]:
     with torch.no_grad():
         y = f(x.repeat(K, 1, 1, 1), {"kernel_width": widths})
         y = y + 0.02 * torch.randn(y.shape, generator=g)
-    model = build_model(G, f, prior="brgm", sigma_pixel=0.02, stats=stats, discrepancy=args.discrepancy)
+    model = build_model(G, f, prior="brgm", sigma_pixel=0.02, stats=stats, discrepancy=_disc(args, G))
     t0 = time.perf_counter()
     m, v = posterior(model, y, args)
     for k, t in enumerate(args.widths):
@@ -358,6 +371,8 @@ def main(argv=None) -> dict:
                     "an interrupted run resumes from --out)")
     ap.add_argument("--discrepancy", default=None, help="inla, nuts and blur rows: 'auto' adds the generator's discrepancy term "
                     "(what brgm reconstruct does by default for every method), a number sets tau")
+    ap.add_argument("--discrepancy-length", type=float, default=None, help="with --discrepancy: coloured e with "
+                    "this correlation length (pixels; the GaussianSmoother's std), instead of the stored one")
     ap.add_argument("--inla", default="{}", help="JSON of run_inla options (e.g. '{\"grid_points\": 25}')")
     ap.add_argument("--blur-truths", default="test faces", choices=["test faces", "model-drawn", "prior-drawn"],
                     help="blur rows: held-out faces, G(mapping(z)), or G(w) with w drawn from the Gaussian W+ prior "

@@ -44,6 +44,7 @@ def test_fit_discrepancy_writes_beside_weights_and_auto_reads_it(tmp_path):
     assert rec["images"] == 3 and rec["tau"] > rec["residual_rms"] > 0  # the dof correction widens it
     model = build_model(G, SuperResolution(2, "box"), discrepancy="auto")
     assert abs(model.discrepancy.tau - rec["tau"]) < 1e-12
+    assert model.discrepancy.smoother.config() == rec["spectrum"] and len(rec["lag_correlations"]) == 3
     # random-noise "faces" are far from anything G draws: tau is of the order of their spread
     assert 0.2 < rec["tau"] < 1.5
 

@@ -56,10 +56,13 @@ def fit_discrepancy_cmd(
     steps: int = typer.Option(1000, "--steps", help="Adam steps of each inversion."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output JSON (default: <weights>.discrepancy.json)."),
     seed: int = typer.Option(0, "--seed"),
+    white: bool = typer.Option(False, "--white", help="Store tau alone (white e) instead of tau and the residuals' "
+                               "power spectrum (coloured e, docs/discrepancy.md)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (torch.set_num_threads)."),
 ) -> None:
-    """Estimate the discrepancy scale tau from W+ inversions of clean images and store it beside the weights."""
+    """Estimate the discrepancy scale tau (and the colour of what G misses) from W+ inversions of clean images and
+    store it beside the weights."""
     from brgm_pyro.errors import BRGMError
     from brgm_pyro.models.discrepancy import discrepancy_path
     from brgm_pyro.models.generators.loading import load_generator
@@ -74,4 +77,4 @@ def fit_discrepancy_cmd(
     if out is None:
         raise BRGMError("this generator has no weights file to put the scale beside; give --out FILE")
     x, source = _clean_images(images, G, num_images)
-    fit_discrepancy(G, x.to(dev), out=out, steps=steps, seed=seed, source=source, log=typer.echo)
+    fit_discrepancy(G, x.to(dev), out=out, steps=steps, seed=seed, source=source, log=typer.echo, white=white)

@@ -29,8 +29,23 @@ compressed sensing. The predictive image is :math:`G(w) + e` with e drawn from
     e_0 \sim N(0, \tau^2 I),\ n_0 \sim N(0, \sigma^2 I),\ S = \sigma^2 + \tau^2 \operatorname{diag}(A A^\top)
 
 so a missing pixel gets :math:`e \sim N(0, \tau^2)` and an observed one is pulled towards the data.
-Assumptions (docs/discrepancy.md): e is white (independent per pixel and channel, one scale),
-Gaussian, and independent of w; the perceptual likelihood ignores it.
+
+**Coloured e** (``spectrum``). G's misfit on real faces is not white: neighbouring pixels err
+together (lag-1 correlation ~0.4 on the bundled generator), and a blur shrinks it far less than it
+shrinks white noise (benchmarks/misfit_whiteness.py: 1.35-1.49x the white prediction), so a model
+that infers a blur width explains the excess with a too-narrow kernel. With a spectrum the term is
+:math:`e = \tau K z`, z white, :math:`K = F^{-1} \sqrt{P} F` for an isotropic power spectrum P
+measured on the same inversion residuals as tau (:func:`residual_spectrum`,
+:class:`StationarySmoother`), so every pixel keeps variance :math:`\tau^2` and R = K K^T has the
+residuals' correlations. The likelihood uses :math:`\tau^2 \operatorname{diag}(A R A^\top)`
+(:meth:`Corruption.smoothed_gram_diagonal`: the exact marginal variance of each observation; the
+correlations between observations are dropped, as for white e with an overlapping kernel), and
+Matheron's rule solves with the full :math:`S = \sigma^2 I + \tau^2 A R A^\top` by
+preconditioned conjugate gradients (:func:`_solve_S`), because with a correlated R the diagonal S
+would count each neighbour's residual as independent evidence.
+
+Assumptions (docs/discrepancy.md): e is Gaussian, stationary away from the borders, independent
+between channels and independent of w; the perceptual likelihood ignores it.
 """
 
 from __future__ import annotations
@@ -46,18 +61,105 @@ from torch import Tensor
 from brgm_pyro.errors import BRGMError
 
 
-class Discrepancy:
-    """x = G(w) + e with e ~ N(0, tau^2 I) per pixel, in [-1, 1] image units.
+class StationarySmoother:
+    r"""Coloured e as a stationary (periodic) field: :math:`e = \tau K z`, z white, :math:`K = F^{-1}
+    \sqrt{P} F`.
+
+    P is an isotropic power spectrum, a table of power against the radius :math:`|f|` of the 2-D
+    frequency (cycles per pixel, linear interpolation, constant beyond the table), scaled on each
+    image size so that its mean over the DFT grid is 1: every pixel then has variance exactly
+    :math:`\tau^2`, and R = K K^T = K^2 has lag covariance :math:`c(\delta) = \mathrm{IDFT}(P)(\delta)`
+    with c(0) = 1. K is real and symmetric (P is even), so ``apply`` is its own adjoint. The
+    field wraps around the image's borders (a circulant R): a misfit correlated over a pixel or two
+    barely feels that.
 
     Args:
-        tau: the discrepancy scale (> 0), [-1, 1] units.
-        source: where tau came from (stored in the run's config), e.g. the fit's summary.
+        radius: (n,) increasing radii in [0, 0.75] cycles/pixel. power: (n,) non-negative powers
+            (any scale), not all zero.
     """
 
-    def __init__(self, tau: float, source: Optional[dict] = None) -> None:
+    def __init__(self, radius, power) -> None:
+        r = torch.as_tensor(radius, dtype=torch.float64).flatten()
+        p = torch.as_tensor(power, dtype=torch.float64).flatten()
+        if r.numel() < 2 or r.shape != p.shape or not bool((r[1:] > r[:-1]).all()) or not torch.isfinite(p).all() \
+                or bool((p < 0).any()) or float(p.max()) <= 0:
+            raise BRGMError("a discrepancy spectrum needs >= 2 increasing radii and as many non-negative powers, "
+                            "not all zero")
+        self.radius, self.power = r, p
+        self.key = ("spectrum", tuple(r.tolist()), tuple(p.tolist()))
+        self._cache: dict = {}
+
+    @classmethod
+    def gaussian(cls, length: float) -> "StationarySmoother":
+        """K a Gaussian blur of std ``length`` pixels: P(f) = exp(-(2 pi f l)^2), c(d) = exp(-d^2 / 4 l^2)."""
+        if not (isinstance(length, (int, float)) and math.isfinite(length) and length > 0):
+            raise BRGMError(f"the discrepancy's correlation length must be a positive number of pixels, got {length!r}")
+        r = torch.linspace(0, 0.75, 151, dtype=torch.float64)
+        return cls(r, torch.exp(-(2 * math.pi * r * length) ** 2))
+
+    def _grid(self, h: int, w: int, dtype, device) -> tuple[Tensor, Tensor]:
+        """sqrt(P) on the rfft grid (h, w // 2 + 1) and P on the full grid (h, w), mean(P) = 1."""
+        key = (h, w, dtype, str(device))
+        if key not in self._cache:
+            fy, fx = torch.fft.fftfreq(h, dtype=torch.float64), torch.fft.fftfreq(w, dtype=torch.float64)
+            rad = (fy[:, None] ** 2 + fx[None, :] ** 2).sqrt()
+            idx = torch.searchsorted(self.radius, rad.flatten()).clamp(1, self.radius.numel() - 1)
+            r0, r1 = self.radius[idx - 1], self.radius[idx]
+            a = ((rad.flatten() - r0) / (r1 - r0)).clamp(0, 1)
+            full = ((1 - a) * self.power[idx - 1] + a * self.power[idx]).reshape(h, w)
+            full = full / full.mean()
+            self._cache[key] = (full[:, : w // 2 + 1].sqrt().to(dtype=dtype, device=device),
+                                full.to(dtype=dtype, device=device))
+        return self._cache[key]
+
+    def apply(self, z: Tensor) -> Tensor:
+        """K z over the last two (spatial) dims (K = K^T)."""
+        h, w = z.shape[-2:]
+        root, _ = self._grid(h, w, z.dtype, z.device)
+        return torch.fft.irfft2(torch.fft.rfft2(z) * root, s=(h, w))
+
+    adjoint = apply
+
+    def lag_covariance(self, h: int, w: int, dtype=torch.float64, device=None) -> Tensor:
+        """c(dy, dx) for dy in -(h-1)..h-1, dx in -(w-1)..w-1: (2h - 1, 2w - 1), c(0, 0) = 1 at [h-1, w-1]."""
+        _, full = self._grid(h, w, torch.float64, None)
+        c = torch.fft.ifft2(full).real
+        iy = torch.arange(-(h - 1), h) % h
+        ix = torch.arange(-(w - 1), w) % w
+        return c[iy][:, ix].to(dtype=dtype, device=device)
+
+    def correlation(self, lag: int, n: int = 64) -> float:
+        """R's correlation at ``lag`` pixels along one axis (an n x n image)."""
+        return float(self.lag_covariance(n, n)[n - 1, n - 1 + lag])
+
+    def config(self) -> dict:
+        return {"radius": [round(v, 6) for v in self.radius.tolist()], "power": [float(f"{v:.6g}") for v in self.power.tolist()]}
+
+
+class Discrepancy:
+    """x = G(w) + e with e ~ N(0, tau^2 R) per channel, in [-1, 1] image units.
+
+    Args:
+        tau: the discrepancy scale (> 0), [-1, 1] units: every pixel's std.
+        source: where tau came from (stored in the run's config), e.g. the fit's summary.
+        spectrum: None (white e, R = I, the default), a :class:`StationarySmoother`, or its
+            ``{"radius": [...], "power": [...]}`` (coloured e; the module's docstring).
+        length: a shortcut for ``spectrum=StationarySmoother.gaussian(length)`` (pixels).
+    """
+
+    def __init__(self, tau: float, source: Optional[dict] = None, spectrum=None,
+                 length: Optional[float] = None) -> None:
         if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
             raise BRGMError(f"the discrepancy scale tau must be a positive number, got {tau!r}")
+        if length is not None:
+            spectrum = StationarySmoother.gaussian(length)
+        if isinstance(spectrum, dict):
+            try:
+                spectrum = StationarySmoother(spectrum["radius"], spectrum["power"])
+            except (KeyError, TypeError, ValueError):
+                raise BRGMError("a discrepancy spectrum is {\"radius\": [...], \"power\": [...]}") from None
         self.tau = float(tau)
+        self.smoother: Optional[StationarySmoother] = spectrum
         self.source = dict(source or {})
         self.corruption = None
         self.image_shape: Optional[tuple] = None
@@ -67,20 +169,30 @@ class Discrepancy:
         original stays unbound, so one Discrepancy can be given to several models."""
         if not corruption.linear:
             raise BRGMError(f"the discrepancy term needs a linear corruption; {corruption.name!r} is not")
-        bound = Discrepancy(self.tau, self.source)
+        bound = Discrepancy(self.tau, self.source, self.smoother)
         bound.corruption, bound.image_shape = corruption, tuple(image_shape)
-        # an operator that cannot state diag(A A^T) says so now, not at the first step of inference
+        # an operator that cannot state diag(A R A^T) says so now, not at the first step of inference
         probe = {lat.name: torch.as_tensor(float(lat.init)) for lat in corruption.latents()} or None
-        corruption.gram_diagonal(bound.image_shape, probe)
+        bound._gram(probe, torch.float32, None)
         return bound
 
+    def _gram(self, params: Optional[dict], dtype, device) -> Tensor:
+        """diag(A R A^T) on the observation grid."""
+        if self.smoother is None:
+            return self.corruption.gram_diagonal(self.image_shape, params, dtype=dtype, device=device)
+        return self.corruption.smoothed_gram_diagonal(self.image_shape, self.smoother, params, dtype=dtype,
+                                                      device=device)
+
     def obs_variance(self, params: Optional[dict], like: Tensor) -> Tensor:
-        """tau^2 diag(A A^T): the variance e adds to each observation, (..., C, h, w) like ``like``."""
+        """tau^2 diag(A R A^T): the variance e adds to each observation, (..., C, h, w) like ``like``."""
         if self.corruption is None:
             raise BRGMError("the discrepancy term is not attached to a model (build it with build_model)")
         p = params if self.corruption.latents() else None
-        g = self.corruption.gram_diagonal(self.image_shape, p, dtype=like.dtype, device=like.device)
-        return self.tau ** 2 * g
+        return self.tau ** 2 * self._gram(p, like.dtype, like.device)
+
+    def covariance_apply(self, v: Tensor) -> Tensor:
+        """R v on clean-image tensors (..., C, H, W)."""
+        return v if self.smoother is None else self.smoother.apply(self.smoother.adjoint(v))
 
     def draw(self, x: Tensor, y: Tensor, sigma: Union[float, Tensor], params: Optional[dict],
              mask: Optional[Tensor], generator: Optional[torch.Generator] = None) -> Tensor:
@@ -94,6 +206,8 @@ class Discrepancy:
         """
         gen = dict(generator=generator, dtype=x.dtype)
         e0 = self.tau * torch.randn(x.shape, **gen).to(x.device)
+        if self.smoother is not None:
+            e0 = self.smoother.apply(e0)
         obs_shape = (*x.shape[:-3], *self.corruption.out_shape(tuple(x.shape[-3:])))
         n0 = torch.randn(obs_shape, **gen).to(x.device) * sigma
         # Matheron: the conditional mean applied to a joint prior draw (x + e0, its observation + n0)
@@ -101,21 +215,58 @@ class Discrepancy:
 
     def conditional_mean(self, x: Tensor, y: Tensor, sigma: Union[float, Tensor], params: Optional[dict],
                          mask: Optional[Tensor]) -> Tensor:
-        r"""G(w) + E[e | w, y] = G(w) + tau^2 A^T S^{-1} (y - A G(w)), (*S, B, C, H, W).
+        r"""G(w) + E[e | w, y] = G(w) + tau^2 R A^T S^{-1} (y - A G(w)), (*S, B, C, H, W).
 
         For a Gaussian model this is also the joint mode: maximising over (w, e) gives the MAP of w under
         the e-marginalised likelihood and e at its conditional mean, so ``G(w*) + E[e | w*, y]`` is the
-        MAP estimate of the clean image x (exact where diag(A A^T) is). Arguments as in :meth:`draw`.
+        MAP estimate of the clean image x. White e uses S's diagonal (exact where diag(A A^T) is);
+        coloured e solves with the full S (:func:`_solve_S`). Arguments as in :meth:`draw`.
         """
         A = self.corruption
-        S = torch.as_tensor(sigma, dtype=x.dtype, device=x.device) ** 2 + self.obs_variance(params, x)
-        r = (y - A(x, params)) / S
+        s2 = torch.as_tensor(sigma, dtype=x.dtype, device=x.device) ** 2
+        d = s2 + self.obs_variance(params, x)
+        r = y - A(x, params)
         if mask is not None:
             r = torch.where(mask, r, torch.zeros((), dtype=r.dtype, device=r.device))
-        return x + self.tau ** 2 * A.A_adjoint(r, params)
+        if self.smoother is None:
+            v = r / d
+        else:
+            def S(u: Tensor) -> Tensor:
+                out = s2 * u + self.tau ** 2 * A(self.covariance_apply(A.A_adjoint(u, params)), params)
+                return out if mask is None else torch.where(mask, out, u)
+            v = _solve_S(S, r, d if mask is None else torch.where(mask, d, torch.ones_like(d)))
+        return x + self.tau ** 2 * self.covariance_apply(A.A_adjoint(v, params))
 
     def config(self) -> dict:
-        return {"tau": self.tau, **({"source": self.source} if self.source else {})}
+        return {"tau": self.tau, **({"spectrum": self.smoother.config()} if self.smoother is not None else {}),
+                **({"source": self.source} if self.source else {})}
+
+
+def _solve_S(S, r: Tensor, diag: Tensor, rtol: float = 1e-5, max_iter: int = 200) -> Tensor:
+    """S^{-1} r by Jacobi-preconditioned conjugate gradients, one system per leading index.
+
+    Args:
+        S: u -> S u for an SPD S on observation tensors (..., *obs_shape).
+        r: right-hand sides (..., *obs_shape). diag: S's diagonal (the preconditioner), broadcastable.
+    Stops when every system's residual norm is below ``rtol`` times its right-hand side's.
+    """
+    dims = tuple(range(-3, 0))
+    v = r / diag
+    res = r - S(v)
+    z = res / diag
+    p = z
+    rz = (res * z).sum(dims, keepdim=True)
+    stop = rtol * r.pow(2).sum(dims, keepdim=True).sqrt()
+    for _ in range(max_iter):
+        if bool((res.pow(2).sum(dims, keepdim=True).sqrt() <= stop).all()):
+            break
+        q = S(p)
+        alpha = rz / (p * q).sum(dims, keepdim=True).clamp_min(torch.finfo(r.dtype).tiny)
+        v, res = v + alpha * p, res - alpha * q
+        z = res / diag
+        rz_new = (res * z).sum(dims, keepdim=True)
+        p, rz = z + rz_new / rz.clamp_min(torch.finfo(r.dtype).tiny) * p, rz_new
+    return v
 
 
 def discrepancy_path(generator, path=None) -> Optional[Path]:
@@ -134,7 +285,8 @@ def load_discrepancy(generator) -> Discrepancy:
                         "--generator SPEC --images DIR` or give a number (--discrepancy 0.08)")
     try:
         rec = json.loads(p.read_text())
-        return Discrepancy(float(rec["tau"]), source={"file": p.name, **{k: v for k, v in rec.items() if k != "tau"}})
+        return Discrepancy(float(rec["tau"]), source={"file": p.name, **{k: v for k, v in rec.items() if k != "tau"}},
+                           spectrum=rec.get("spectrum"))
     except (ValueError, KeyError, TypeError) as e:
         raise BRGMError(f"{p}: not a discrepancy file ({type(e).__name__}: {e}); rerun brgm fit-discrepancy") from None
 
@@ -161,4 +313,35 @@ def residual_scale(residuals: Tensor, num_latents: int) -> dict:
     return {"tau": tau, "residual_rms": rms, "pixels": n, "latent_coordinates": int(num_latents), "images": int(B)}
 
 
-__all__ = ["Discrepancy", "discrepancy_path", "load_discrepancy", "residual_scale"]
+def residual_spectrum(residuals: Tensor, bins: int = 48) -> dict:
+    r"""The isotropic power spectrum of coloured e from inversion residuals r = x - G(w*).
+
+    The periodogram :math:`|\mathrm{DFT}(r)|^2`, averaged over images and channels (means are not
+    removed: a misfit of the whole image's level is part of what G misses) and then over rings of the frequency radius (``bins`` equal rings
+    up to 0.75 cycles/pixel; each ring's power sits at its pixels' mean radius), the way
+    :class:`StationarySmoother` reads it. Empty rings are dropped.
+
+    Args:
+        residuals: (B, C, H, W) in [-1, 1] units.
+    Returns: ``{"spectrum": {"radius", "power"}, "lag_correlations": [lag 1, 2, 3 along rows and
+    columns, pooled]}``.
+    """
+    r = residuals.detach().double()
+    h, w = r.shape[-2:]
+    per = torch.fft.fft2(r).abs().pow(2).mean(tuple(range(r.ndim - 2)))  # (H, W)
+    fy, fx = torch.fft.fftfreq(h, dtype=torch.float64), torch.fft.fftfreq(w, dtype=torch.float64)
+    rad = (fy[:, None] ** 2 + fx[None, :] ** 2).sqrt().flatten()
+    ring = (rad / (0.75 / bins)).long().clamp(max=bins - 1)
+    cnt = torch.bincount(ring, minlength=bins).double()
+    keep = cnt > 0
+    radius = (torch.bincount(ring, rad, minlength=bins) / cnt.clamp_min(1))[keep]
+    power = (torch.bincount(ring, per.flatten(), minlength=bins) / cnt.clamp_min(1))[keep]
+    var = r.pow(2).mean()
+    lags = [float(((r[..., :, k:] * r[..., :, :-k]).mean() + (r[..., k:, :] * r[..., :-k, :]).mean()) / (2 * var))
+            for k in (1, 2, 3)]
+    spec = StationarySmoother(radius, power / power.mean()).config()  # as stored and read back
+    return {"spectrum": spec, "lag_correlations": lags}
+
+
+__all__ = ["Discrepancy", "StationarySmoother", "discrepancy_path", "load_discrepancy", "residual_scale",
+           "residual_spectrum"]

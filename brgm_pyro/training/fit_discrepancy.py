@@ -2,7 +2,9 @@
 
 Each clean validation image x is inverted by MAP under the model x = G(w) (identity corruption,
 the generator's prior, Gaussian pixel noise), and tau comes from the residuals x - G(w*) with the
-degrees-of-freedom correction of :func:`~brgm_pyro.models.discrepancy.residual_scale`. The result
+degrees-of-freedom correction of :func:`~brgm_pyro.models.discrepancy.residual_scale`, and the
+power spectrum of coloured e from the same residuals
+(:func:`~brgm_pyro.models.discrepancy.residual_spectrum`; ``white=True`` leaves it out). The result
 is written beside the weights as ``<weights>.discrepancy.json``, where ``--discrepancy auto``
 finds it (:func:`~brgm_pyro.models.discrepancy.load_discrepancy`).
 """
@@ -43,22 +45,26 @@ def invert(G, images: Tensor, steps: int = DEFAULT_FIT_STEPS, seed: int = 0, bat
 
 
 def fit_discrepancy(G, images: Tensor, out: Optional[Path] = None, steps: int = DEFAULT_FIT_STEPS, seed: int = 0,
-                    source: str = "", log: Callable[[str], None] = print) -> dict:
-    """Invert ``images``, estimate tau, write ``out`` (JSON, atomically) if given; returns the record."""
+                    source: str = "", log: Callable[[str], None] = print, white: bool = False) -> dict:
+    """Invert ``images``, estimate tau (and the residuals' spectrum unless ``white``), write ``out``
+    (JSON, atomically) if given; returns the record."""
     from brgm_pyro.io import save_json
     from brgm_pyro.metrics import psnr
-    from brgm_pyro.models.discrepancy import residual_scale
+    from brgm_pyro.models.discrepancy import residual_scale, residual_spectrum
 
     t0 = time.perf_counter()
     recon = invert(G, images, steps=steps, seed=seed)
     resid = images.to(recon.device) - recon
     rec = residual_scale(resid, num_latents=int(torch.tensor(G.latent_shape).prod()))
+    if not white:
+        rec.update(residual_spectrum(resid))
     per_image = [psnr((recon[i] + 1) / 2, (images[i] + 1) / 2, channels_first=True) for i in range(len(images))]
     rec.update({"method": f"MAP W+ inversion, {steps} Adam steps, identity corruption, sigma_pixel "
                           f"{DEFAULT_FIT_SIGMA}, the generator's default prior", "steps": steps, "seed": seed,
                 "images_source": source, "inversion_psnr_db_mean": sum(per_image) / len(per_image),
                 "seconds": time.perf_counter() - t0, "units": "[-1, 1] image units"})
-    log(f"tau = {rec['tau']:.4f} (residual RMS {rec['residual_rms']:.4f} over {rec['images']} images, "
+    colour = "white" if white else f"lag-1 correlation {rec['lag_correlations'][0]:.2f}"
+    log(f"tau = {rec['tau']:.4f}, {colour} (residual RMS {rec['residual_rms']:.4f} over {rec['images']} images, "
         f"inversion PSNR {rec['inversion_psnr_db_mean']:.2f} dB, {rec['seconds']:.0f} s)")
     if out is not None:
         save_json(out, rec)

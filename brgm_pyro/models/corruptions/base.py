@@ -35,6 +35,9 @@ class Corruption(nn.Module):
     image_observation: bool = True
     # the noise std the task simulates by default ([-1, 1] units), or None (noise-free)
     noise_sigma: Optional[float] = None
+    # True when A acts on each pixel location on its own (masks, channel mixing, identity): then
+    # diag(A R A^T) = diag(A A^T) for any R with unit diagonal that does not mix channels
+    pixelwise: bool = False
 
     def obs_channels(self, in_shape: tuple[int, int, int] = (3, 64, 64)) -> int:
         """Channels of the observation of clean images of ``in_shape`` (C, H, W)."""
@@ -91,6 +94,41 @@ class Corruption(nn.Module):
                     u = torch.zeros(idx.numel(), m, dtype=dtype, device=device)
                     u[torch.arange(idx.numel(), device=device), idx] = 1.0
                     at = self.A_adjoint(u.reshape(-1, *obs), params)
+                    out[s:s + idx.numel()] = at.reshape(idx.numel(), -1).pow(2).sum(-1)
+            cache[key] = out.reshape(obs)
+        return cache[key]
+
+    def smoothed_gram_diagonal(self, in_shape: tuple[int, int, int], smoother, params: Optional[dict] = None,
+                               dtype: torch.dtype = torch.float32, device=None) -> Tensor:
+        """diag(A K K^T A^T) on the observation grid for a spatial smoother K (coloured discrepancy).
+
+        ``smoother`` has ``apply``/``adjoint`` over the last two dims, ``diag(K K^T) = 1`` and a
+        hashable ``key`` (:class:`~brgm_pyro.models.discrepancy.StationarySmoother`). A pixelwise operator's answer is
+        its :meth:`gram_diagonal`; the default is exact for any linear operator without latents:
+        ||K^T A^T u_i||^2 for every unit vector u_i of the observation (cached per shape and K).
+        Operators with a closed form (separable kernels) override it.
+        """
+        from brgm_pyro.errors import BRGMError
+
+        if self.pixelwise:
+            return self.gram_diagonal(in_shape, params, dtype, device)
+        if not self.linear:
+            raise BRGMError(f"the corruption {self.name!r} is not linear: diag(A R A^T) is not defined")
+        if self.latents() and params is not None:
+            raise BRGMError(f"the corruption {self.name!r} has inferred parameters and does not state "
+                            "diag(A R A^T) for a coloured discrepancy as a function of them")
+        key = ("smoothed_gram", tuple(in_shape), smoother.key, dtype, str(device))
+        cache = self.__dict__.setdefault("_gram_cache", {})
+        if key not in cache:
+            obs = tuple(self.out_shape(tuple(in_shape)))
+            m = int(torch.tensor(obs).prod())
+            out = torch.empty(m, dtype=dtype, device=device)
+            with torch.no_grad():
+                for s in range(0, m, 256):
+                    idx = torch.arange(s, min(s + 256, m), device=device)
+                    u = torch.zeros(idx.numel(), m, dtype=dtype, device=device)
+                    u[torch.arange(idx.numel(), device=device), idx] = 1.0
+                    at = smoother.adjoint(self.A_adjoint(u.reshape(-1, *obs), params))
                     out[s:s + idx.numel()] = at.reshape(idx.numel(), -1).pow(2).sum(-1)
             cache[key] = out.reshape(obs)
         return cache[key]

@@ -34,6 +34,7 @@ class Colorization(Corruption):
 
     name = "colorize"
     linear = True
+    pixelwise = True
     cli_task = "brgm_pyro.pipeline.corruption_tasks:ColorizeTask"  # brgm reconstruct --task colorize
 
     def __init__(self, weights: Union[str, Sequence[float]] = "rec601") -> None:

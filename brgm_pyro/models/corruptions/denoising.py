@@ -29,6 +29,7 @@ class Denoising(Corruption):
 
     name = "denoise"
     linear = True
+    pixelwise = True
     cli_task = "brgm_pyro.pipeline.corruption_tasks:DenoiseTask"  # brgm reconstruct --task denoise
 
     def __init__(self, sigma: float = DEFAULT_DENOISE_SIGMA) -> None:

@@ -26,6 +26,7 @@ class Inpainting(Corruption):
 
     name = "inpaint"
     linear = True
+    pixelwise = True
 
     def __init__(self, mask) -> None:
         super().__init__()
@@ -79,6 +80,7 @@ class Identity(Corruption):
 
     name = "none"
     linear = True
+    pixelwise = True
 
     def in_shape(self, obs_shape):
         return tuple(obs_shape)

@@ -123,6 +123,26 @@ class SuperResolution(Corruption):
             return g.expand(c, *g.shape).clone()
         return super().gram_diagonal(in_shape, None, dtype, device)
 
+    def smoothed_gram_diagonal(self, in_shape, smoother, params=None, dtype=torch.float32, device=None) -> Tensor:
+        r"""diag(A R A^T) for a separable kernel and a stationary R with lag covariance c:
+        :math:`\sum_{\delta_h, \delta_w} a_h(i, \delta_h)\, c(\delta_h, \delta_w)\, a_w(j, \delta_w)`
+        with :math:`a(i, \delta) = \sum_p D_{ip} D_{i,p+\delta}` each 1-D operator's row autocorrelation
+        (differentiable in a latent width); else the exact generic computation."""
+        c, h, w = in_shape
+        if self._kernel2d is not None:
+            return super().smoothed_gram_diagonal(in_shape, smoother, None, dtype, device)
+        if self.width_latent is not None:
+            if params is None:
+                raise BRGMError("this super-resolution infers its kernel width: diag(A R A^T) needs its value")
+            width = self.width_latent.read(params, "this super-resolution (its kernel width)",
+                                           like=torch.zeros((), dtype=dtype, device=device))
+            dh, dw = gauss_matrix(h, self.factor, width), gauss_matrix(w, self.factor, width)
+        else:
+            dh, dw = self._matrices(h, w, dtype, device)
+        C = smoother.lag_covariance(h, w, dtype=dtype, device=device)  # (2h - 1, 2w - 1)
+        g = _row_autocorrelation(dh) @ C @ _row_autocorrelation(dw).transpose(-1, -2)  # (*width, h/s, w/s)
+        return g.unsqueeze(-3).expand(*g.shape[:-2], c, *g.shape[-2:])
+
     def _matrices(self, h: int, w: int, dtype, device) -> tuple[Tensor, Tensor]:
         key = (h, w, dtype, device)
         if key not in self._mats:
@@ -163,6 +183,14 @@ class SuperResolution(Corruption):
             out["gauss_sigma"] = "learned"
             out["kernel_width_latent"] = self.width_latent.config()
         return out
+
+
+def _row_autocorrelation(d: Tensor) -> Tensor:
+    """a(i, k) = sum_p d[i, p] d[i, p + k - (n - 1)] for k in 0..2n-2: (..., m, n) -> (..., m, 2n - 1)."""
+    lead, (m, n) = d.shape[:-2], d.shape[-2:]
+    flat = d.reshape(1, -1, n)
+    out = F.conv1d(F.pad(flat, (n - 1, n - 1)), flat.reshape(-1, 1, n), groups=flat.shape[1])
+    return out.reshape(*lead, m, 2 * n - 1)
 
 
 def gauss_matrix(size: int, factor: int, width: Tensor) -> Tensor:
