@@ -42,6 +42,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -54,7 +55,7 @@ from brgm_pyro.inference import run_map, run_vi  # noqa: E402
 from brgm_pyro.metrics import psnr  # noqa: E402
 from brgm_pyro.models.brgm import build_model  # noqa: E402
 from brgm_pyro.models.corruptions import Inpainting, SuperResolution  # noqa: E402
-from brgm_pyro.models.discrepancy import load_discrepancy  # noqa: E402
+from brgm_pyro.models.discrepancy import Discrepancy, load_discrepancy  # noqa: E402
 from brgm_pyro.models.generators.loading import load_generator  # noqa: E402
 
 NOISE = 0.05
@@ -68,8 +69,9 @@ def log(msg: str, path: Path) -> None:
         f.write(line + "\n")
 
 
-def truths(G, kind: str, ids: list[int], tau: float) -> torch.Tensor:
-    """(N, 3, 64, 64) clean truths in [-1, 1] for face indices ``ids``."""
+def truths(G, kind: str, ids: list[int], disc) -> torch.Tensor:
+    """(N, 3, 64, 64) clean truths in [-1, 1] for face indices ``ids`` (``disc``: the Discrepancy whose
+    e the ``model+e`` truths carry, white or coloured)."""
     if kind == "faces":
         return face_batch(ids, "test")[1]
     out = []
@@ -79,7 +81,8 @@ def truths(G, kind: str, ids: list[int], tau: float) -> torch.Tensor:
             z = torch.randn(1, G.z_dim, generator=g)
             x = G(G.mapping(z)[:, None].expand(-1, G.num_ws, -1))
             if kind == "model+e":
-                x = x + tau * torch.randn(x.shape, generator=g)
+                e = torch.randn(x.shape, generator=g)
+                x = x + disc.tau * (e if disc.smoother is None else disc.smoother.apply(e))
             out.append(x)
     return torch.cat(out)
 
@@ -122,16 +125,16 @@ def model_for_face(model, b: int):
                        discrepancy=model.discrepancy)
 
 
-def evaluate(args, G, tau, task, kind, disc, method, ids, logf) -> dict:
+def evaluate(args, G, term, task, kind, disc, method, ids, logf) -> dict:
     f, masks = corruption(task, ids)
-    x = truths(G, kind, ids, tau)
+    x = truths(G, kind, ids, term)
     gen = torch.Generator().manual_seed(args.seed)
     y = f(x) + NOISE * torch.randn(f(x).shape, generator=gen)
     samples = []
     t0 = time.perf_counter()
     for s in range(0, len(ids), args.batch):
         fb = f if masks is None else Inpainting(masks[s:s + args.batch])
-        model = build_model(G, fb, sigma_pixel=NOISE, discrepancy=tau if disc else None)
+        model = build_model(G, fb, sigma_pixel=NOISE, discrepancy=term if disc else None)
         samples.append(run_method(method, model, y[s:s + args.batch], args.draws, args.seed).cpu())
     S = min(s.shape[0] for s in samples)
     draws = torch.cat([s[:S] for s in samples], dim=1)
@@ -150,9 +153,19 @@ def evaluate(args, G, tau, task, kind, disc, method, ids, logf) -> dict:
     return rep
 
 
+def discrepancy_term(G, path: Optional[str]):
+    """The "on" arm's term: the generator's stored one, or a discrepancy record (``brgm
+    fit-discrepancy --out``; with a spectrum: coloured e) to compare with it."""
+    if path is None:
+        return load_discrepancy(G)
+    rec = json.loads(Path(path).read_text())
+    return Discrepancy(float(rec["tau"]), spectrum=rec.get("spectrum"))
+
+
 def part_coverage(args, out: Path, logf: Path) -> None:
     G = load_generator(args.generator)
-    tau = load_discrepancy(G).tau
+    term = discrepancy_term(G, args.discrepancy_file)
+    tau = term.tau
     ids = list(range(args.first_face, args.first_face + args.faces))
     res_path = out / "coverage.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
@@ -165,7 +178,7 @@ def part_coverage(args, out: Path, logf: Path) -> None:
                     key = f"{task}/{kind}/{'disc' if disc else 'nodisc'}/{method}"
                     if key in results:  # resumable: finished cells are kept
                         continue
-                    results[key] = evaluate(args, G, tau, task, kind, disc, method, face_ids, logf)
+                    results[key] = evaluate(args, G, term, task, kind, disc, method, face_ids, logf)
                     res_path.write_text(json.dumps(results, indent=1))
     (out / "coverage.md").write_text(coverage_markdown(results, tau))
     log(f"wrote {out / 'coverage.md'}", logf)
@@ -194,6 +207,8 @@ def main(argv=None) -> None:
     ap.add_argument("--truths", default="model,model+e,faces")
     ap.add_argument("--methods", default="vi")
     ap.add_argument("--discrepancy", default="off,on", help="the arms to run: off, on or both")
+    ap.add_argument("--discrepancy-file", default=None, help="the 'on' arm's discrepancy record instead of the "
+                    "generator's stored one (e.g. a coloured fit from brgm fit-discrepancy --out)")
     ap.add_argument("--mcmc-faces", type=int, default=4)
     ap.add_argument("--draws", type=int, default=256)
     ap.add_argument("--batch", type=int, default=16)

@@ -28,6 +28,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -153,13 +154,23 @@ def inla_blur_rows(G, stats, x, args, log) -> list[dict]:
 
 
 def _disc(args, G):
-    """What build_model takes for ``--discrepancy`` (and ``--discrepancy-length``: coloured e)."""
-    if args.discrepancy is None or args.discrepancy_length is None:
+    """What build_model takes for ``--discrepancy``: None, "auto", tau, or a discrepancy JSON file
+    (e.g. one written by ``brgm fit-discrepancy --out``, with its spectrum)."""
+    if not (isinstance(args.discrepancy, str) and args.discrepancy.endswith(".json")):
+        if args.discrepancy_colour == "learn":
+            raise SystemExit("--discrepancy-colour learn needs --discrepancy FILE.json with a spectrum")
         return args.discrepancy
-    from brgm_pyro.models.discrepancy import Discrepancy, load_discrepancy
+    from brgm_pyro.models.discrepancy import Discrepancy
 
-    tau = load_discrepancy(G).tau if args.discrepancy == "auto" else float(args.discrepancy)
-    return Discrepancy(tau, length=args.discrepancy_length)
+    rec = json.loads(Path(args.discrepancy).read_text())
+    return Discrepancy(float(rec["tau"]), spectrum=rec.get("spectrum"),
+                       colour="learn" if args.discrepancy_colour == "learn" else None)
+
+
+def _disc_key(args) -> Optional[str]:
+    """How the records name the discrepancy arm."""
+    d = args.discrepancy
+    return d if getattr(args, "discrepancy_colour", "fixed") == "fixed" else f"{d} (colour learned)"
 
 
 def nuts_blur_face(G, stats, y, args, seed: int) -> dict:
@@ -178,7 +189,7 @@ def nuts_blur_face(G, stats, y, args, seed: int) -> dict:
                  workers=args.nuts_workers, kernel_options={"max_tree_depth": args.nuts_depth})
     d = r.draws["kernel_width"].double().reshape(args.nuts_chains, -1).numpy()
     halves = d if d.shape[0] > 1 else d[:, : d.shape[1] // 2 * 2].reshape(2, -1)  # one chain: its two halves
-    extra = {"sigma_pixel_mean": float(r.draws["sigma_pixel"].mean())} if "sigma_pixel" in r.draws else {}
+    extra = {f"{k}_mean": float(r.draws[k].mean()) for k in ("sigma_pixel", "discrepancy_colour") if k in r.draws}
     return {**extra, "draws": d.reshape(-1).tolist(), "map": float(m.latents["kernel_width"]),
             "r_hat": float(az.rhat(halves)), "ess_bulk": float(az.ess(d)), "grad_evals": r.extra.get("grad_evals")}
 
@@ -191,13 +202,13 @@ def merge_nuts_blur(args, out: Path) -> dict:
         if not src.exists():
             raise SystemExit(f"--merge: {src} does not exist (has that run saved a face yet?)")
         for r in map(_legacy, json.loads(src.read_text()).get("blur_nuts_faces", [])):
-            recs.setdefault((r["truths"], r["prior"], str(r["discrepancy"]), r["length"], r["sigma"], r["truth"],
-                             r["face"]), r)
+            recs.setdefault((r["truths"], r["prior"], str(r["discrepancy"]), r["sigma"], r["truth"], r["face"]), r)
     faces = list(recs.values())
-    kinds = {(r["truths"], r["prior"], r["discrepancy"], r["length"], r["sigma"]) for r in faces}
+    kinds = {(r["truths"], r["prior"], r["discrepancy"], r["sigma"]) for r in faces}
     if len(kinds) != 1:
         raise SystemExit(f"--merge: the runs differ in truths/prior/discrepancy: {sorted(map(str, kinds))}")
-    args.blur_truths, args.blur_prior, args.discrepancy, args.discrepancy_length, args.blur_sigma = next(iter(kinds))
+    args.blur_truths, args.blur_prior, args.discrepancy, args.blur_sigma = next(iter(kinds))
+    args.discrepancy_colour = "fixed"  # the merged records' arm name already says it
     args.widths = sorted({r["truth"] for r in faces})
     res = {"settings": vars(args), "blur_nuts_faces": faces,
            "blur_nuts": nuts_blur_summary(faces, args)}
@@ -210,16 +221,15 @@ def merge_nuts_blur(args, out: Path) -> dict:
 
 
 def _legacy(rec: dict) -> dict:
-    """A per-face record with the fields later runs add (runs before --blur-sigma assumed 0.02; before
-    --discrepancy-length the term was white)."""
-    return {"sigma": "0.02", "length": None, **rec}
+    """A per-face record with the fields later runs add (runs before --blur-sigma assumed 0.02)."""
+    return {"sigma": "0.02", **rec}
 
 
 def nuts_blur_rows(G, stats, x, args, log, done: list[dict], save) -> list[dict]:
     """NUTS per face and true width (the same observations as the INLA rows); resumes from ``done``
     (the per-face records of an interrupted run), saving after every face."""
-    key = {"truths": args.blur_truths, "prior": args.blur_prior, "discrepancy": args.discrepancy,
-           "length": args.discrepancy_length, "sigma": args.blur_sigma}
+    key = {"truths": args.blur_truths, "prior": args.blur_prior, "discrepancy": _disc_key(args),
+           "sigma": args.blur_sigma}
     faces = [r for r in map(_legacy, done) if all(r.get(n) == v for n, v in key.items())]
     for k, t in enumerate(args.widths):
         f = SuperResolution(4, "gauss", gauss_sigma=blur_width_latent(4, per_image=True))
@@ -249,8 +259,7 @@ def nuts_blur_summary(faces: list[dict], args) -> list[dict]:
         if not recs:
             continue
         draws = torch.tensor([r["draws"] for r in recs]).T  # (S, faces)
-        rows.append({"method": "nuts", "task": "sr4_gauss", "discrepancy": args.discrepancy,
-                     "discrepancy_length": args.discrepancy_length,
+        rows.append({"method": "nuts", "task": "sr4_gauss", "discrepancy": _disc_key(args),
                      "truths": args.blur_truths, "prior": args.blur_prior, **summarise(draws, t),
                      "max_r_hat": max(r["r_hat"] for r in recs), "min_ess_bulk": min(r["ess_bulk"] for r in recs),
                      "seconds": sum(r["seconds"] for r in recs), "faces": len(recs)})
@@ -370,9 +379,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--methods", default="map-vi", help="map-vi, inla and/or nuts (nuts: blur rows, per face; "
                     "an interrupted run resumes from --out)")
     ap.add_argument("--discrepancy", default=None, help="inla, nuts and blur rows: 'auto' adds the generator's discrepancy term "
-                    "(what brgm reconstruct does by default for every method), a number sets tau")
-    ap.add_argument("--discrepancy-length", type=float, default=None, help="with --discrepancy: coloured e with "
-                    "this correlation length (pixels; the GaussianSmoother's std), instead of the stored one")
+                    "(what brgm reconstruct does by default for every method), a number sets tau, a .json file is a "
+                    "discrepancy record (brgm fit-discrepancy --out; with a spectrum: coloured e)")
+    ap.add_argument("--discrepancy-colour", default="fixed", choices=["fixed", "learn"], help="with a --discrepancy "
+                    "file: 'learn' makes the misfit's colour a per-image latent (white <-> the file's spectrum)")
     ap.add_argument("--inla", default="{}", help="JSON of run_inla options (e.g. '{\"grid_points\": 25}')")
     ap.add_argument("--blur-truths", default="test faces", choices=["test faces", "model-drawn", "prior-drawn"],
                     help="blur rows: held-out faces, G(mapping(z)), or G(w) with w drawn from the Gaussian W+ prior "
@@ -382,7 +392,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="runs/learned_latents")
     a = ap.parse_args(argv)
     a.inla = json.loads(a.inla)
-    if a.discrepancy not in (None, "auto"):
+    if a.discrepancy not in (None, "auto") and not a.discrepancy.endswith(".json"):
         a.discrepancy = float(a.discrepancy)
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -180,3 +180,54 @@ def test_coloured_refusals_and_file_round_trip(tmp_path):
     assert Discrepancy(0.07, spectrum=m.config()["discrepancy"]["spectrum"]).smoother.key == d.smoother.key
     discrepancy_path(G).write_text(json.dumps({"tau": 0.07}))
     assert load_discrepancy(G).smoother is None and "spectrum" not in load_discrepancy(G).config()
+
+
+def _colour_problem(seed=0):
+    G = LinearGenerator(num_ws=2, w_dim=3, img_channels=1, img_resolution=8, scale=2.0, seed=3)
+    f = SuperResolution(2, "gauss", gauss_sigma=1.0)
+    model = build_model(G, f, prior="gaussian", sigma_pixel=SIGMA,
+                        discrepancy=Discrepancy(TAU, length=LENGTH, colour="learn"))
+    g = torch.Generator().manual_seed(seed)
+    w = model.init_latents(1) + 0.3 * torch.randn(1, 2, 3, generator=g)
+    y = model.corruption(model.render(w)) + 0.2 * torch.randn(1, 1, 4, 4, generator=g)
+    A = _dense(f.double(), (1, 8, 8)).float().double()
+    f.float()
+    return model, w, y, A, _dense_K((1, 8, 8), StationarySmoother.gaussian(LENGTH))
+
+
+def test_learned_colour_is_a_per_image_latent_mixing_white_and_the_spectrum():
+    model, w, y, A, K = _colour_problem()
+    assert list(model.latent_sites()) == ["w", "discrepancy_colour"]
+    a = torch.tensor([0.3])
+    Ra = TAU ** 2 * (0.7 * torch.eye(64, dtype=torch.float64) + 0.3 * K @ K.T)
+    var = SIGMA ** 2 + (A @ Ra @ A.T).diagonal()
+    mean = A @ model.render(w).double().reshape(-1)
+    expect = (model.prior.distribution().log_prob(w).sum().double()  # Beta(1, 1) has log density 0
+              + dist.Normal(mean, var.sqrt()).log_prob(y.double().reshape(-1)).sum())
+    got = model.log_joint({"w": w, "discrepancy_colour": a}, y).double()
+    torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-4)
+    # Matheron's draws given the colour: the exact conditional of e under R_a
+    n = 40_000
+    x = model.predictive_images({"w": w.expand(n, *w.shape), "discrepancy_colour": a.expand(n, 1)}, y, seed=2)
+    e = (x - model.render(w)).double().reshape(n, -1)
+    S = SIGMA ** 2 * torch.eye(16, dtype=torch.float64) + A @ Ra @ A.T
+    r = y.double().reshape(-1) - mean
+    cm = Ra @ A.T @ torch.linalg.solve(S, r)
+    cov = Ra - Ra @ A.T @ torch.linalg.solve(S, A @ Ra)
+    assert ((e.mean(0) - cm).abs() / (cov.diagonal() / n).sqrt()).max() < 4.5
+    assert (torch.cov(e.T) - cov).abs().max() < 6 * TAU ** 2 * (2 / n) ** 0.5
+    with pytest.raises(BRGMError, match="spectrum"):
+        Discrepancy(0.1, colour="learn")
+
+
+def test_learned_colour_runs_through_map_and_nuts():
+    from brgm_pyro.inference import run_map
+    from brgm_pyro.inference.mcmc import run_mcmc
+
+    model, w, y, A, K = _colour_problem(seed=1)
+    m = run_map(model, y, steps=200, progress=False)
+    assert 0 < float(m.latents["discrepancy_colour"]) < 1
+    r = run_mcmc(model, y, method="nuts", num_chains=1, steps=30, num_samples=30, progress=False, seed=0,
+                 kernel_options={"max_tree_depth": 4})
+    d = r.draws["discrepancy_colour"]
+    assert d.shape[0] == 30 and bool(((d > 0) & (d < 1)).all()) and float(d.std()) > 0

@@ -94,6 +94,11 @@ class BRGMModel:
         if len(set(names)) != len(names):
             raise BRGMError(f"two model components use the same latent site name: {names}")
         self.discrepancy = self._attach(discrepancy) if discrepancy is not None else None
+        if self.discrepancy is not None and self.discrepancy.latents():
+            self.scalar_latents += self.discrepancy.latents()
+            names += [l.name for l in self.discrepancy.latents()]
+            if len(set(names)) != len(names):
+                raise BRGMError(f"two model components use the same latent site name: {names}")
 
     def _attach(self, d: Discrepancy) -> Discrepancy:
         """Bind the discrepancy term to the Gaussian pixel likelihood, where it is integrated out."""

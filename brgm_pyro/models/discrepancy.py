@@ -59,6 +59,7 @@ import torch
 from torch import Tensor
 
 from brgm_pyro.errors import BRGMError
+from brgm_pyro.models.latents import ScalarLatent, as_image
 
 
 class StationarySmoother:
@@ -145,10 +146,16 @@ class Discrepancy:
         spectrum: None (white e, R = I, the default), a :class:`StationarySmoother`, or its
             ``{"radius": [...], "power": [...]}`` (coloured e; the module's docstring).
         length: a shortcut for ``spectrum=StationarySmoother.gaussian(length)`` (pixels).
+        colour: None, or ``"learn"`` (or a :class:`~brgm_pyro.models.latents.ScalarLatent` on
+            (0, 1)) to make the misfit's colour a per-image latent a (site ``discrepancy_colour``,
+            a ~ Beta(1, 1)): R_a = (1 - a) I + a R_spectrum, white at 0, the fitted colour at 1, every
+            pixel's variance tau^2 throughout. For a generator whose misfit on *this* image may be
+            whiter or more correlated than on the validation images: the uncertainty about the colour
+            then widens the posterior of what it confounds (a blur width).
     """
 
     def __init__(self, tau: float, source: Optional[dict] = None, spectrum=None,
-                 length: Optional[float] = None) -> None:
+                 length: Optional[float] = None, colour=None) -> None:
         if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
             raise BRGMError(f"the discrepancy scale tau must be a positive number, got {tau!r}")
         if length is not None:
@@ -160,6 +167,13 @@ class Discrepancy:
                 raise BRGMError("a discrepancy spectrum is {\"radius\": [...], \"power\": [...]}") from None
         self.tau = float(tau)
         self.smoother: Optional[StationarySmoother] = spectrum
+        if isinstance(colour, str):
+            if colour != "learn":
+                raise BRGMError(f"the discrepancy's colour is None or 'learn', got {colour!r}")
+            colour = colour_latent()
+        if colour is not None and spectrum is None:
+            raise BRGMError("a learned discrepancy colour mixes white e with a spectrum: give spectrum= (or length=)")
+        self.colour: Optional[ScalarLatent] = colour
         self.source = dict(source or {})
         self.corruption = None
         self.image_shape: Optional[tuple] = None
@@ -169,30 +183,48 @@ class Discrepancy:
         original stays unbound, so one Discrepancy can be given to several models."""
         if not corruption.linear:
             raise BRGMError(f"the discrepancy term needs a linear corruption; {corruption.name!r} is not")
-        bound = Discrepancy(self.tau, self.source, self.smoother)
+        bound = Discrepancy(self.tau, self.source, self.smoother, colour=self.colour)
         bound.corruption, bound.image_shape = corruption, tuple(image_shape)
         # an operator that cannot state diag(A R A^T) says so now, not at the first step of inference
         probe = {lat.name: torch.as_tensor(float(lat.init)) for lat in corruption.latents()} or None
         bound._gram(probe, torch.float32, None)
         return bound
 
+    def latents(self) -> list:
+        """The term's own latent sites (the learned colour), for the model's program."""
+        return [] if self.colour is None else [self.colour]
+
     def _gram(self, params: Optional[dict], dtype, device) -> Tensor:
-        """diag(A R A^T) on the observation grid."""
+        """diag(A R A^T) on the observation grid (R of the spectrum; white without one)."""
         if self.smoother is None:
             return self.corruption.gram_diagonal(self.image_shape, params, dtype=dtype, device=device)
         return self.corruption.smoothed_gram_diagonal(self.image_shape, self.smoother, params, dtype=dtype,
                                                       device=device)
 
+    def _mix(self, params: Optional[dict], like: Tensor) -> Optional[Tensor]:
+        """The colour a as (..., B, 1, 1, 1), or None when it is not learned."""
+        if self.colour is None:
+            return None
+        return as_image(self.colour.read(params, "the discrepancy term (its colour)", like=like))
+
     def obs_variance(self, params: Optional[dict], like: Tensor) -> Tensor:
-        """tau^2 diag(A R A^T): the variance e adds to each observation, (..., C, h, w) like ``like``."""
+        """tau^2 diag(A R_a A^T): the variance e adds to each observation, (..., C, h, w) like ``like``."""
         if self.corruption is None:
             raise BRGMError("the discrepancy term is not attached to a model (build it with build_model)")
         p = params if self.corruption.latents() else None
-        return self.tau ** 2 * self._gram(p, like.dtype, like.device)
+        g = self._gram(p, like.dtype, like.device)
+        a = self._mix(params, like)
+        if a is not None:
+            white = self.corruption.gram_diagonal(self.image_shape, p, dtype=like.dtype, device=like.device)
+            g = (1 - a) * white + a * g
+        return self.tau ** 2 * g
 
-    def covariance_apply(self, v: Tensor) -> Tensor:
-        """R v on clean-image tensors (..., C, H, W)."""
-        return v if self.smoother is None else self.smoother.apply(self.smoother.adjoint(v))
+    def covariance_apply(self, v: Tensor, a: Optional[Tensor] = None) -> Tensor:
+        """R_a v on clean-image tensors (..., C, H, W) (``a``: the colour, None for R itself)."""
+        if self.smoother is None:
+            return v
+        rv = self.smoother.apply(self.smoother.adjoint(v))
+        return rv if a is None else (1 - a) * v + a * rv
 
     def draw(self, x: Tensor, y: Tensor, sigma: Union[float, Tensor], params: Optional[dict],
              mask: Optional[Tensor], generator: Optional[torch.Generator] = None) -> Tensor:
@@ -207,7 +239,12 @@ class Discrepancy:
         gen = dict(generator=generator, dtype=x.dtype)
         e0 = self.tau * torch.randn(x.shape, **gen).to(x.device)
         if self.smoother is not None:
-            e0 = self.smoother.apply(e0)
+            a = self._mix(params, x)
+            if a is None:
+                e0 = self.smoother.apply(e0)
+            else:  # covariance (1 - a) I + a K K^T
+                e1 = self.tau * torch.randn(x.shape, **gen).to(x.device)
+                e0 = (1 - a).sqrt() * e0 + a.sqrt() * self.smoother.apply(e1)
         obs_shape = (*x.shape[:-3], *self.corruption.out_shape(tuple(x.shape[-3:])))
         n0 = torch.randn(obs_shape, **gen).to(x.device) * sigma
         # Matheron: the conditional mean applied to a joint prior draw (x + e0, its observation + n0)
@@ -228,18 +265,29 @@ class Discrepancy:
         r = y - A(x, params)
         if mask is not None:
             r = torch.where(mask, r, torch.zeros((), dtype=r.dtype, device=r.device))
+        a = self._mix(params, x) if self.smoother is not None else None
         if self.smoother is None:
             v = r / d
         else:
             def S(u: Tensor) -> Tensor:
-                out = s2 * u + self.tau ** 2 * A(self.covariance_apply(A.A_adjoint(u, params)), params)
+                out = s2 * u + self.tau ** 2 * A(self.covariance_apply(A.A_adjoint(u, params), a), params)
                 return out if mask is None else torch.where(mask, out, u)
             v = _solve_S(S, r, d if mask is None else torch.where(mask, d, torch.ones_like(d)))
-        return x + self.tau ** 2 * self.covariance_apply(A.A_adjoint(v, params))
+        return x + self.tau ** 2 * self.covariance_apply(A.A_adjoint(v, params), a)
 
     def config(self) -> dict:
         return {"tau": self.tau, **({"spectrum": self.smoother.config()} if self.smoother is not None else {}),
+                **({"colour": self.colour.config()} if self.colour is not None else {}),
                 **({"source": self.source} if self.source else {})}
+
+
+def colour_latent() -> ScalarLatent:
+    """The per-image colour a of a learned-colour discrepancy: Beta(1, 1) on (0, 1) (site
+    ``discrepancy_colour``; 0 white, 1 the fitted spectrum)."""
+    import pyro.distributions as dist
+
+    return ScalarLatent("discrepancy_colour", dist.Beta(torch.tensor(1.0), torch.tensor(1.0)), per_image=True,
+                        units="mixing weight of the fitted spectrum against white (0-1)")
 
 
 def _solve_S(S, r: Tensor, diag: Tensor, rtol: float = 1e-5, max_iter: int = 200) -> Tensor:
