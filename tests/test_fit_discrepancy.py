@@ -36,7 +36,8 @@ def _images(folder, n=3, size=8):
 def test_fit_discrepancy_writes_beside_weights_and_auto_reads_it(tmp_path):
     gen = _gen(tmp_path)
     imgs = _images(tmp_path / "clean")
-    res = runner.invoke(app, ["fit-discrepancy", "--generator", str(gen), "--images", str(imgs), "--steps", "5"])
+    res = runner.invoke(app, ["fit-discrepancy", "--generator", str(gen), "--images", str(imgs), "--steps", "5",
+                              "--coloured"])
     assert res.exit_code == 0, res.output
     G = load_generator(str(gen))
     p = discrepancy_path(G)
@@ -45,6 +46,8 @@ def test_fit_discrepancy_writes_beside_weights_and_auto_reads_it(tmp_path):
     model = build_model(G, SuperResolution(2, "box"), discrepancy="auto")
     assert abs(model.discrepancy.tau - rec["tau"]) < 1e-12
     assert model.discrepancy.smoother.config() == rec["spectrum"] and len(rec["lag_correlations"]) == 3
+    res = runner.invoke(app, ["fit-discrepancy", "--generator", str(gen), "--images", str(imgs), "--steps", "5"])
+    assert res.exit_code == 0 and "spectrum" not in json.loads(p.read_text())  # white unless --coloured
     # random-noise "faces" are far from anything G draws: tau is of the order of their spread
     assert 0.2 < rec["tau"] < 1.5
 

@@ -56,8 +56,8 @@ def fit_discrepancy_cmd(
     steps: int = typer.Option(1000, "--steps", help="Adam steps of each inversion."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output JSON (default: <weights>.discrepancy.json)."),
     seed: int = typer.Option(0, "--seed"),
-    white: bool = typer.Option(False, "--white", help="Store tau alone (white e) instead of tau and the residuals' "
-                               "power spectrum (coloured e, docs/discrepancy.md)."),
+    coloured: bool = typer.Option(False, "--coloured", help="Also store the residuals' power spectrum: coloured e "
+                                  "(docs/discrepancy.md, 'Coloured e'; not the bundled default)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (torch.set_num_threads)."),
 ) -> None:
@@ -77,4 +77,4 @@ def fit_discrepancy_cmd(
     if out is None:
         raise BRGMError("this generator has no weights file to put the scale beside; give --out FILE")
     x, source = _clean_images(images, G, num_images)
-    fit_discrepancy(G, x.to(dev), out=out, steps=steps, seed=seed, source=source, log=typer.echo, white=white)
+    fit_discrepancy(G, x.to(dev), out=out, steps=steps, seed=seed, source=source, log=typer.echo, white=not coloured)

@@ -4,7 +4,7 @@ Each clean validation image x is inverted by MAP under the model x = G(w) (ident
 the generator's prior, Gaussian pixel noise), and tau comes from the residuals x - G(w*) with the
 degrees-of-freedom correction of :func:`~brgm_pyro.models.discrepancy.residual_scale`, and the
 power spectrum of coloured e from the same residuals
-(:func:`~brgm_pyro.models.discrepancy.residual_spectrum`; ``white=True`` leaves it out). The result
+(:func:`~brgm_pyro.models.discrepancy.residual_spectrum`; only with ``white=False``). The result
 is written beside the weights as ``<weights>.discrepancy.json``, where ``--discrepancy auto``
 finds it (:func:`~brgm_pyro.models.discrepancy.load_discrepancy`).
 """
@@ -45,7 +45,7 @@ def invert(G, images: Tensor, steps: int = DEFAULT_FIT_STEPS, seed: int = 0, bat
 
 
 def fit_discrepancy(G, images: Tensor, out: Optional[Path] = None, steps: int = DEFAULT_FIT_STEPS, seed: int = 0,
-                    source: str = "", log: Callable[[str], None] = print, white: bool = False) -> dict:
+                    source: str = "", log: Callable[[str], None] = print, white: bool = True) -> dict:
     """Invert ``images``, estimate tau (and the residuals' spectrum unless ``white``), write ``out``
     (JSON, atomically) if given; returns the record."""
     from brgm_pyro.io import save_json
