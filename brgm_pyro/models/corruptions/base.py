@@ -72,52 +72,41 @@ class Corruption(nn.Module):
         The variance a clean-image perturbation e ~ N(0, tau^2 I) adds to observation i is
         tau^2 diag(A A^T)_i (:mod:`brgm_pyro.models.discrepancy`). The default is exact for any
         linear operator without latents: ||A^T u_i||^2 for every unit vector u_i of the
-        observation, in chunks (one adjoint per chunk of 256 elements; cached per shape).
-        Operators with a closed form (masks, block means, separable kernels) override it.
+        observation (:meth:`_probed_row_norms`). Operators with a closed form (masks, block means,
+        separable kernels) override it.
         """
-        from brgm_pyro.errors import BRGMError
-
-        if not self.linear:
-            raise BRGMError(f"the corruption {self.name!r} is not linear: diag(A A^T) is not defined")
-        if self.latents() and params is not None:
-            raise BRGMError(f"the corruption {self.name!r} has inferred parameters and does not state diag(A A^T) "
-                            "as a function of them")
-        key = ("gram", tuple(in_shape), dtype, str(device))
-        cache = self.__dict__.setdefault("_gram_cache", {})
-        if key not in cache:
-            obs = tuple(self.out_shape(tuple(in_shape)))
-            m = int(torch.tensor(obs).prod())
-            out = torch.empty(m, dtype=dtype, device=device)
-            with torch.no_grad():
-                for s in range(0, m, 256):
-                    idx = torch.arange(s, min(s + 256, m), device=device)
-                    u = torch.zeros(idx.numel(), m, dtype=dtype, device=device)
-                    u[torch.arange(idx.numel(), device=device), idx] = 1.0
-                    at = self.A_adjoint(u.reshape(-1, *obs), params)
-                    out[s:s + idx.numel()] = at.reshape(idx.numel(), -1).pow(2).sum(-1)
-            cache[key] = out.reshape(obs)
-        return cache[key]
+        self._check_probe(params, "diag(A A^T)")
+        return self._probed_row_norms(("gram",), in_shape, params, dtype, device, lambda v: v)
 
     def smoothed_gram_diagonal(self, in_shape: tuple[int, int, int], smoother, params: Optional[dict] = None,
                                dtype: torch.dtype = torch.float32, device=None) -> Tensor:
         """diag(A K K^T A^T) on the observation grid for a spatial smoother K (coloured discrepancy).
 
         ``smoother`` has ``apply``/``adjoint`` over the last two dims, ``diag(K K^T) = 1`` and a
-        hashable ``key`` (:class:`~brgm_pyro.models.discrepancy.StationarySmoother`). A pixelwise operator's answer is
-        its :meth:`gram_diagonal`; the default is exact for any linear operator without latents:
-        ||K^T A^T u_i||^2 for every unit vector u_i of the observation (cached per shape and K).
-        Operators with a closed form (separable kernels) override it.
+        hashable ``key`` (:class:`~brgm_pyro.models.discrepancy.StationarySmoother`). A pixelwise
+        operator's answer is its :meth:`gram_diagonal`; the default is exact for any linear operator
+        without latents: ||K^T A^T u_i||^2 for every unit vector u_i of the observation. Operators
+        with a closed form (separable kernels) override it.
         """
-        from brgm_pyro.errors import BRGMError
-
         if self.pixelwise:
             return self.gram_diagonal(in_shape, params, dtype, device)
+        self._check_probe(params, "diag(A R A^T) for a coloured discrepancy")
+        return self._probed_row_norms(("smoothed_gram", smoother.key), in_shape, params, dtype, device,
+                                      smoother.adjoint)
+
+    def _check_probe(self, params: Optional[dict], what: str) -> None:
+        from brgm_pyro.errors import BRGMError
+
         if not self.linear:
-            raise BRGMError(f"the corruption {self.name!r} is not linear: diag(A R A^T) is not defined")
+            raise BRGMError(f"the corruption {self.name!r} is not linear: {what} is not defined")
         if self.latents() and params is not None:
-            raise BRGMError(f"the corruption {self.name!r} has inferred parameters and does not state "
-                            "diag(A R A^T) for a coloured discrepancy as a function of them")
-        key = ("smoothed_gram", tuple(in_shape), smoother.key, dtype, str(device))
+            raise BRGMError(f"the corruption {self.name!r} has inferred parameters and does not state {what} "
+                            "as a function of them")
+
+    def _probed_row_norms(self, tag: tuple, in_shape, params, dtype, device, post) -> Tensor:
+        """||post(A^T u_i)||^2 for every unit vector u_i of the observation: (*obs_shape), in chunks of
+        256 (one adjoint each), cached per ``tag``, shape, dtype and device."""
+        key = (*tag, tuple(in_shape), dtype, str(device))
         cache = self.__dict__.setdefault("_gram_cache", {})
         if key not in cache:
             obs = tuple(self.out_shape(tuple(in_shape)))
@@ -128,7 +117,7 @@ class Corruption(nn.Module):
                     idx = torch.arange(s, min(s + 256, m), device=device)
                     u = torch.zeros(idx.numel(), m, dtype=dtype, device=device)
                     u[torch.arange(idx.numel(), device=device), idx] = 1.0
-                    at = smoother.adjoint(self.A_adjoint(u.reshape(-1, *obs), params))
+                    at = post(self.A_adjoint(u.reshape(-1, *obs), params))
                     out[s:s + idx.numel()] = at.reshape(idx.numel(), -1).pow(2).sum(-1)
             cache[key] = out.reshape(obs)
         return cache[key]
