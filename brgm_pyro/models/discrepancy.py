@@ -122,19 +122,24 @@ class StationarySmoother:
     adjoint = apply
 
     def lag_covariance(self, h: int, w: int, dtype=torch.float64, device=None) -> Tensor:
-        """c(dy, dx) for dy in -(h-1)..h-1, dx in -(w-1)..w-1: (2h - 1, 2w - 1), c(0, 0) = 1 at [h-1, w-1]."""
-        _, full = self._grid(h, w, torch.float64, None)
-        c = torch.fft.ifft2(full).real
-        iy = torch.arange(-(h - 1), h) % h
-        ix = torch.arange(-(w - 1), w) % w
-        return c[iy][:, ix].to(dtype=dtype, device=device)
+        """c(dy, dx) for dy in -(h-1)..h-1, dx in -(w-1)..w-1: (2h - 1, 2w - 1), c(0, 0) = 1 at [h-1, w-1]
+        (cached: a blind corruption asks for it at every gradient)."""
+        key = ("lags", h, w, dtype, str(device))
+        if key not in self._cache:
+            _, full = self._grid(h, w, torch.float64, None)
+            c = torch.fft.ifft2(full).real
+            iy = torch.arange(-(h - 1), h) % h
+            ix = torch.arange(-(w - 1), w) % w
+            self._cache[key] = c[iy][:, ix].to(dtype=dtype, device=device)
+        return self._cache[key]
 
     def correlation(self, lag: int, n: int = 64) -> float:
         """R's correlation at ``lag`` pixels along one axis (an n x n image)."""
         return float(self.lag_covariance(n, n)[n - 1, n - 1 + lag])
 
     def config(self) -> dict:
-        return {"radius": [round(v, 6) for v in self.radius.tolist()], "power": [float(f"{v:.6g}") for v in self.power.tolist()]}
+        return {"radius": [round(v, 6) for v in self.radius.tolist()],
+                "power": [float(f"{v:.6g}") for v in self.power.tolist()]}
 
 
 class Discrepancy:
