@@ -157,8 +157,9 @@ def run_task(task: str, G, args, out: Path) -> dict:
 
     # NUTS first: its gradient count sets the budget of the others
     t0 = time.perf_counter()
-    res = run_mcmc(model, y, method="nuts", init="laplace", map_w=w_map, steps=args.warmup, num_samples=args.draws,
-                   num_chains=args.chains, mass="laplace", curvature=args.curvature,
+    res = run_mcmc(model, y, method="nuts", init=args.init, init_jitter=args.init_jitter, map_w=w_map,
+                   steps=args.warmup, num_samples=args.draws, num_chains=args.chains, mass="laplace",
+                   curvature=args.curvature,
                    max_tree_depth=args.max_tree_depth, seed=args.seed, progress=False,
                    workers=args.workers, threads_per_worker=args.threads)
     row = record("NUTS", res, time.perf_counter() - t0)
@@ -267,6 +268,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=15)
     ap.add_argument("--draws", type=int, default=25)
     ap.add_argument("--max-tree-depth", type=int, default=5)
+    ap.add_argument("--init", default="laplace", choices=["laplace", "map"], help="NUTS chains start at Laplace "
+                    "draws around the MAP (dispersed) or at the MAP itself (with --init-jitter)")
+    ap.add_argument("--init-jitter", type=float, default=0.0, help="with --init map: chains 1.. start at the MAP "
+                    "plus this many prior standard deviations of Gaussian noise")
     ap.add_argument("--curvature", default="gauss_newton", choices=["gauss_newton", "hessian"])
     ap.add_argument("--vi-particles", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (per worker process)")
