@@ -166,6 +166,8 @@ def test_coloured_refusals_and_file_round_trip(tmp_path):
         Discrepancy(0.1, spectrum={"radius": [0.0, 0.5], "power": [1.0, -1.0]})
     with pytest.raises(BRGMError, match="spectrum"):
         Discrepancy(0.1, spectrum={"power": [1.0, 1.0]})
+    with pytest.raises(BRGMError, match="not both"):
+        Discrepancy(0.1, spectrum=StationarySmoother.gaussian(1.0), length=1.0)
     G = LinearGenerator(num_ws=2, w_dim=3, img_channels=1, img_resolution=8, seed=3)
     with pytest.raises(BRGMError, match="inferred parameters"):  # at build time, not at the first step
         build_model(G, CORRUPTIONS.example("deblur_blind")((1, 8, 8)), prior="gaussian",

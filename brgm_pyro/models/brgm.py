@@ -90,15 +90,12 @@ class BRGMModel:
         self.obs_shape = tuple(corruption.out_shape(generator.image_shape))
         self.scalar_latents = [*prior.latents(), *corruption.latents(), *[l for k in self.likelihoods
                                                                           for l in k.latents()]]
+        self.discrepancy = self._attach(discrepancy) if discrepancy is not None else None
+        if self.discrepancy is not None:
+            self.scalar_latents += self.discrepancy.latents()  # a learned colour of e
         names = [prior.site, *[l.name for l in self.scalar_latents]]
         if len(set(names)) != len(names):
             raise BRGMError(f"two model components use the same latent site name: {names}")
-        self.discrepancy = self._attach(discrepancy) if discrepancy is not None else None
-        if self.discrepancy is not None and self.discrepancy.latents():
-            self.scalar_latents += self.discrepancy.latents()
-            names += [l.name for l in self.discrepancy.latents()]
-            if len(set(names)) != len(names):
-                raise BRGMError(f"two model components use the same latent site name: {names}")
 
     def _attach(self, d: Discrepancy) -> Discrepancy:
         """Bind the discrepancy term to the Gaussian pixel likelihood, where it is integrated out."""

@@ -164,6 +164,8 @@ class Discrepancy:
         if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
             raise BRGMError(f"the discrepancy scale tau must be a positive number, got {tau!r}")
         if length is not None:
+            if spectrum is not None:
+                raise BRGMError("give the discrepancy a spectrum or a length, not both")
             spectrum = StationarySmoother.gaussian(length)
         if isinstance(spectrum, dict):
             try:
@@ -270,7 +272,7 @@ class Discrepancy:
         r = y - A(x, params)
         if mask is not None:
             r = torch.where(mask, r, torch.zeros((), dtype=r.dtype, device=r.device))
-        a = self._mix(params, x) if self.smoother is not None else None
+        a = self._mix(params, x)  # None unless the colour is learned (which needs a spectrum)
         if self.smoother is None:
             v = r / d
         else:
@@ -370,9 +372,9 @@ def residual_spectrum(residuals: Tensor, bins: int = 48) -> dict:
     r"""The isotropic power spectrum of coloured e from inversion residuals r = x - G(w*).
 
     The periodogram :math:`|\mathrm{DFT}(r)|^2`, averaged over images and channels (means are not
-    removed: a misfit of the whole image's level is part of what G misses) and then over rings of the frequency radius (``bins`` equal rings
-    up to 0.75 cycles/pixel; each ring's power sits at its pixels' mean radius), the way
-    :class:`StationarySmoother` reads it. Empty rings are dropped.
+    removed: a misfit of the whole image's level is part of what G misses) and then over rings of
+    the frequency radius (``bins`` equal rings up to 0.75 cycles/pixel; each ring's power sits at
+    its pixels' mean radius), the way :class:`StationarySmoother` reads it. Empty rings are dropped.
 
     Args:
         residuals: (B, C, H, W) in [-1, 1] units.

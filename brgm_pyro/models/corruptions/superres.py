@@ -106,22 +106,13 @@ class SuperResolution(Corruption):
         operators (differentiable in a latent width); 1 / s^2 for the block mean; else the exact
         generic computation (2-D user kernels)."""
         c, h, w = in_shape
-        if self.width_latent is not None:
-            if params is None:
-                raise BRGMError("this super-resolution infers its kernel width: diag(A A^T) needs its value")
-            width = self.width_latent.read(params, "this super-resolution (its kernel width)",
-                                           like=torch.zeros((), dtype=dtype, device=device))
-            rh = gauss_matrix(h, self.factor, width).pow(2).sum(-1)  # (*width, h/s)
-            rw = gauss_matrix(w, self.factor, width).pow(2).sum(-1)
-            g = rh[..., :, None] * rw[..., None, :]  # (*width, h/s, w/s)
-            return g.unsqueeze(-3).expand(*g.shape[:-2], c, *g.shape[-2:])
-        if self._kernel2d is None and self.kernel_name == "box":
+        if self._kernel2d is None and self.kernel_name == "box" and self.width_latent is None:
             return torch.full(self.out_shape(tuple(in_shape)), 1.0 / self.factor ** 2, dtype=dtype, device=device)
-        if self._kernel2d is None:
-            dh, dw = self._matrices(h, w, dtype, device)
-            g = dh.pow(2).sum(-1)[:, None] * dw.pow(2).sum(-1)[None, :]
-            return g.expand(c, *g.shape).clone()
-        return super().gram_diagonal(in_shape, None, dtype, device)
+        if self._kernel2d is not None:
+            return super().gram_diagonal(in_shape, None, dtype, device)
+        dh, dw = self._separable(h, w, params, dtype, device, "diag(A A^T)")
+        g = dh.pow(2).sum(-1)[..., :, None] * dw.pow(2).sum(-1)[..., None, :]  # (*width, h/s, w/s)
+        return g.unsqueeze(-3).expand(*g.shape[:-2], c, *g.shape[-2:])
 
     def smoothed_gram_diagonal(self, in_shape, smoother, params=None, dtype=torch.float32, device=None) -> Tensor:
         r"""diag(A R A^T) for a separable kernel and a stationary R with lag covariance c:
@@ -131,17 +122,21 @@ class SuperResolution(Corruption):
         c, h, w = in_shape
         if self._kernel2d is not None:
             return super().smoothed_gram_diagonal(in_shape, smoother, None, dtype, device)
-        if self.width_latent is not None:
-            if params is None:
-                raise BRGMError("this super-resolution infers its kernel width: diag(A R A^T) needs its value")
-            width = self.width_latent.read(params, "this super-resolution (its kernel width)",
-                                           like=torch.zeros((), dtype=dtype, device=device))
-            dh, dw = gauss_matrix(h, self.factor, width), gauss_matrix(w, self.factor, width)
-        else:
-            dh, dw = self._matrices(h, w, dtype, device)
+        dh, dw = self._separable(h, w, params, dtype, device, "diag(A R A^T)")
         C = smoother.lag_covariance(h, w, dtype=dtype, device=device)  # (2h - 1, 2w - 1)
         g = _row_autocorrelation(dh) @ C @ _row_autocorrelation(dw).transpose(-1, -2)  # (*width, h/s, w/s)
         return g.unsqueeze(-3).expand(*g.shape[:-2], c, *g.shape[-2:])
+
+    def _separable(self, h: int, w: int, params, dtype, device, what: str) -> tuple[Tensor, Tensor]:
+        """The 1-D down-sampling matrices (D_h, D_w): (*width, h/s, h) and (*width, w/s, w) for a latent
+        width (built from its value in ``params``), else the fixed kernel's (h/s, h), (w/s, w)."""
+        if self.width_latent is None:
+            return self._matrices(h, w, dtype, device)
+        if params is None:
+            raise BRGMError(f"this super-resolution infers its kernel width: {what} needs its value")
+        width = self.width_latent.read(params, "this super-resolution (its kernel width)",
+                                       like=torch.zeros((), dtype=dtype, device=device))
+        return gauss_matrix(h, self.factor, width), gauss_matrix(w, self.factor, width)
 
     def _matrices(self, h: int, w: int, dtype, device) -> tuple[Tensor, Tensor]:
         key = (h, w, dtype, device)
