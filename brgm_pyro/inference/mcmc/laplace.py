@@ -11,11 +11,18 @@ where :math:`m_\ell` is the mean of likelihood :math:`\ell` (the observed pixels
 the pixel term, phi(f(G(w))) for the perceptual term), :math:`I_\ell` the Fisher information of
 its noise per element (1/sigma^2 for a Gaussian; stated by the likelihood), :math:`c_{prior}` the
 prior's stated curvature (1/sigma_prior^2 for the Gaussian) and T the temperature. (The colinearity factor's curvature, of order :math:`\kappa / \lVert w_i\rVert^2`,
-is left out: it is orders of magnitude below the prior's.) ``J`` has one row per observed value;
-with M rows it costs M vector-Jacobian products (one backward pass each). When M exceeds
-``max_rows`` (in-painting observes most pixels) a Gaussian sketch is used instead:
+is left out: it is orders of magnitude below the prior's.) ``J`` is M x D (M observed values, D
+latent coordinates) and is formed exactly with min(M, D) passes: its M rows by vector-Jacobian
+products when M <= D (super-resolution), or its D columns by Jacobian-vector products when D < M
+(in-painting observes most pixels; each column is the derivative of the VJP :math:`J^\top u` in
+u, a double backward), batched ``chunk`` at a time. Only when min(M, D) exceeds ``max_rows``
+(large generators) is a Gaussian sketch used:
 :math:`J^\top J \approx \frac1k \sum_{i \le k} (J^\top s_i)(J^\top s_i)^\top`, :math:`s_i \sim
-\mathcal N(0, I_M)` (unbiased; k = ``max_rows`` backward passes).
+\mathcal N(0, I_M)` (unbiased; k = ``max_rows`` backward passes). A sketch has rank k: with
+k < D the directions outside its range get the prior's curvature alone. (On the faces64
+in-painting posterior, D = 1280, M = 9,984, the 512-pass sketch was off by up to 8.7x in
+precision along some directions; the exact J by 1,280 batched columns took 8.6 s on two
+threads against 51 s for 9,984 rows one at a time.)
 
 Why it matters: at ``sigma_pixel = 0.05`` the likelihood makes the posterior ~10^4 times stiffer in
 the directions the observation determines than in the prior-only directions. Any sampler with an
@@ -42,8 +49,13 @@ def _prior_precision(model, B: int, device) -> Tensor:
     return curv.detach().double().expand(B, *curv.shape[-2:]).reshape(-1).to(device)
 
 
-def gauss_newton_precision(model, y: Tensor, w, max_rows: int = 512, seed: int = 0,
-                           info: dict | None = None) -> Tensor:
+# Passes allowed for an exact J (min(M, D) of them); the sketch above it. 1,536 makes the faces64
+# generator's D = 1,280 exact for every corruption (8.6 s for in-painting on two CPU threads).
+DEFAULT_LAPLACE_PASSES = 1536
+
+
+def gauss_newton_precision(model, y: Tensor, w, max_rows: int = DEFAULT_LAPLACE_PASSES, seed: int = 0,
+                           info: dict | None = None, chunk: int = 64) -> Tensor:
     """The generalised Gauss-Newton precision P (D, D) of w at ``w``, D = B L d, float64.
 
     P = diag(prior curvature) + sum_l (1/T) J_l^T diag(I_l) J_l, with J_l the Jacobian of
@@ -55,9 +67,10 @@ def gauss_newton_precision(model, y: Tensor, w, max_rows: int = 512, seed: int =
             whose likelihoods state their Fisher information.
         y: (B, C, h, w) observation (only used for shapes; P does not depend on y).
         w: the point, usually the MAP: the latents dict (scalars are held at their values) or w.
-        max_rows: above this many observed values per likelihood, sketch J^T J with max_rows
-            Gaussian combinations.
+        max_rows: passes allowed per likelihood: J is exact in min(M, D) passes when that is at
+            most max_rows, else J^T J is sketched with max_rows Gaussian combinations.
         seed: the sketch's seed.
+        chunk: rows or columns of J per batched pass (memory: chunk copies of the backward graph).
         info: if a dict, ``info["backward_passes"]`` is set to the number of VJPs computed.
     """
     lat = model.as_latents(w)
@@ -74,10 +87,9 @@ def gauss_newton_precision(model, y: Tensor, w, max_rows: int = 512, seed: int =
         flat = mean.reshape(-1)
         M = flat.numel()
         root = torch.as_tensor(fisher, dtype=flat.dtype, device=flat.device).sqrt().expand(M) / model.temperature ** 0.5
-        passes += min(M, max_rows)
-        if M <= max_rows:
-            rows = [torch.autograd.grad(flat[i], wv, retain_graph=True)[0].reshape(-1) * root[i] for i in range(M)]
-            J = torch.stack(rows).double()
+        passes += min(M, D, max_rows)
+        if min(M, D) <= max_rows:
+            J = _jacobian(flat, wv, chunk) * root[:, None].double()  # rows of diag(I)^1/2 J
             prec += J.T @ J
         else:
             acc = torch.zeros(D, D, dtype=torch.float64, device=w.device)
@@ -89,6 +101,31 @@ def gauss_newton_precision(model, y: Tensor, w, max_rows: int = 512, seed: int =
     if info is not None:
         info["backward_passes"] = passes
     return prec
+
+
+def _jacobian(flat: Tensor, wv: Tensor, chunk: int) -> Tensor:
+    """d flat / d wv as an (M, D) float64 matrix, exactly, in min(M, D) passes ``chunk`` at a time.
+
+    M <= D: rows e_i^T J by batched VJPs. D < M: columns J e_j by batched JVPs, each the derivative
+    in u of the VJP J^T u (linear in u, so any u works; zeros keeps it cheap).
+    """
+    M, D = flat.numel(), wv.numel()
+    parts = []
+    if M <= D:
+        eye = torch.eye(M, dtype=flat.dtype, device=flat.device)
+        for i in range(0, M, chunk):
+            (r,) = torch.autograd.grad(flat, wv, grad_outputs=eye[i:i + chunk], retain_graph=True,
+                                       is_grads_batched=True)
+            parts.append(r.reshape(-1, D).double())
+        return torch.cat(parts)
+    u = torch.zeros_like(flat, requires_grad=True)
+    (vjp,) = torch.autograd.grad(flat, wv, grad_outputs=u, create_graph=True)
+    eye = torch.eye(D, dtype=wv.dtype, device=wv.device)
+    for j in range(0, D, chunk):
+        (c,) = torch.autograd.grad(vjp, u, grad_outputs=eye[j:j + chunk].reshape(-1, *wv.shape), retain_graph=True,
+                                   is_grads_batched=True)
+        parts.append(c.reshape(-1, M).double())
+    return torch.cat(parts).T
 
 
 def _fold(H: Tensor, floor: float, info: dict | None = None) -> Tensor:
@@ -153,7 +190,7 @@ def scalar_precision(model, y: Tensor, latents: dict, info: dict | None = None) 
     return out
 
 
-def laplace_covariance(model, y: Tensor, w, max_rows: int = 512, seed: int = 0,
+def laplace_covariance(model, y: Tensor, w, max_rows: int = DEFAULT_LAPLACE_PASSES, seed: int = 0,
                        jitter: float = 1e-8, info: dict | None = None, curvature: str = "gauss_newton") -> Tensor:
     """P^{-1} (D, D): the Laplace posterior covariance at ``w`` in the unconstrained coordinates of
     every latent site, sites in sorted-name order (the order of Pyro's and our kernels' flat
@@ -161,8 +198,8 @@ def laplace_covariance(model, y: Tensor, w, max_rows: int = 512, seed: int = 0,
     each scalar latent's from :func:`scalar_precision` (cross terms are left out).
 
     ``w``: the latents dict at the point (or w alone for a model without scalar latents).
-    ``curvature``: ``"gauss_newton"`` (:func:`gauss_newton_precision`, M backward passes, scales to
-    any D) or ``"hessian"`` (:func:`hessian_precision`, D Hessian-vector products, exact at ``w``).
+    ``curvature``: ``"gauss_newton"`` (:func:`gauss_newton_precision`, min(M, D) passes, sketched
+    above ``max_rows``) or ``"hessian"`` (:func:`hessian_precision`, D Hessian-vector products, exact at ``w``).
     """
     lat = model.as_latents(w)
     info = {} if info is None else info
@@ -184,4 +221,4 @@ def laplace_covariance(model, y: Tensor, w, max_rows: int = 512, seed: int = 0,
     return (0.5 * (cov + cov.T)).float()
 
 
-__all__ = ["gauss_newton_precision", "hessian_precision", "scalar_precision", "laplace_covariance"]
+__all__ = ["DEFAULT_LAPLACE_PASSES", "gauss_newton_precision", "hessian_precision", "scalar_precision", "laplace_covariance"]

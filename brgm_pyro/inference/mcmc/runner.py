@@ -253,13 +253,14 @@ def _metric(model, y, method, mass, init, init_given, lat_map, z0, supports, kop
         if not langevin and mass == "dense":
             kopts.setdefault("full_mass", True)
         return z0, None, 0.0, 0
-    from brgm_pyro.inference.mcmc.laplace import laplace_covariance
+    from brgm_pyro.inference.mcmc.laplace import DEFAULT_LAPLACE_PASSES, laplace_covariance
 
     t0 = time.perf_counter()
     info: dict = {}
     curvature = curvature or "gauss_newton"
     point = lat_map if lat_map is not None else {k: v[0] for k, v in _constrain(z0, supports).items()}
-    cov = laplace_covariance(model, y, point, max_rows=laplace_rows, seed=seed, info=info, curvature=curvature)
+    cov = laplace_covariance(model, y, point, max_rows=laplace_rows or DEFAULT_LAPLACE_PASSES, seed=seed, info=info,
+                             curvature=curvature)
     if init == "laplace" and not init_given:  # each chain starts at a draw of N(MAP, cov)
         z0 = _laplace_draws(_unconstrain(point, supports), cov, next(iter(z0.values())).shape[0], seed)
     if langevin and kopts.get("preconditioner") == "laplace":
@@ -337,7 +338,7 @@ def run_mcmc(
     progress: bool = True,
     kernel_options: Optional[dict] = None,
     mass: Optional[str] = None,
-    laplace_rows: int = 512,
+    laplace_rows: Optional[int] = None,
     curvature: Optional[str] = None,
     workers: int = 1,
     threads_per_worker: Optional[int] = None,
@@ -372,8 +373,10 @@ def run_mcmc(
             matrix is the Laplace covariance at the MAP, see :mod:`~brgm_pyro.inference.mcmc.laplace`),
             ``"diag"`` (Pyro's diagonal adaptation; default otherwise) or ``"dense"`` (Pyro's dense
             adaptation). Langevin methods take ``preconditioner="laplace"`` for the same matrix.
-        laplace_rows: backward passes allowed for the Gauss-Newton curvature (sketched above that).
-        curvature: ``"gauss_newton"`` (default; M or ``laplace_rows`` backward passes) or
+        laplace_rows: passes allowed for an exact Gauss-Newton curvature, min(M, D) (M observed
+            values, D latent coordinates); sketched with this many above it (default
+            :data:`~brgm_pyro.inference.mcmc.laplace.DEFAULT_LAPLACE_PASSES`, 1,536).
+        curvature: ``"gauss_newton"`` (default; min(M, D) or ``laplace_rows`` passes) or
             ``"hessian"`` (exact Hessian at the MAP, D Hessian-vector products).
         workers: run the chains in this many processes at once (CPU only; default 1 = one after
             another in this process). Chain c draws the same numbers either way (its seed is
