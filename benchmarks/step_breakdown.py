@@ -1,8 +1,10 @@
 """Where our MAP step's time goes, against the reference loop's, on the same generator (issue #12).
 
 Times, interleaved (so machine noise hits all alike; medians over ``--reps`` rounds), one loss
-evaluation plus backward of: our MAP objective (``ELBOTerms`` over an ``AutoDelta`` guide, the
-loss ``run_map`` minimises) with and without the discrepancy term and without the perceptual term;
+evaluation plus backward of: our MAP objective (``LogJointTerms`` over an ``AutoDelta`` guide, the
+loss ``run_map`` minimises, one model trace per step; and, for comparison, the same loss as an
+entropy-free ``ELBOTerms``, a guide trace plus a replayed model trace, which run_map used before
+the tenth session) with and without the discrepancy term and without the perceptual term;
 the reference BRGM loss restated in ``vs_reference.py``; G + f alone; and the two losses with G
 replaced by a constant (what is left is phi, the log densities, Pyro's traces and their backward).
 The optimiser step is left out on both sides (it is the same Adam). Run it on an idle machine:
@@ -28,19 +30,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from vs_reference import ReferenceLoss, make_task, reference_stats  # noqa: E402
 
 from brgm_pyro.data.faces import face_batch  # noqa: E402
-from brgm_pyro.inference.engine import ELBOTerms  # noqa: E402
+from brgm_pyro.inference.engine import ELBOTerms, LogJointTerms  # noqa: E402
 from brgm_pyro.models.brgm import build_model  # noqa: E402
 from brgm_pyro.models.generators.loading import latent_stats_for, load_generator  # noqa: E402
 from brgm_pyro.pipeline.core import default_phi  # noqa: E402
 
 
-def ours(G, f, phi, y, **kw):
-    """One loss + backward of our MAP objective, as a closure."""
+def ours(G, f, phi, y, two_traces: bool = False, **kw):
+    """One loss + backward of our MAP objective, as a closure (``two_traces``: as an ELBO)."""
     pyro.clear_param_store()
     model = build_model(G, f, phi=phi, stats=latent_stats_for(G), **kw)
     guide = AutoDelta(model)
     guide(y)
-    elbo = ELBOTerms(model, guide, num_particles=1, entropy=False)
+    elbo = ELBOTerms(model, guide, num_particles=1, entropy=False) if two_traces else LogJointTerms(model, guide)
 
     def step():
         loss, vec = elbo(y)
@@ -79,6 +81,7 @@ def main(argv=None) -> dict:
     ref = ReferenceLoss(G, f, y, phi, w_avg, sigma_s, 0.1, percept=True)
     ws = w_avg.expand(1, G.num_ws, G.w_dim).clone().requires_grad_(True)
     fns = {"ours (the CLI's model)": ours(G, f, phi, y, discrepancy="auto"),
+           "ours as an ELBO (2 traces)": ours(G, f, phi, y, two_traces=True, discrepancy="auto"),
            "ours, no discrepancy": ours(G, f, phi, y),
            "ours, no perceptual term": ours(G, f, None, y, discrepancy="auto"),
            "reference": lambda: ref(ws).backward(),
@@ -87,7 +90,9 @@ def main(argv=None) -> dict:
     with torch.no_grad():
         fixed = G(ws)
     G.forward = types.MethodType(lambda self, w: fixed + 0 * w.sum(), G)  # G stubbed: what is left
-    stub = {"ours, G stubbed": ours(G, f, phi, y, discrepancy="auto"), "reference, G stubbed": lambda: ref(ws).backward()}
+    stub = {"ours, G stubbed": ours(G, f, phi, y, discrepancy="auto"),
+            "ours as an ELBO, G stubbed": ours(G, f, phi, y, two_traces=True, discrepancy="auto"),
+            "reference, G stubbed": lambda: ref(ws).backward()}
     res.update(timed(stub, a.reps * 3))
     base = res["reference"]
     for k, v in res.items():

@@ -205,3 +205,42 @@ def test_nan_stops_cleanly_with_last_good_state():
     assert torch.isfinite(res.w).all() and torch.isfinite(res.image).all()
     assert res.w.abs().max() <= 1.5
     assert all(math.isfinite(v) for v in res.history["loss"])
+
+
+@pytest.mark.parametrize("kind", ["w only", "learned noise, blur width and discrepancy colour, 2 images"])
+def test_map_one_trace_objective_equals_the_elbo_of_a_point_guide(kind):
+    """run_map's LogJointTerms (one model trace) gives the loss, terms and gradients of
+    ELBOTerms(entropy=False) over the same AutoDelta (guide trace + replayed model)."""
+    from pyro.infer.autoguide import AutoDelta
+
+    from brgm_pyro.inference.engine import ELBOTerms, LogJointTerms
+    from brgm_pyro.models.brgm import build_model
+    from brgm_pyro.models.corruptions import SuperResolution, blur_width_latent
+    from brgm_pyro.models.discrepancy import Discrepancy, StationarySmoother
+
+    G = LinearGenerator(num_ws=2, w_dim=3, img_channels=1, img_resolution=8, scale=2.0, seed=4)
+    if kind == "w only":
+        model, B = build_model(G, SuperResolution(2, "box"), prior="brgm", sigma_pixel=0.1), 1
+    else:
+        f = SuperResolution(2, "gauss", gauss_sigma=blur_width_latent(2, guess=1.0, spread=0.5))
+        disc = Discrepancy(0.05, spectrum=StationarySmoother(radius=[0.0, 0.3, 0.7], power=[1.0, 0.5, 0.1]),
+                           colour="learn")
+        model, B = build_model(G, f, prior="brgm", sigma_pixel="learn", discrepancy=disc), 2
+    y = torch.randn(B, *model.obs_shape, generator=torch.Generator().manual_seed(0)) * 0.3
+    with pyro.get_param_store().scope():
+        guide = AutoDelta(model)
+        guide(y)
+        with torch.no_grad():  # move every parameter off its initial value
+            for p in guide.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+        out = []
+        for obj in (ELBOTerms(model, guide, num_particles=1, entropy=False), LogJointTerms(model, guide)):
+            guide.zero_grad()
+            loss, vec = obj(y)
+            loss.backward()
+            out.append((obj.names, loss.detach(), vec.detach(), [p.grad.clone() for p in guide.parameters()]))
+    (n1, l1, v1, g1), (n2, l2, v2, g2) = out
+    assert n1 == n2 and len(g1) >= (1 if kind == "w only" else 4)
+    assert torch.allclose(l1, l2, rtol=1e-5) and torch.allclose(v1, v2, rtol=1e-5, atol=1e-4)
+    for a, b in zip(g1, g2):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)

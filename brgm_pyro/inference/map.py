@@ -15,7 +15,7 @@ from pyro.infer.autoguide import AutoDelta
 from torch import Tensor
 
 from brgm_pyro.errors import BRGMError
-from brgm_pyro.inference.engine import ELBOTerms, optimise, save_checkpoint
+from brgm_pyro.inference.engine import LogJointTerms, optimise, save_checkpoint
 from brgm_pyro.inference.result import InferenceResult
 from brgm_pyro.inference.sites import init_loc_fn, initial_values
 from brgm_pyro.models.brgm import BRGMModel
@@ -92,7 +92,7 @@ def run_map(
     with pyro.get_param_store().scope():
         guide = AutoDelta(model, init_loc_fn=init_loc_fn(values))
         guide(y)  # creates the parameters
-        elbo = ELBOTerms(model, guide, num_particles=1, entropy=False)
+        elbo = LogJointTerms(model, guide)  # -log p(latents, y): one model trace per step
 
         def current() -> dict[str, Tensor]:
             return guide.median(y)
