@@ -96,19 +96,30 @@ def paper_sgld_check(model, y, w_map, steps: int = 20, eps: float = 1e-3, seed: 
     return out
 
 
-def run_task(task: str, G, args, out: Path) -> dict:
-    x = face_image(args.face, "test")[None]
+def make_problem(task: str, G, face: int = 0, seed: int = 0, discrepancy: str = "off", prior: str = "brgm"):
+    """The example's problem: (truth x (1, 3, 64, 64), corruption, missing-pixel mask or None, model, y).
+
+    x8 box-kernel super-resolution, or in-painting of the 24 x 32 block [30:54, 16:48], of test face
+    ``face``, observation noise N(0, SIGMA^2) drawn with ``seed``. (benchmarks/nuts_geometry.py
+    rebuilds the same problem from here.)
+    """
+    x = face_image(face, "test")[None]
     if task == "superres":
         corr, where = SuperResolution(8, "box"), None
     else:
         mask = torch.ones(64, 64)
         mask[30:54, 16:48] = 0
         corr, where = Inpainting(mask), ~mask.bool()[None]
-    disc = None if args.discrepancy == "off" else ("auto" if args.discrepancy == "auto" else float(args.discrepancy))
-    model = build_model(G, corr, prior=args.prior, sigma_pixel=SIGMA, discrepancy=disc)
-    gen = torch.Generator().manual_seed(args.seed)
+    disc = None if discrepancy == "off" else ("auto" if discrepancy == "auto" else float(discrepancy))
+    model = build_model(G, corr, prior=prior, sigma_pixel=SIGMA, discrepancy=disc)
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         y = corr(x) + SIGMA * torch.randn(corr(x).shape, generator=gen)
+    return x, corr, where, model, y
+
+
+def run_task(task: str, G, args, out: Path) -> dict:
+    x, corr, where, model, y = make_problem(task, G, args.face, args.seed, args.discrepancy, args.prior)
     rows, images = [], {"truth": to01(x[0])}
     obs = corr(x)[0]
     images["observation"] = to01(torch.nn.functional.interpolate(obs[None], size=64, mode="nearest")[0]

@@ -8,7 +8,8 @@ import torch
 
 from brgm_pyro.errors import BRGMError
 from brgm_pyro.inference.mcmc import run_mcmc
-from brgm_pyro.inference.mcmc.laplace import gauss_newton_precision, hessian_precision, laplace_covariance
+from brgm_pyro.inference.mcmc.laplace import (exact_hessian, gauss_newton_precision, hessian_precision,
+                                               laplace_covariance)
 from brgm_pyro.models.corruptions import Inpainting, SuperResolution
 from tests.helpers import linear_gaussian_posterior
 from tests.test_mcmc_helpers import zscores
@@ -29,6 +30,7 @@ def test_gauss_newton_and_hessian_equal_the_exact_precision_on_linear_models(cor
     h = hessian_precision(model, y, w, info=info)
     assert torch.allclose(h, exact, rtol=1e-3, atol=1e-2)
     assert info["backward_passes"] == w.numel()
+    assert torch.allclose(exact_hessian(model, y, w), exact, rtol=1e-3, atol=1e-2)  # PD here: nothing to fold
     cov_gn = laplace_covariance(model, y, w).double()
     assert torch.allclose(cov_gn, cov, rtol=1e-3, atol=1e-5)
 

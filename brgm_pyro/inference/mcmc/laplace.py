@@ -137,15 +137,10 @@ def _fold(H: Tensor, floor: float, info: dict | None = None) -> Tensor:
     return (V * lam.abs().clamp_min(floor)) @ V.T
 
 
-def hessian_precision(model, y: Tensor, w, chunk: int = 32, info: dict | None = None) -> Tensor:
-    r"""The exact Hessian in w of :math:`U = -\log p(\text{latents}, y)` at ``w`` (scalars held fixed),
-    made positive definite: (D, D) float64.
-
-    D Hessian-vector products by double backward (``chunk`` at a time); eigenvalues are replaced
-    by :math:`\max(|\lambda|, \min_k c_k)` with c the prior's curvature (negative curvature away
-    from a mode is folded, as in SoftAbs). Costs about D gradient evaluations: use it for D up to
-    a few thousand (faces64: D = 1280), Gauss-Newton above.
-    """
+def exact_hessian(model, y: Tensor, w, chunk: int = 32, info: dict | None = None) -> Tensor:
+    r"""The Hessian in w of :math:`U = -\log p(\text{latents}, y)` at ``w`` (scalars held fixed),
+    symmetrised, not made definite: (D, D) float64. D Hessian-vector products by double backward,
+    ``chunk`` at a time (about D gradient evaluations)."""
     lat = model.as_latents(w)
     w = lat[model.image_site]
     D = w.numel()
@@ -160,7 +155,20 @@ def hessian_precision(model, y: Tensor, w, chunk: int = 32, info: dict | None = 
         cols.append(h.reshape(E.shape[0], D).double())
     if info is not None:
         info["backward_passes"] = D
-    return _fold(torch.cat(cols), float(_prior_precision(model, w.shape[0], w.device).min()), info)
+    H = torch.cat(cols)
+    return 0.5 * (H + H.T)
+
+
+def hessian_precision(model, y: Tensor, w, chunk: int = 32, info: dict | None = None) -> Tensor:
+    r"""The exact Hessian (:func:`exact_hessian`) made positive definite: (D, D) float64.
+
+    Eigenvalues are replaced by :math:`\max(|\lambda|, \min_k c_k)` with c the prior's curvature
+    (negative curvature away from a mode is folded, as in SoftAbs). Costs about D gradient
+    evaluations: use it for D up to a few thousand (faces64: D = 1280), Gauss-Newton above.
+    """
+    H = exact_hessian(model, y, w, chunk=chunk, info=info)
+    B = model.as_latents(w)[model.image_site].shape[0]
+    return _fold(H, float(_prior_precision(model, B, H.device).min()), info)
 
 
 def scalar_precision(model, y: Tensor, latents: dict, info: dict | None = None) -> dict[str, Tensor]:
@@ -221,4 +229,4 @@ def laplace_covariance(model, y: Tensor, w, max_rows: int = DEFAULT_LAPLACE_PASS
     return (0.5 * (cov + cov.T)).float()
 
 
-__all__ = ["DEFAULT_LAPLACE_PASSES", "gauss_newton_precision", "hessian_precision", "scalar_precision", "laplace_covariance"]
+__all__ = ["DEFAULT_LAPLACE_PASSES", "exact_hessian", "gauss_newton_precision", "hessian_precision", "scalar_precision", "laplace_covariance"]
