@@ -54,8 +54,16 @@ def _prior_precision(model, B: int, device) -> Tensor:
 DEFAULT_LAPLACE_PASSES = 1536
 
 
+def _auto_chunk(model) -> int:
+    """Rows/columns of J per batched pass: 64 for small generators, fewer as the image grows, so that
+    the batched backward's memory (chunk copies of G's activations' gradients) stays near that of a
+    64 x 64 generator's 64 copies (1 at 1024 x 1024)."""
+    C, H, W = model.generator.image_shape
+    return int(max(1, min(64, 2 ** 22 // (C * H * W))))
+
+
 def gauss_newton_precision(model, y: Tensor, w, max_rows: int = DEFAULT_LAPLACE_PASSES, seed: int = 0,
-                           info: dict | None = None, chunk: int = 64) -> Tensor:
+                           info: dict | None = None, chunk: int | None = None) -> Tensor:
     """The generalised Gauss-Newton precision P (D, D) of w at ``w``, D = B L d, float64.
 
     P = diag(prior curvature) + sum_l (1/T) J_l^T diag(I_l) J_l, with J_l the Jacobian of
@@ -70,7 +78,8 @@ def gauss_newton_precision(model, y: Tensor, w, max_rows: int = DEFAULT_LAPLACE_
         max_rows: passes allowed per likelihood: J is exact in min(M, D) passes when that is at
             most max_rows, else J^T J is sketched with max_rows Gaussian combinations.
         seed: the sketch's seed.
-        chunk: rows or columns of J per batched pass (memory: chunk copies of the backward graph).
+        chunk: rows or columns of J per batched pass (memory: chunk copies of the backward graph;
+            default from the generator's image size, 64 at 64 x 64, 1 at 1024 x 1024).
         info: if a dict, ``info["backward_passes"]`` is set to the number of VJPs computed.
     """
     lat = model.as_latents(w)
@@ -89,7 +98,7 @@ def gauss_newton_precision(model, y: Tensor, w, max_rows: int = DEFAULT_LAPLACE_
         root = torch.as_tensor(fisher, dtype=flat.dtype, device=flat.device).sqrt().expand(M) / model.temperature ** 0.5
         passes += min(M, D, max_rows)
         if min(M, D) <= max_rows:
-            J = _jacobian(flat, wv, chunk) * root[:, None].double()  # rows of diag(I)^1/2 J
+            J = _jacobian(flat, wv, chunk or _auto_chunk(model)) * root[:, None].double()  # rows of diag(I)^1/2 J
             prec += J.T @ J
         else:
             acc = torch.zeros(D, D, dtype=torch.float64, device=w.device)
