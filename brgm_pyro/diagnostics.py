@@ -22,6 +22,7 @@ coordinate of w. Trace and rank plots of the summaries go to PNG files.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -174,13 +175,58 @@ def diagnose(idata, num_components: int = 3, all_coords: bool = False, summaries
             rep["step_size"] = float(np.nanmedian(st["step_size"].values))
         if "tree_depth" in st:
             rep["tree_depth"] = float(np.nanmean(st["tree_depth"].values))
+            cap = _max_tree_depth(post.attrs)
+            if cap is not None:
+                rep["max_tree_depth"] = cap
+                rep["tree_depth_saturated"] = float(np.mean(np.asarray(st["tree_depth"].values) >= cap))
     if all_coords:  # every coordinate of every latent site
         lat = post[[v for v in post.data_vars if v != "x"]]
         rh, es = az.rhat(lat), az.ess(lat, method="bulk")
         rep["w_max_r_hat"] = max(float(rh[v].max()) for v in rh.data_vars)
         rep["w_min_ess_bulk"] = min(float(es[v].min()) for v in es.data_vars)
+    rep["warnings"] = warnings_of(rep)
     rep["seconds"] = time.perf_counter() - t0
     return rep
+
+
+def _max_tree_depth(attrs) -> Optional[int]:
+    """NUTS's tree-depth cap as the run recorded it (``attrs["kernel"]``, JSON), or None."""
+    try:
+        kernel = json.loads(attrs["kernel"]) if isinstance(attrs.get("kernel"), str) else attrs.get("kernel")
+        return int(kernel["max_tree_depth"]) if kernel and kernel.get("max_tree_depth") is not None else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+# Thresholds of the checks below: Vehtari et al. (2021) for R-hat and ESS (100 per chain, at
+# least 400 in all, i.e. 4 chains), Stan's for divergences and tree-depth saturation.
+R_HAT_MAX, ESS_PER_CHAIN, ESS_MIN = 1.01, 100, 400
+
+
+def warnings_of(rep: dict) -> list[str]:
+    """One line per failed check of a :func:`diagnose` report, saying what it means and what to do."""
+    out = []
+    C = rep["num_chains"]
+    if C > 1 and rep["max_r_hat"] > R_HAT_MAX:
+        worst = max((r for r in rep["rows"] if math.isfinite(r["r_hat"])), key=lambda r: r["r_hat"])
+        out.append(f"R-hat {rep['max_r_hat']:.3f} > {R_HAT_MAX} ({worst['name']}): the chains disagree, so these "
+                   "draws are not yet from one posterior; run longer, or see docs/mcmc.md for this model")
+    need = max(ESS_MIN, ESS_PER_CHAIN * C)
+    low = min(rep["min_ess_bulk"], rep["min_ess_tail"])
+    if math.isfinite(low) and low < need:
+        out.append(f"effective sample size {low:.0f} < {need}: means and intervals carry Monte Carlo error "
+                   "(see mcse_mean); draw more")
+    if rep.get("divergences"):
+        out.append(f"{rep['divergences']} divergent transitions: the step size met curvature it cannot follow, "
+                   "and the draws may be biased there; raise target_accept_prob or reparameterise")
+    sat = rep.get("tree_depth_saturated")
+    if sat is not None and sat > 0.1:
+        out.append(f"{100 * sat:.0f} % of draws hit the maximum tree depth {rep['max_tree_depth']}: trajectories "
+                   "were cut before a U-turn, so NUTS moved like a random walk; raise --max-tree-depth (each step "
+                   "doubles the cost per draw) and compare ESS per gradient")
+    if C < 2:
+        out.append("one chain: R-hat is split-chain only; run several chains to check mixing")
+    return out
 
 
 def _simple_trace_figure(ds, plt):
@@ -246,8 +292,7 @@ def format_report(rep: dict) -> list[str]:
     if "w_max_r_hat" in rep:
         lines.append(f"over every latent coordinate: max r_hat {rep['w_max_r_hat']:.3f}, "
                      f"min ess_bulk {rep['w_min_ess_bulk']:.0f}")
-    if rep["num_chains"] < 2:
-        lines.append("note: one chain; r_hat is split-chain only. Run several chains to check mixing.")
+    lines += [f"warning: {w}" for w in rep.get("warnings", warnings_of(rep))]
     return lines
 
 

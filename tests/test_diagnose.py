@@ -111,3 +111,34 @@ def test_plots_survive_a_frozen_chain(problem, tmp_path):
     assert [p.name for p in paths] == ["trace.png", "rank.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
     assert not list((tmp_path / "plots").glob(".*"))  # no temporary files left
+
+
+def test_warnings_say_what_failed_and_nothing_when_all_pass(problem):
+    """R-hat, ESS, divergences and tree-depth saturation each give one warning line; mixed iid
+    chains give none."""
+    from brgm_pyro.diagnostics import format_report
+
+    model, y = problem
+    good = diagnose(to_inference_data(_result(model, y, [0.0] * 4, S=400), model, y))
+    assert good["warnings"] == [], good["warnings"]  # 1,600 iid draws
+    bad = diagnose(to_inference_data(_result(model, y, [0.0, 0.0, 0.0, 0.3]), model, y))
+    assert any(w.startswith("R-hat") and "> 1.01" in w for w in bad["warnings"]), bad["warnings"]
+    assert any(line.startswith("warning: R-hat") for line in format_report(bad))
+    few = diagnose(to_inference_data(_result(model, y, [0.0] * 2, S=40), model, y))
+    assert any(w.startswith("effective sample size") for w in few["warnings"]), few["warnings"]
+    one = diagnose(to_inference_data(_result(model, y, [0.0]), model, y))
+    assert any(w.startswith("one chain") for w in one["warnings"])
+
+
+@pytest.mark.parametrize("depth, saturated", [(5, True), (3, False)])
+def test_tree_depth_saturation_is_flagged_against_the_recorded_cap(problem, depth, saturated):
+    model, y = problem
+    res = _result(model, y, [0.0] * 4)
+    C, S = 4, 150
+    res.extra["sample_stats"].update(tree_depth=np.full((C, S), float(depth)), diverging=np.zeros((C, S)))
+    res.extra["sample_stats"]["diverging"][0, :3] = 1
+    res.extra["kernel"] = {"method": "nuts", "max_tree_depth": 5}
+    rep = diagnose(to_inference_data(res, model, y))
+    assert rep["max_tree_depth"] == 5 and rep["tree_depth_saturated"] == (1.0 if saturated else 0.0)
+    assert any("maximum tree depth 5" in w for w in rep["warnings"]) == saturated
+    assert any(w.startswith("3 divergent transitions") for w in rep["warnings"])

@@ -180,7 +180,7 @@ def to_inference_data(result, model, y: Tensor):
              "stopped": str(result.stopped)}
     attrs["latent_sites"] = _jsonable(list(model.latent_sites()))
     attrs["image_site"] = model.image_site
-    for k in ("grad_evals", "divergences", "warmup", "thin", "init", "seed"):
+    for k in ("grad_evals", "divergences", "warmup", "thin", "init", "seed", "kernel"):
         if k in result.extra:
             attrs[k] = _jsonable(result.extra[k])
     idata = azcompat.from_dict({"posterior": posterior, "sample_stats": sample_stats, "log_likelihood": log_lik},

@@ -435,6 +435,7 @@ def run_mcmc(
                     init_points={k: v.detach().cpu() for k, v in _constrain(z0, supports).items()},
                     map=None if lat_map is None else {k: v.detach().cpu() for k, v in lat_map.items()}, seed=seed,
                     kernel={"method": method, "step_size": step_size, "mass": None if langevin else mass,
+                            **({"max_tree_depth": DEFAULT_MAX_TREE_DEPTH} if method == "nuts" else {}),
                             **{k: v for k, v in kopts.items() if isinstance(v, (int, float, str, bool))}})
     return _collect(model, y, method, outs, settings, timing, t_start)
 
