@@ -142,3 +142,21 @@ def test_tree_depth_saturation_is_flagged_against_the_recorded_cap(problem, dept
     assert rep["max_tree_depth"] == 5 and rep["tree_depth_saturated"] == (1.0 if saturated else 0.0)
     assert any("maximum tree depth 5" in w for w in rep["warnings"]) == saturated
     assert any(w.startswith("3 divergent transitions") for w in rep["warnings"])
+
+
+def test_reconstruct_reports_convergence_of_its_chains(tmp_path):
+    """brgm reconstruct with several MCMC chains says at once whether they agree: run.json's
+    diagnostics and one warning line per failed check (a tiny run fails the ESS check)."""
+    from PIL import Image
+
+    Image.new("RGB", (2, 2), (120, 60, 200)).save(tmp_path / "low.png")
+    args = ["reconstruct", str(tmp_path / "low.png"), "--generator", "builtin:conv16", "-q", "--reliance-draws", "0",
+            "--method", "sgld", "--chains", "2", "--steps", "3", "--num-samples", "6", "--out", str(tmp_path / "o")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, (res.output, res.exception)
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    d = run["diagnostics"]
+    assert d["max_r_hat"] > 0 and d["min_ess_bulk"] > 0
+    conv = [w for w in run["warnings"] if w.startswith("convergence: ")]
+    assert any("effective sample size" in w for w in conv), run["warnings"]
+    assert any("effective sample size" in line for line in (res.output + res.stderr).splitlines())

@@ -150,11 +150,13 @@ def score(obs, result, vgg16: Optional[str] = None) -> dict:
     return out
 
 
-def write_posterior_nc(path: Path, result, model, y, reliance=None) -> Optional[str]:
+def write_posterior_nc(path: Path, result, model, y, reliance=None, report: Optional[dict] = None) -> Optional[str]:
     """posterior.nc (ArviZ, written atomically) when the method drew samples, with the group
     ``reliance`` when a map is given and ``intervals`` (the 90 % interval width per pixel,
     :func:`~brgm_pyro.pipeline.coverage.interval_dataset`) with >= 2 draws; returns a warning line
-    if the export failed (the images are never lost for it), else None."""
+    if the export failed (the images are never lost for it), else None. ``report``: a dict that
+    receives ``brgm diagnose``'s numbers and warnings for a run of several MCMC chains
+    (:func:`convergence_report`)."""
     if result.samples_w is None:
         return None
     from brgm_pyro.inference.arviz_io import to_inference_data, write_inference_data
@@ -173,7 +175,28 @@ def write_posterior_nc(path: Path, result, model, y, reliance=None) -> Optional[
         write_inference_data(idata, path)
     except Exception as e:  # never lose the images because of the NetCDF export
         return f"posterior.nc not written ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+    if report is not None:
+        report.update(convergence_report(idata, result))
     return None
+
+
+def convergence_report(idata, result) -> dict:
+    """``brgm diagnose``'s headline numbers and warnings for a run of >= 2 MCMC chains, else {}:
+    so that ``brgm reconstruct`` says at once whether its chains agree (run.json ``diagnostics``,
+    and a warning line per failed check)."""
+    from brgm_pyro.inference.mcmc.runner import SAMPLERS
+
+    if result.method not in SAMPLERS or int(result.extra.get("num_chains", 1)) < 2:
+        return {}
+    from brgm_pyro.diagnostics import diagnose
+
+    try:
+        rep = diagnose(idata)
+    except Exception as e:  # a diagnostic must never cost the user the run
+        return {"warnings": [f"convergence not checked ({type(e).__name__}: {' '.join(str(e).split())[:200]})"]}
+    keep = ("max_r_hat", "min_ess_bulk", "min_ess_tail", "divergences", "tree_depth_saturated", "max_tree_depth")
+    return {"diagnostics": {k: rep[k] for k in keep if k in rep},
+            "warnings": [f"convergence: {w} (brgm diagnose posterior.nc: trace and rank plots)" for w in rep["warnings"]]}
 
 
 def write_results(out, obs, result, model, *, overwrite: bool = False, vgg16: Optional[str] = None,
@@ -206,9 +229,12 @@ def write_results(out, obs, result, model, *, overwrite: bool = False, vgg16: Op
             for b in range(B):
                 prefix = (obs.names[b],) if split else ()
                 written["images"][obs.names[b]] = write_image_outputs(od, prefix, obs, b, result, rel)
-            w = write_posterior_nc(od.path("posterior.nc"), result, model, obs.y.to(model.generator.device()), rel)
+            conv: dict = {}
+            w = write_posterior_nc(od.path("posterior.nc"), result, model, obs.y.to(model.generator.device()), rel,
+                                   report=conv)
             if w:
                 written["warnings"].append(w)
+            written["warnings"] += conv.get("warnings", [])
             if obs.truth is not None:
                 written["scores"] = score(obs, result, vgg16)
                 io.save_json(od.path("metrics.json"), {
@@ -219,6 +245,8 @@ def write_results(out, obs, result, model, *, overwrite: bool = False, vgg16: Op
                    "layout": "one sub-directory per input (file stem)" if split else "files in DIR",
                    "images": written["images"], "model": model.config(), "latents": result.scalar_summary(),
                    "inference": inference_record(result)}
+            if conv.get("diagnostics"):
+                run["diagnostics"] = conv["diagnostics"]
             run.setdefault("versions", package_versions())
             run.setdefault("machine", machine_info(str(model.generator.device())))
             run["warnings"] = list(run.get("warnings", [])) + written["warnings"]
@@ -232,4 +260,4 @@ def write_results(out, obs, result, model, *, overwrite: bool = False, vgg16: Op
     return written
 
 
-__all__ = ["reliance_for", "reliance_of_image", "write_image_outputs", "score_image", "score", "write_posterior_nc", "write_results", "METRICS_RANGE"]
+__all__ = ["reliance_for", "reliance_of_image", "write_image_outputs", "score_image", "score", "write_posterior_nc", "convergence_report", "write_results", "METRICS_RANGE"]
