@@ -208,15 +208,8 @@ def _task_columns(key: str, res: dict, task_scores: dict, face_ids: list, truth,
     return columns
 
 
-def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, generator, seed, device, overwrite,
-             quiet, threads=1) -> int:
-    import torch
-
-    from brgm_pyro import figures
-    from brgm_pyro.models.corruptions import make_corruption
-
-    t_start = time.perf_counter()
-    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+def _demo_settings(faces, steps, map_steps, vi_steps, num_samples, quick) -> tuple[int, int, int, int]:
+    """(faces, map_steps, vi_steps, num_samples) from the options and the preset; bad values refused."""
     base = QUICK if quick else dict(faces=3, map_steps=DEMO_MAP_STEPS, vi_steps=DEMO_VI_STEPS,
                                     num_samples=DEMO_NUM_SAMPLES)
     if steps is not None:
@@ -233,9 +226,101 @@ def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, gene
             raise BRGMError(f"{name} must be at least 1, got {v}")
     if num_samples < 3:
         raise BRGMError(f"--num-samples must be at least 3 (the figure shows three samples), got {num_samples}")
+    return faces, map_steps, vi_steps, num_samples
+
+
+def _demo_tasks(R: int, C: int, mask) -> tuple[list, int, float]:
+    """[(label, key, corruption)], the super-resolution factor and the blur width (px) for a G of size R."""
+    import torch
+
+    from brgm_pyro.models.corruptions import make_corruption
+
+    factor = DEMO_FACTOR if R % DEMO_FACTOR == 0 and R // DEMO_FACTOR >= 2 else 2
+    superres_factor_check(R, factor)
+    tasks = [(f"x{factor} super-resolution", "superres", make_corruption("superres", factor=factor, kernel="box")),
+             ("in-painting", "inpaint", make_corruption("inpaint", mask=torch.from_numpy(mask)))]
+    if C == 3:  # colorization needs colour images
+        tasks.append(("colorization", "colorize", make_corruption("colorize")))
+    blur = DEMO_BLUR_SIGMA * R / 64  # the same blur relative to the face on any generator size
+    tasks.append((f"deblurring ({blur:g} px)", "deblur", make_corruption("deblur", kernel="gauss", sigma=blur)))
+    return tasks, factor, blur
+
+
+def _demo_task(label, key, model, y, ctx: dict, timings: dict) -> dict:
+    """MAP, VI warm-started at it, and the prior-reliance map of one task, as brgm reconstruct runs them.
+
+    ``ctx``: methods, steps, seed, quiet, faces; ``ctx["prior_var"]`` caches the prior's pixel
+    variances (one prior, shared by every task's reliance map)."""
+    t0 = time.perf_counter()
+    if not ctx["quiet"]:
+        print(f"{label}: MAP ({ctx['map_steps']} steps) on {ctx['faces']} faces", file=sys.stderr)
+    r_map = pipeline.reconstruct(model, y, "map", steps=ctx["map_steps"], seed=ctx["seed"], progress=not ctx["quiet"],
+                                 runner=ctx["methods"].get("map"))
+    timings[f"{key}_map_s"] = time.perf_counter() - t0
+    r_vi = None
+    if not interrupted(r_map):
+        t0 = time.perf_counter()
+        if not ctx["quiet"]:
+            print(f"{label}: VI ({ctx['vi_steps']} steps, {ctx['num_samples']} samples)", file=sys.stderr)
+        r_vi = pipeline.reconstruct(model, y, "vi", steps=ctx["vi_steps"], num_samples=ctx["num_samples"],
+                                    seed=ctx["seed"], init_w=r_map.w, progress=not ctx["quiet"],
+                                    runner=ctx["methods"].get("vi"))
+        timings[f"{key}_vi_s"] = time.perf_counter() - t0
+    rel = None
+    if r_vi is not None and r_vi.samples is not None and r_vi.samples.shape[0] >= 2:
+        from brgm_pyro.reliance import prior_image_moments, reliance_from_draws
+
+        t0 = time.perf_counter()
+        if ctx.get("prior_var") is None:
+            _, var, ess = prior_image_moments(model, DEMO_RELIANCE_PRIOR_DRAWS, seed=ctx["seed"])
+            ctx["prior_var"] = (var, ess)
+        rel = reliance_from_draws(r_vi.samples, ctx["prior_var"][0], DEMO_RELIANCE_PRIOR_DRAWS, ctx["prior_var"][1])
+        timings[f"{key}_reliance_s"] = time.perf_counter() - t0
+    return {"label": label, "y": y, "map": r_map, "vi": r_vi, "model": model, "reliance": rel}
+
+
+DEMO_METRICS_NOTES = {
+    "reference": "the clean test faces",
+    "range": METRICS_RANGE,
+    "vi": "posterior mean of the VI samples; VI is warm-started at the MAP",
+    "coverage": "VI: per task, the 50/90/95 % central intervals of the VI draws: coverage of the clean "
+                "faces' pixel values and mean width ([0, 1] units), over all faces and per face; "
+                "in-painting also over observed and missing pixels",
+    "prior_reliance": "per face, the mean over pixels and channels of Var[x|y] / Var[x] (clipped to "
+                      "[0, 1]) from the VI draws and seeded prior draws; 0 = decided by the data, 1 = "
+                      "by the prior (docs/reliance.md)",
+}
+
+
+def _scores_and_columns(results: dict, face_ids, truth, mask, R: int, C: int) -> tuple[dict, list]:
+    """Per task, the scores (metrics.json) and the summary figure's columns."""
+    columns, scores = [], {}
+    for key, res in results.items():
+        scores[key] = _score_task(key, res, face_ids, truth, mask, R, C)
+        columns += _task_columns(key, res, scores[key], face_ids, truth, mask, R)
+    return scores, columns
+
+
+def _print_scores(scores: dict, results: dict) -> None:
+    for key, ts in scores.items():
+        for mname, s in ts.items():
+            m = s["mean"].get("reconstruction", s["mean"])
+            cov = coverage_line(s.get("coverage"))
+            print(f"{results[key]['label']:>24s}  {mname:<16s} PSNR {m['psnr']:6.2f} dB  SSIM {m['ssim']:.3f}  "
+                  f"MAE {m['mae']:.4f}" + (f"  {cov}" if cov else ""))
+
+
+def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, generator, seed, device, overwrite,
+             quiet, threads=1) -> int:
+    import torch
+
+    from brgm_pyro import figures
+
+    t_start = time.perf_counter()
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    faces, map_steps, vi_steps, num_samples = _demo_settings(faces, steps, map_steps, vi_steps, num_samples, quick)
     device = pipeline.resolve_device(device)
     set_threads(threads)
-    METHODS = methods_registry()
     outdir = io.OutputDir(out, overwrite=overwrite)
     timings: dict[str, float] = {}
 
@@ -243,23 +328,17 @@ def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, gene
     G = pipeline.load_generator(generator, device)
     phi = pipeline.default_phi(G)  # the CLI's and the library's default perceptual network
     R, C = G.img_resolution, G.img_channels
-    factor = DEMO_FACTOR if R % DEMO_FACTOR == 0 and R // DEMO_FACTOR >= 2 else 2
-    superres_factor_check(R, factor)
     face_ids = list(DEMO_FACES[:faces])
     truth = demo_faces(face_ids, R, C)  # (B, R, R, C) in [0, 1]
     x = torch.stack([io.to_model(a) for a in truth]).to(device)
     mask = demo_mask(R)
+    tasks, factor, blur = _demo_tasks(R, C, mask)
     stats = pipeline.latent_stats(G)  # cached beside the bundled weights
     timings["setup_s"] = time.perf_counter() - t0
 
-    tasks = [(f"x{factor} super-resolution", "superres", make_corruption("superres", factor=factor, kernel="box")),
-             ("in-painting", "inpaint", make_corruption("inpaint", mask=torch.from_numpy(mask)))]
-    if C == 3:  # colorization needs colour images
-        tasks.append(("colorization", "colorize", make_corruption("colorize")))
-    blur = DEMO_BLUR_SIGMA * R / 64  # the same blur relative to the face on any generator size
-    tasks.append((f"deblurring ({blur:g} px)", "deblur", make_corruption("deblur", kernel="gauss", sigma=blur)))
-    prior_var = None  # the prior's pixel variances: one prior, shared by every task's reliance map
     disc = pipeline.default_discrepancy("map", G, "gaussian")  # as brgm reconstruct: every method, if G has one
+    ctx = dict(methods=methods_registry(), map_steps=map_steps, vi_steps=vi_steps, num_samples=num_samples,
+               seed=seed, quiet=quiet, faces=faces)
     results: dict[str, dict] = {}
     stopped_by_user = False
     for label, key, corruption in tasks:
@@ -269,43 +348,14 @@ def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, gene
         # MAP and VI as brgm reconstruct runs them: with the generator's discrepancy term when it has one
         model = pipeline.build_model(G, corruption, phi=phi, stats=stats,
                                      discrepancy=None if disc == "off" else disc)
-        t0 = time.perf_counter()
-        if not quiet:
-            print(f"{label}: MAP ({map_steps} steps) on {faces} faces", file=sys.stderr)
-        r_map = pipeline.reconstruct(model, y, "map", steps=map_steps, seed=seed, progress=not quiet,
-                                     runner=METHODS.get("map"))
-        timings[f"{key}_map_s"] = time.perf_counter() - t0
-        r_vi = None
-        if not interrupted(r_map):
-            t0 = time.perf_counter()
-            if not quiet:
-                print(f"{label}: VI ({vi_steps} steps, {num_samples} samples)", file=sys.stderr)
-            r_vi = pipeline.reconstruct(model, y, "vi", steps=vi_steps, num_samples=num_samples, seed=seed,
-                                        init_w=r_map.w, progress=not quiet, runner=METHODS.get("vi"))
-            timings[f"{key}_vi_s"] = time.perf_counter() - t0
-        rel = None
-        if r_vi is not None and r_vi.samples is not None and r_vi.samples.shape[0] >= 2:
-            from brgm_pyro.reliance import prior_image_moments, reliance_from_draws
-
-            t0 = time.perf_counter()
-            if prior_var is None:
-                _, var, ess = prior_image_moments(model, DEMO_RELIANCE_PRIOR_DRAWS, seed=seed)
-                prior_var = (var, ess)
-            rel = reliance_from_draws(r_vi.samples, prior_var[0], DEMO_RELIANCE_PRIOR_DRAWS, prior_var[1])
-            timings[f"{key}_reliance_s"] = time.perf_counter() - t0
-        results[key] = {"label": label, "y": y, "map": r_map, "vi": r_vi, "model": model,
-                        "reliance": rel,
-                        "corruption": corruption}
+        results[key] = {**_demo_task(label, key, model, y, ctx, timings), "corruption": corruption}
+        r_map, r_vi = results[key]["map"], results[key]["vi"]
         if interrupted(r_map) or (r_vi is not None and interrupted(r_vi)):
             stopped_by_user = True
             break
 
-    # scores and figure
     t0 = time.perf_counter()
-    columns, scores = [], {}
-    for key, res in results.items():
-        scores[key] = _score_task(key, res, face_ids, truth, mask, R, C)
-        columns += _task_columns(key, res, scores[key], face_ids, truth, mask, R)
+    scores, columns = _scores_and_columns(results, face_ids, truth, mask, R, C)
     timings["scores_s"] = time.perf_counter() - t0
 
     with io.sigint_deferred():
@@ -314,17 +364,8 @@ def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, gene
                      f"({num_samples} samples), seed {seed}")
             figures.summary_figure(od.path("summary.png"), columns, title=title,
                                    rows=(*figures.SUMMARY_ROWS, "prior reliance"))
-            io.save_json(od.path("metrics.json"), {
-                "reference": "the clean test faces", "faces": [f"test_face_{i}" for i in face_ids],
-                "range": METRICS_RANGE,
-                "vi": "posterior mean of the VI samples; VI is warm-started at the MAP",
-                "coverage": "VI: per task, the 50/90/95 % central intervals of the VI draws: coverage of the clean "
-                            "faces' pixel values and mean width ([0, 1] units), over all faces and per face; "
-                            "in-painting also over observed and missing pixels",
-                "prior_reliance": "per face, the mean over pixels and channels of Var[x|y] / Var[x] (clipped to "
-                                  "[0, 1]) from the VI draws and seeded prior draws; 0 = decided by the data, 1 = "
-                                  "by the prior (docs/reliance.md)",
-                "tasks": scores})
+            io.save_json(od.path("metrics.json"), {**DEMO_METRICS_NOTES, "faces": [f"test_face_{i}" for i in face_ids],
+                                                   "tasks": scores})
             timings["total_s"] = time.perf_counter() - t_start
             io.save_json(od.path("run.json"), {
                 "command": "demo", "argv": sys.argv, "started_utc": started,
@@ -345,12 +386,7 @@ def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, gene
                                   for m in ("map", "vi")} for k, res in results.items()},
                 "timings_s": timings, "versions": package_versions(), "machine": machine_info(device)})
     where = outdir.target
-    for key, ts in scores.items():
-        for mname, s in ts.items():
-            m = s["mean"].get("reconstruction", s["mean"])
-            cov = coverage_line(s.get("coverage"))
-            print(f"{results[key]['label']:>24s}  {mname:<16s} PSNR {m['psnr']:6.2f} dB  SSIM {m['ssim']:.3f}  "
-                  f"MAE {m['mae']:.4f}" + (f"  {cov}" if cov else ""))
+    _print_scores(scores, results)
     if stopped_by_user:
         print(f"interrupted; partial results written to {where}", file=sys.stderr)
         return EXIT_INTERRUPTED
