@@ -265,6 +265,52 @@ def split_task_options(task: str, given: dict) -> dict:
     return mine
 
 
+def _task_options(task_options: Optional[dict], legacy: dict) -> dict:
+    """The task's options by name, with the old keyword arguments ``factor``, ``kernel``, ``masks``."""
+    given = dict(task_options or {})
+    for old, new in (("factor", "factor"), ("kernel", "kernel"), ("masks", "mask")):
+        if old in legacy:
+            given.setdefault(new, legacy.pop(old))
+    given.pop("sigma_pixel", None)
+    legacy.pop("sigma_pixel", None)
+    if legacy:
+        raise TypeError(f"unexpected arguments {sorted(legacy)}")
+    return given
+
+
+def _check_outputs_options(reliance_draws: Optional[int], vgg16, simulate: bool) -> None:
+    if reliance_draws is not None and (reliance_draws < 0 or reliance_draws == 1):
+        raise BRGMError(f"--reliance-draws must be 0 (no reliance map) or at least 2, got {reliance_draws}")
+    if vgg16 is not None:
+        if not simulate:
+            raise BRGMError("--vgg16 adds LPIPS to metrics.json, which needs --simulate (a clean reference)")
+        if not Path(vgg16).is_file():
+            raise BRGMError(f"VGG16 weights file {str(vgg16)!r} does not exist; give the path of the VGG16 file")
+
+
+def _load_model(generator, device, class_index, method, choice, inputs, t, opts, simulate, seed, percept,
+                timings: dict):
+    """Step 2 of :func:`run_reconstruct`: (G, observation, model, phi), timed into ``timings``."""
+    t0 = time.perf_counter()
+    G = load_generator_checked(generator, device)
+    from brgm_pyro.models.generators.loading import choose_class
+
+    choose_class(G, class_index, required=True)  # conditional generators: --class K
+    _core._LOADED[G] = {"spec": str(generator)}
+    if choice.discrepancy is None:
+        choice.discrepancy = _core.default_discrepancy(method, G, choice.noise)
+    timings["load_generator_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    obs = _core.observe(inputs, G, t, simulate=simulate, seed=seed, **opts)
+    timings["load_inputs_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    # no perceptual term where the observation is not an image (compressed sensing)
+    phi = default_phi(G, generator) if percept and obs.image_observation else None
+    model = _core.build_model(G, obs.corruption, phi=phi, **model_kwargs_for(choice, obs.corruption))
+    timings["build_model_s"] = time.perf_counter() - t0
+    return G, obs, model, phi
+
+
 def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed, device, out, simulate, percept,
                     lr, vgg16, overwrite, quiet, chains=None, threads=None, workers=1, class_index=None,
                     choice: Optional[ModelChoice] = None, task_options: Optional[dict] = None,
@@ -277,14 +323,7 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
     """
     t_start = time.perf_counter()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    given = dict(task_options or {})
-    for old, new in (("factor", "factor"), ("kernel", "kernel"), ("masks", "mask")):
-        if old in legacy:
-            given.setdefault(new, legacy.pop(old))
-    given.pop("sigma_pixel", None)
-    legacy.pop("sigma_pixel", None)
-    if legacy:
-        raise TypeError(f"unexpected arguments {sorted(legacy)}")
+    given = _task_options(task_options, legacy)
     inputs = list(inputs)
     choice = choice or ModelChoice()
     if len(inputs) == 1 and (Path(inputs[0]).is_dir() or Path(inputs[0]).suffix.lower() == ".csv"):
@@ -314,36 +353,15 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
                          device=device, lr=lr)
     steps_given = steps
     steps, kernel_defaults = mcmc_cli_defaults(method, steps, max_tree_depth)
-    if reliance_draws is not None and (reliance_draws < 0 or reliance_draws == 1):
-        raise BRGMError(f"--reliance-draws must be 0 (no reliance map) or at least 2, got {reliance_draws}")
-    if vgg16 is not None:
-        if not simulate:
-            raise BRGMError("--vgg16 adds LPIPS to metrics.json, which needs --simulate (a clean reference)")
-        if not Path(vgg16).is_file():
-            raise BRGMError(f"VGG16 weights file {str(vgg16)!r} does not exist; give the path of the VGG16 file")
+    _check_outputs_options(reliance_draws, vgg16, simulate)
     outdir = io.OutputDir(out, overwrite=overwrite)  # refuses a bad --out now, before any work
     for p in inputs:  # file problems before the (slower) generator
         io.read_image(p, what="input image")
 
     # 2. generator, observation, model
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    G = load_generator_checked(generator, device)
-    from brgm_pyro.models.generators.loading import choose_class
-
-    choose_class(G, class_index, required=True)  # conditional generators: --class K
-    _core._LOADED[G] = {"spec": str(generator)}
-    if choice.discrepancy is None:
-        choice.discrepancy = _core.default_discrepancy(method, G, choice.noise)
-    timings["load_generator_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    obs = _core.observe(inputs, G, t, simulate=simulate, seed=seed, **opts)
-    timings["load_inputs_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    # no perceptual term where the observation is not an image (compressed sensing)
-    phi = default_phi(G, generator) if percept and obs.image_observation else None
-    model = _core.build_model(G, obs.corruption, phi=phi, **model_kwargs_for(choice, obs.corruption))
-    timings["build_model_s"] = time.perf_counter() - t0
+    G, obs, model, phi = _load_model(generator, device, class_index, method, choice, inputs, t, opts, simulate,
+                                     seed, percept, timings)
 
     # 3. inference (Ctrl-C inside stops the optimiser and returns what exists)
     extra: dict[str, Any] = dict(kernel_defaults)
@@ -368,6 +386,13 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
                 "optimiser": {k: v for k, v in result.extra.items() if k in ("lr", "lr_decay", "lr_rampdown")}
                 or None, "vgg16": str(vgg16) if vgg16 else None, "reliance_draws": reliance_draws}
     settings.pop("mask", None)
+    return _write_and_report(outdir, obs, result, model, G, generator, settings, started, seed, device, vgg16,
+                             timings, t_start, reliance_draws, simulate)
+
+
+def _write_and_report(outdir, obs, result, model, G, generator, settings, started, seed, device, vgg16, timings,
+                      t_start, reliance_draws, simulate) -> int:
+    """Step 4 of :func:`run_reconstruct`: run.json's record, the result folder, the console lines."""
     record = {"started_utc": started, "settings": settings, "seed": seed,
               "generator": {"spec": generator, "class": type(G).__name__, "resolution": G.img_resolution,
                             "channels": G.img_channels, "num_ws": G.num_ws, "w_dim": G.w_dim},
