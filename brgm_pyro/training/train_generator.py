@@ -182,6 +182,94 @@ def samples_png(G, path: Path, seed: int = 0, n: int = 64) -> None:
     Image.fromarray(np.concatenate([left, gap, right], 1)).save(path)
 
 
+def _initialise(G, init, batch_size: int, log) -> tuple[int, Optional[dict]]:
+    """``--init``: G's weights from another run's checkpoint; (data stream start step, record)."""
+    if init is None:
+        return 0, None
+    st0 = load_checkpoint(init)
+    if st0.get("config") != G.config() or st0.get("batch_size") != batch_size:
+        raise BRGMError(f"--init {str(init)!r} was written with another architecture or batch size; "
+                        "use the same --batch-size")
+    G.load_state_dict(st0["model"])
+    data_start = int(st0.get("data_start", 0)) + int(st0["step"])
+    log(f"initialised from {init} (step {st0['step']}); data stream continues at step {data_start}")
+    return data_start, {"path": str(init), "step": int(st0["step"]), "data_start": int(st0.get("data_start", 0))}
+
+
+def _resume(ck: Path, resume: bool, G, opt, D, opt_d, batch_size: int, data_start: int, log) -> tuple:
+    """``--resume``: G, D and both optimisers from ``ck``; (step, elapsed s, loss history, evals)."""
+    if not resume:
+        return 0, 0.0, [], []
+    if not ck.is_file():
+        log(f"--resume given but {ck} does not exist: starting from scratch")
+        return 0, 0.0, [], []
+    st = load_checkpoint(ck)
+    if st.get("config") != G.config() or st.get("batch_size") != batch_size:
+        raise BRGMError(f"{ck} was written with another architecture or batch size; "
+                        "use a new --out directory or the same settings")
+    if ("disc" in st) != (D is not None) or int(st.get("data_start", 0)) != data_start:
+        raise BRGMError(f"{ck} was written with other --adv-weight/--init settings; "
+                        "use a new --out directory or the same settings")
+    G.load_state_dict(st["model"])
+    opt.load_state_dict(st["opt"])
+    if D is not None:
+        D.load_state_dict(st["disc"])
+        opt_d.load_state_dict(st["opt_disc"])
+    log(f"resumed from {ck} at step {int(st['step'])}")
+    return int(st["step"]), float(st["elapsed"]), list(st["hist"]), list(st["evals"])
+
+
+def _train_step(G, opt, D, opt_d, u: torch.Tensor, x: torch.Tensor, step: int,
+                adv_weight: float) -> tuple[float, Optional[float]]:
+    """One step: L1 of G(mapping(u)) against the drawing x (+ the adversarial term with a D);
+    (loss, D's loss or None)."""
+    w = G.mapping(u)
+    y = G.synthesis(broadcast(w, G.num_ws))
+    loss = F.l1_loss(y, x)
+    d_loss = None
+    if D is not None:
+        d_loss = discriminator_step(D, opt_d, x, y, step)
+        D.requires_grad_(False)  # G's step: gradients through D to the image only
+        loss = loss + adv_weight * F.softplus(-D(y)).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if D is not None:
+        D.requires_grad_(True)
+    G.update_w_avg(w)
+    return float(loss.detach()), d_loss
+
+
+def _evaluate(G, step: int, dev, log) -> tuple[int, float, float]:
+    """(step, PSNR dB, L1) of G(mapping(u)) against the drawings of 64 test faces."""
+    G.eval()
+    ev = evaluate_codes(G, 64, "test", dev)
+    G.train()
+    log(f"eval step {step}: G(mapping(u)) vs draw(u) on 64 test faces: PSNR {ev['psnr_db']:.2f} dB, "
+        f"L1 {ev['l1']:.4f}")
+    return step, ev["psnr_db"], ev["l1"]
+
+
+def _finish(G, out: Path, summary: dict, stats_samples: int, log) -> None:
+    """The final files of a completed run: weights (with ``summary`` as metadata), latent stats, samples."""
+    G.eval()
+    G.cpu()
+    from brgm_pyro.training.evaluate import code_recovery
+
+    summary["code_recovery_r2"] = code_recovery(G, 256)
+    log("code recovery R^2 (generator / drawings) on 256 test faces: " + ", ".join(
+        f"{k} {v['generator']:.2f}/{v['drawings']:.2f}" for k, v in summary["code_recovery_r2"].items()))
+    meta = {"training": summary, "dataset": "brgm_pyro.data.faces (procedural cartoon faces)"}
+    save_faces64_generator(G, out / "generator.safetensors", meta)
+    from brgm_pyro.models.generators.stats import compute_latent_stats
+
+    stats_path = out / "generator.safetensors.latent_stats.safetensors"
+    if stats_path.exists():
+        stats_path.unlink()
+    compute_latent_stats(G, num_samples=stats_samples, seed=0, cache_path=stats_path)
+    samples_png(G, out / "samples.png")
+
+
 def train_generator(out_dir: str | Path, steps: int = 4000, seed: int = 0, batch_size: int = 32,
                     lr: float = 2e-3, device: str = "cpu", threads: Optional[int] = None,
                     resume: bool = False, log_every: int = 25, ckpt_every: int = 100,
@@ -219,36 +307,9 @@ def train_generator(out_dir: str | Path, steps: int = 4000, seed: int = 0, batch
         torch.manual_seed(seed + 1)
         D = FaceDiscriminator(resolution=G.img_resolution).to(dev)
         opt_d = torch.optim.Adam(D.parameters(), lr=2 * lr, betas=betas)
-    step, elapsed, hist, evals = 0, 0.0, [], []
-    data_start, init_info = 0, None
     ck = out / "checkpoint.pt"
-    if init is not None:
-        st0 = load_checkpoint(init)
-        if st0.get("config") != G.config() or st0.get("batch_size") != batch_size:
-            raise BRGMError(f"--init {str(init)!r} was written with another architecture or batch size; "
-                            "use the same --batch-size")
-        G.load_state_dict(st0["model"])
-        data_start = int(st0.get("data_start", 0)) + int(st0["step"])
-        init_info = {"path": str(init), "step": int(st0["step"]), "data_start": int(st0.get("data_start", 0))}
-        log(f"initialised from {init} (step {st0['step']}); data stream continues at step {data_start}")
-    if resume and ck.is_file():
-        st = load_checkpoint(ck)
-        if st.get("config") != G.config() or st.get("batch_size") != batch_size:
-            raise BRGMError(f"{ck} was written with another architecture or batch size; "
-                            "use a new --out directory or the same settings")
-        if ("disc" in st) != adv or int(st.get("data_start", 0)) != data_start:
-            raise BRGMError(f"{ck} was written with other --adv-weight/--init settings; "
-                            "use a new --out directory or the same settings")
-        G.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        if adv:
-            D.load_state_dict(st["disc"])
-            opt_d.load_state_dict(st["opt_disc"])
-        step, elapsed = int(st["step"]), float(st["elapsed"])
-        hist, evals = list(st["hist"]), list(st["evals"])
-        log(f"resumed from {ck} at step {step}")
-    elif resume:
-        log(f"--resume given but {ck} does not exist: starting from scratch")
+    data_start, init_info = _initialise(G, init, batch_size, log)
+    step, elapsed, hist, evals = _resume(ck, resume, G, opt, D, opt_d, batch_size, data_start, log)
     log(f"train-generator: steps={steps} batch={batch_size} lr={lr} seed={seed} adv_weight={adv_weight} "
         f"device={dev} threads={torch.get_num_threads()} arch={G.config()}")
     t0 = time.time()
@@ -256,27 +317,12 @@ def train_generator(out_dir: str | Path, steps: int = 4000, seed: int = 0, batch
     stop_reason = None
     while step < steps:
         u, x = train_batch(data_start + step, batch_size)
-        u, x = u.to(dev), x.to(dev)
         for o, f in ((opt, 1.0), (opt_d, 2.0)):
             if o is not None:
                 for gparam in o.param_groups:
                     gparam["lr"] = f * lr_at(step, steps, lr)
-        w = G.mapping(u)
-        y = G.synthesis(broadcast(w, G.num_ws))
-        loss = F.l1_loss(y, x)
-        d_loss = None
-        if adv:
-            d_loss = discriminator_step(D, opt_d, x, y, step)
-            D.requires_grad_(False)  # G's step: gradients through D to the image only
-            loss = loss + adv_weight * F.softplus(-D(y)).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if adv:
-            D.requires_grad_(True)
-        G.update_w_avg(w)
+        lv, d_loss = _train_step(G, opt, D, opt_d, u.to(dev), x.to(dev), step, adv_weight)
         step += 1
-        lv = float(loss.detach())
         if not math.isfinite(lv):
             raise BRGMError(f"training diverged at step {step} (loss {lv}); lower --lr")
         run_loss = lv if run_loss is None else 0.95 * run_loss + 0.05 * lv
@@ -287,21 +333,13 @@ def train_generator(out_dir: str | Path, steps: int = 4000, seed: int = 0, batch
             log(f"step {step}/{steps} loss {lv:.4f} (avg {run_loss:.4f}){dmsg} lr {lr_at(step - 1, steps, lr):.2e} "
                 f"{now:.0f} s")
         if step % eval_every == 0 or step == steps:
-            G.eval()
-            ev = evaluate_codes(G, 64, "test", dev)
-            G.train()
-            evals.append((step, ev["psnr_db"], ev["l1"]))
-            log(f"eval step {step}: G(mapping(u)) vs draw(u) on 64 test faces: PSNR {ev['psnr_db']:.2f} dB, "
-                f"L1 {ev['l1']:.4f}")
+            evals.append(_evaluate(G, step, dev, log))
         timed_out = max_minutes is not None and (time.time() - t0) > 60 * max_minutes
         if step % ckpt_every == 0 or step == steps or timed_out:
-            state = {"model": G.state_dict(), "opt": opt.state_dict(), "step": step,
-                     "elapsed": elapsed + time.time() - t0, "hist": hist, "evals": evals,
-                     "config": G.config(), "batch_size": batch_size, "seed": seed,
-                     "data_start": data_start}
-            if adv:
-                state.update(disc=D.state_dict(), opt_disc=opt_d.state_dict())
-            atomic_torch_save(state, ck)
+            atomic_torch_save({"model": G.state_dict(), "opt": opt.state_dict(), "step": step,
+                               "elapsed": elapsed + time.time() - t0, "hist": hist, "evals": evals,
+                               "config": G.config(), "batch_size": batch_size, "seed": seed, "data_start": data_start,
+                               **({"disc": D.state_dict(), "opt_disc": opt_d.state_dict()} if adv else {})}, ck)
         if timed_out and step < steps:
             stop_reason = f"stopped at step {step} after --max-minutes {max_minutes}; continue with --resume"
             log(stop_reason)
@@ -316,22 +354,7 @@ def train_generator(out_dir: str | Path, steps: int = 4000, seed: int = 0, batch
                "final_train_loss": hist[-1][1] if hist else None,  # L1 (+ adv_weight * GAN term)
                "test_eval": evals[-1] if evals else None, "config": G.config()}
     if stop_reason is None:
-        G.eval()
-        G.cpu()
-        from brgm_pyro.training.evaluate import code_recovery
-
-        summary["code_recovery_r2"] = code_recovery(G, 256)
-        log("code recovery R^2 (generator / drawings) on 256 test faces: " + ", ".join(
-            f"{k} {v['generator']:.2f}/{v['drawings']:.2f}" for k, v in summary["code_recovery_r2"].items()))
-        meta = {"training": summary, "dataset": "brgm_pyro.data.faces (procedural cartoon faces)"}
-        save_faces64_generator(G, out / "generator.safetensors", meta)
-        from brgm_pyro.models.generators.stats import compute_latent_stats
-
-        stats_path = out / "generator.safetensors.latent_stats.safetensors"
-        if stats_path.exists():
-            stats_path.unlink()
-        compute_latent_stats(G, num_samples=stats_samples, seed=0, cache_path=stats_path)
-        samples_png(G, out / "samples.png")
+        _finish(G, out, summary, stats_samples, log)
         log(f"done: wrote {out / 'generator.safetensors'}, latent stats, samples.png; wall {wall:.0f} s")
     summary["stopped"] = stop_reason
     write_json(out / "summary.json", summary)
