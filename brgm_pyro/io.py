@@ -119,6 +119,63 @@ def _open_checked(path: str | os.PathLike, what: str):
     return im, fmt, n_frames
 
 
+def _normalised_mode(im, notes: list[str]):
+    """Pillow image -> one of L, LA, RGB, RGBA, I;16*, I, F or another mode, noting conversions."""
+    mode = im.mode
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        notes.append(f"palette expanded to {im.mode}")
+    elif mode == "PA":
+        im = im.convert("RGBA")
+        notes.append("palette expanded to RGBA")
+    elif mode == "RGBa":
+        im = im.convert("RGBA")
+    elif mode == "La":
+        im = im.convert("LA")
+    elif mode == "1":
+        im = im.convert("L")
+        notes.append("bilevel converted to gray")
+    elif mode in _TO_RGB_MODES:
+        im = im.convert("RGB")
+        notes.append(f"{mode} converted to RGB")
+    elif mode == "L" and "transparency" in im.info:
+        im = im.convert("LA")
+    return im
+
+
+def _to_unit_array(im, notes: list[str], path, what: str) -> tuple[np.ndarray, str]:
+    """(float64 array in [0, 1]-ish scale, its Pillow mode) of a normalised image."""
+    m = im.mode
+    if m in ("I;16", "I;16L", "I;16B", "I;16N"):
+        notes.append("16-bit scaled to [0, 1]")
+        return np.asarray(im).astype(np.float64) / 65535.0, m
+    if m == "I":
+        raw = np.asarray(im).astype(np.float64)
+        top = 65535.0 if raw.max(initial=0) <= 65535 else float(2 ** 31 - 1)
+        notes.append(f"integer image scaled by 1/{int(top)}")
+        return raw / top, m
+    if m == "F":
+        raw = np.asarray(im).astype(np.float64)
+        _check_finite(raw, path, what)
+        if raw.min() >= 0.0 and raw.max() <= 1.0:
+            return raw, m
+        if raw.min() >= 0.0 and raw.max() <= 255.0:
+            notes.append("float image scaled by 1/255")
+            return raw / 255.0, m
+        raise BRGMError(
+            f"{_describe(path, what)} holds float values in [{raw.min():.3g}, {raw.max():.3g}]; "
+            f"give values in [0, 1] or [0, 255], or an 8-bit PNG"
+        )
+    if m in ("L", "LA", "RGB", "RGBA"):
+        return np.asarray(im).astype(np.float64) / 255.0, m
+    try:  # any other mode Pillow knows: let it convert
+        im = im.convert("RGBA" if "A" in m else "RGB")
+    except Exception:
+        raise BRGMError(f"cannot convert {_describe(path, what)} (mode {m}) to RGB; {IMAGE_HINT}") from None
+    notes.append(f"{m} converted to {im.mode}")
+    return np.asarray(im).astype(np.float64) / 255.0, im.mode
+
+
 def read_image(path: str | os.PathLike, what: str = "image", alpha_background: float = 1.0) -> LoadedImage:
     """Read any image Pillow can open as float32 (H, W, C) in [0, 1], C in {1, 3}.
 
@@ -142,59 +199,8 @@ def read_image(path: str | os.PathLike, what: str = "image", alpha_background: f
     except Exception:  # broken EXIF is not the user's problem
         pass
     mode = im.mode
+    arr, m = _to_unit_array(_normalised_mode(im, notes), notes, path, what)
     alpha = None
-    if mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-        notes.append(f"palette expanded to {im.mode}")
-    elif mode == "PA":
-        im = im.convert("RGBA")
-        notes.append("palette expanded to RGBA")
-    elif mode == "RGBa":
-        im = im.convert("RGBA")
-    elif mode == "La":
-        im = im.convert("LA")
-    elif mode == "1":
-        im = im.convert("L")
-        notes.append("bilevel converted to gray")
-    elif mode in _TO_RGB_MODES:
-        im = im.convert("RGB")
-        notes.append(f"{mode} converted to RGB")
-    elif mode == "L" and "transparency" in im.info:
-        im = im.convert("LA")
-
-    m = im.mode
-    if m in ("I;16", "I;16L", "I;16B", "I;16N"):
-        arr = np.asarray(im).astype(np.float64) / 65535.0
-        notes.append("16-bit scaled to [0, 1]")
-    elif m == "I":
-        raw = np.asarray(im).astype(np.float64)
-        top = 65535.0 if raw.max(initial=0) <= 65535 else float(2 ** 31 - 1)
-        arr = raw / top
-        notes.append(f"integer image scaled by 1/{int(top)}")
-    elif m == "F":
-        raw = np.asarray(im).astype(np.float64)
-        _check_finite(raw, path, what)
-        if raw.min() >= 0.0 and raw.max() <= 1.0:
-            arr = raw
-        elif raw.min() >= 0.0 and raw.max() <= 255.0:
-            arr = raw / 255.0
-            notes.append("float image scaled by 1/255")
-        else:
-            raise BRGMError(
-                f"{_describe(path, what)} holds float values in [{raw.min():.3g}, {raw.max():.3g}]; "
-                f"give values in [0, 1] or [0, 255], or an 8-bit PNG"
-            )
-    elif m in ("L", "LA", "RGB", "RGBA"):
-        arr = np.asarray(im).astype(np.float64) / 255.0
-    else:  # any other mode Pillow knows: let it convert
-        try:
-            im = im.convert("RGBA" if "A" in m else "RGB")
-        except Exception:
-            raise BRGMError(f"cannot convert {_describe(path, what)} (mode {m}) to RGB; {IMAGE_HINT}") from None
-        notes.append(f"{m} converted to {im.mode}")
-        arr = np.asarray(im).astype(np.float64) / 255.0
-        m = im.mode
-
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if m in ("LA", "RGBA"):
