@@ -169,7 +169,7 @@ def run_task(task: str, G, args, out: Path) -> dict:
     # NUTS first: its gradient count sets the budget of the others
     t0 = time.perf_counter()
     res = run_mcmc(model, y, method="nuts", init=args.init, init_jitter=args.init_jitter, map_w=w_map,
-                   steps=args.warmup, num_samples=args.draws, num_chains=args.chains, mass="laplace",
+                   steps=args.warmup, num_samples=args.draws, num_chains=args.chains, mass=args.mass,
                    curvature=args.curvature,
                    max_tree_depth=args.max_tree_depth, seed=args.seed, progress=False,
                    workers=args.workers, threads_per_worker=args.threads)
@@ -284,6 +284,9 @@ def main() -> None:
     ap.add_argument("--init-jitter", type=float, default=0.0, help="with --init map: chains 1.. start at the MAP "
                     "plus this many prior standard deviations of Gaussian noise")
     ap.add_argument("--curvature", default="gauss_newton", choices=["gauss_newton", "hessian"])
+    ap.add_argument("--mass", default="laplace", choices=["laplace", "laplace_warmup"],
+                    help="NUTS metric: the Laplace covariance at the MAP, or each chain's own from the mean Laplace "
+                         "precision of its warm-up draws (docs/mcmc.md)")
     ap.add_argument("--vi-particles", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (per worker process)")
     ap.add_argument("--workers", type=int, default=1,

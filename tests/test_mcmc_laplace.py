@@ -123,3 +123,71 @@ def test_laplace_init_draws_chain_starts_from_the_laplace_approximation():
     assert z.abs().max() < Z
     ratio = starts.var(0) / cov.diagonal()
     assert ((ratio - 1).abs() < 4.5 * (2 / (n - 1)) ** 0.5).all(), ratio
+
+
+def test_nuts_with_the_warmup_metric_is_exact_and_keeps_big_steps():
+    """mass='laplace_warmup': each chain's metric is the mean Laplace precision of its warm-up draws.
+    On a linear model that equals the MAP's (the curvature is constant), so the draws stay exact and
+    the steps large; the record says what was done."""
+    from brgm_pyro.inference.mcmc.laplace import laplace_covariance
+    from brgm_pyro.inference.mcmc.remetric import mean_precision_covariance
+
+    model, y = _linear(SuperResolution(2, "box"))
+    mean, cov = linear_gaussian_posterior(model, y[0])
+    res = run_mcmc(model, y, method="nuts", steps=80, num_samples=300, num_chains=1, init="map", map_steps=100,
+                   mass="laplace_warmup", metric_points=4, seed=3, progress=False)
+    _check(res, mean, cov)
+    (rec,) = res.extra["warmup_metric"]
+    assert rec["points"] == 4 and (rec["draws_before"], rec["draws_from"], rec["readapt"]) == (40, 20, 20)
+    assert rec["grad_evals"] > 0 and rec["backward_passes"] == 4 * 4  # 4 points x min(M=4, D=6) rows
+    assert res.extra["mass"] == "laplace_warmup" and len(res.extra["sample_stats"]["step_size"][0]) == 300
+    st = res.extra["sample_stats"]
+    assert np.median(st["step_size"]) > 0.5 and st["tree_depth"].mean() < 3.5
+    draws = {"w": res.draws["w"][:8]}
+    c, _ = mean_precision_covariance(model, y, draws, 8, 10**6, "gauss_newton", 0)
+    assert torch.allclose(c, laplace_covariance(model, y, res.latents), rtol=1e-3, atol=1e-6)
+
+
+def test_warmup_metric_follows_the_curvature_of_a_nonlinear_generator():
+    from brgm_pyro.inference.mcmc.laplace import laplace_covariance
+    from brgm_pyro.inference.mcmc.remetric import mean_precision_covariance
+    from brgm_pyro.models.brgm import build_model
+    from brgm_pyro.models.generators import ConvGenerator
+
+    G = ConvGenerator(img_resolution=8, img_channels=1, w_dim=4, channels=4, seed=3)
+    mask = torch.ones(8, 8)
+    mask[2:4, 2:6] = 0
+    model = build_model(G, Inpainting(mask), prior="gaussian", sigma_pixel=0.05)
+    w0 = model.init_latents(1)
+    draws = {"w": w0 + 0.5 * torch.randn(6, *w0.shape[1:], generator=torch.Generator().manual_seed(1))[:, None]}
+    with torch.no_grad():
+        y = model.predict(w0)
+    c, passes = mean_precision_covariance(model, y, draws, 3, 10**6, "gauss_newton", 0)
+    assert passes == 3 * w0.numel()  # D < M: columns
+    at_start = laplace_covariance(model, y, w0)
+    assert (c - at_start).norm() > 0.05 * at_start.norm()  # the draws' curvature is not the start's
+    assert torch.allclose(c, c.T) and bool((torch.linalg.eigvalsh(c.double()) > 0).all())
+
+
+@pytest.mark.parametrize("kw, fragment", [
+    (dict(mass="laplace_warmup", steps=10), "needs at least 32 warm-up draws"),
+    (dict(mass="laplace", metric_points=4), "metric_points is an option of mass='laplace_warmup'"),
+    (dict(mass="laplace_warmup", init="prior"), "started from a MAP"),
+    (dict(mass="laplace_warmup", method="mala"), "HMC/NUTS"),
+    (dict(mass="wild"), "mass must be"),
+])
+def test_warmup_metric_refusals(kw, fragment):
+    model, y = _linear(SuperResolution(2, "box"))
+    kw = {"method": "nuts", "steps": 100, "init": "map", "map_steps": 5, **kw}
+    with pytest.raises(BRGMError, match=fragment):
+        run_mcmc(model, y, num_samples=5, num_chains=1, progress=False, **kw)
+
+
+def test_warmup_metric_job_pickles_for_worker_processes():
+    import pickle
+
+    from brgm_pyro.inference.mcmc.runner import _supports
+
+    model, y = _linear(Inpainting(torch.tensor([[1, 1, 0, 0]] * 4)))
+    sup = _supports(model, y)
+    assert pickle.loads(pickle.dumps(sup)).keys() == sup.keys()

@@ -207,17 +207,11 @@ def scalar_precision(model, y: Tensor, latents: dict, info: dict | None = None) 
     return out
 
 
-def laplace_covariance(model, y: Tensor, w, max_rows: int = DEFAULT_LAPLACE_PASSES, seed: int = 0,
-                       jitter: float = 1e-8, info: dict | None = None, curvature: str = "gauss_newton") -> Tensor:
-    """P^{-1} (D, D): the Laplace posterior covariance at ``w`` in the unconstrained coordinates of
-    every latent site, sites in sorted-name order (the order of Pyro's and our kernels' flat
-    vectors), float32, symmetric positive definite. Block-diagonal: w's block from ``curvature``,
-    each scalar latent's from :func:`scalar_precision` (cross terms are left out).
-
-    ``w``: the latents dict at the point (or w alone for a model without scalar latents).
-    ``curvature``: ``"gauss_newton"`` (:func:`gauss_newton_precision`, min(M, D) passes, sketched
-    above ``max_rows``) or ``"hessian"`` (:func:`hessian_precision`, D Hessian-vector products, exact at ``w``).
-    """
+def laplace_precision(model, y: Tensor, w, max_rows: int = DEFAULT_LAPLACE_PASSES, seed: int = 0,
+                      info: dict | None = None, curvature: str = "gauss_newton") -> dict[str, Tensor]:
+    """The Laplace precision at ``w`` in the unconstrained coordinates of every latent site, as blocks
+    site -> (k, k) float64 (w's from ``curvature``, each scalar latent's from
+    :func:`scalar_precision`; cross terms are left out). See :func:`laplace_covariance`."""
     lat = model.as_latents(w)
     info = {} if info is None else info
     if curvature == "hessian":
@@ -229,6 +223,11 @@ def laplace_covariance(model, y: Tensor, w, max_rows: int = DEFAULT_LAPLACE_PASS
     passes = info.get("backward_passes", 0)
     blocks.update(scalar_precision(model, y, lat, info=info))
     info["backward_passes"] = info.get("backward_passes", passes)
+    return blocks
+
+
+def covariance_of(blocks: dict[str, Tensor], jitter: float = 1e-8) -> Tensor:
+    """Block-diagonal inverse of precision blocks, sites in sorted-name order: (D, D) float32, symmetric."""
     covs = []
     for name in sorted(blocks):
         P = blocks[name]
@@ -238,4 +237,19 @@ def laplace_covariance(model, y: Tensor, w, max_rows: int = DEFAULT_LAPLACE_PASS
     return (0.5 * (cov + cov.T)).float()
 
 
-__all__ = ["DEFAULT_LAPLACE_PASSES", "exact_hessian", "gauss_newton_precision", "hessian_precision", "scalar_precision", "laplace_covariance"]
+def laplace_covariance(model, y: Tensor, w, max_rows: int = DEFAULT_LAPLACE_PASSES, seed: int = 0,
+                       jitter: float = 1e-8, info: dict | None = None, curvature: str = "gauss_newton") -> Tensor:
+    """P^{-1} (D, D): the Laplace posterior covariance at ``w`` in the unconstrained coordinates of
+    every latent site, sites in sorted-name order (the order of Pyro's and our kernels' flat
+    vectors), float32, symmetric positive definite. Block-diagonal: w's block from ``curvature``,
+    each scalar latent's from :func:`scalar_precision` (cross terms are left out).
+
+    ``w``: the latents dict at the point (or w alone for a model without scalar latents).
+    ``curvature``: ``"gauss_newton"`` (:func:`gauss_newton_precision`, min(M, D) passes, sketched
+    above ``max_rows``) or ``"hessian"`` (:func:`hessian_precision`, D Hessian-vector products, exact at ``w``).
+    """
+    return covariance_of(laplace_precision(model, y, w, max_rows=max_rows, seed=seed, info=info,
+                                           curvature=curvature), jitter)
+
+
+__all__ = ["DEFAULT_LAPLACE_PASSES", "exact_hessian", "gauss_newton_precision", "laplace_precision", "covariance_of", "hessian_precision", "scalar_precision", "laplace_covariance"]

@@ -37,6 +37,7 @@ from brgm_pyro.inference.sites import initial_values
 SAMPLERS = ("sgld", "psgld", "mala", "hmc", "nuts")
 DEFAULT_WARMUP = {"sgld": 200, "psgld": 200, "mala": 200, "hmc": 200, "nuts": 200}
 DEFAULT_THIN = {"sgld": 10, "psgld": 10, "mala": 5, "hmc": 1, "nuts": 1}
+LAPLACE_MASSES = ("laplace", "laplace_warmup")  # metrics that start from the Laplace covariance at the MAP
 DEFAULT_MAX_TREE_DEPTH = 8  # the library's NUTS default (the CLI's first-try default is 5: brgm_pyro/cli/reconstruct.py)
 
 
@@ -74,10 +75,21 @@ def make_kernel(method: str, model, *, step_size=None, thin: int = 1, seed: int 
 
 
 def _run_chain(model, y: Tensor, *, method: str, c: int, z0: dict, seed: int, warmup: int, num_samples: int,
-               thin: int, step_size, kopts: dict, progress: bool) -> dict:
-    """One chain from unconstrained ``z0``: ``{"draws": site -> (S, ...) cpu, "infos", "grad_evals", "seconds"}``."""
+               thin: int, step_size, kopts: dict, progress: bool, remetric: Optional[dict] = None) -> dict:
+    """One chain from unconstrained ``z0``: ``{"draws": site -> (S, ...) cpu, "infos", "grad_evals", "seconds",
+    "metric"}``. ``remetric``: the warm-up metric's settings (``mass="laplace_warmup"``, :mod:`.remetric`)."""
     langevin = method in ("sgld", "psgld", "mala")
     pyro.set_rng_seed(seed)
+    t_pre, pre = time.perf_counter(), None
+    if remetric is not None:  # parts 1-2 of the warm-up in the MAP's metric, then the chain's own
+        from brgm_pyro.inference.mcmc.remetric import run_warmup_metric
+
+        z0, inv, warmup, pre = run_warmup_metric(
+            lambda inv: make_kernel(method, model, step_size=step_size, seed=seed,
+                                    **(kopts if inv is None else {**kopts, "inverse_mass": inv})),
+            model, y, z0=z0, warmup=warmup, seed=seed, progress=progress, **remetric)
+        kopts = {**kopts, "inverse_mass": inv}
+    t_pre = time.perf_counter() - t_pre
     kernel = make_kernel(method, model, step_size=step_size, thin=thin if langevin else 1, seed=seed, **kopts)
     infos: list[dict] = []
 
@@ -99,8 +111,8 @@ def _run_chain(model, y: Tensor, *, method: str, c: int, z0: dict, seed: int, wa
         draws, infos = {k: v[thin - 1::thin] for k, v in draws.items()}, infos[thin - 1::thin]
     if not all(torch.isfinite(v).all() for v in draws.values()):
         raise BRGMError(f"{method} produced non-finite draws in chain {c}; lower --step-size")
-    return {"draws": {k: v.cpu() for k, v in draws.items()}, "infos": infos,
-            "grad_evals": int(kernel.num_grad_evals), "seconds": seconds}
+    return {"draws": {k: v.cpu() for k, v in draws.items()}, "infos": infos, "metric": pre,
+            "grad_evals": int(kernel.num_grad_evals) + (pre["grad_evals"] if pre else 0), "seconds": seconds + t_pre}
 
 
 def _run_chains_sequential(model, y: Tensor, jobs: list[dict], progress: bool) -> list[dict]:
@@ -243,11 +255,35 @@ def _laplace_draws(z_map: dict, cov: Tensor, C: int, seed: int) -> dict:
     return out
 
 
+def _remetric_settings(method, mass, lat_map, warmup, kopts, laplace_rows, curvature) -> Optional[dict]:
+    """Checks ``mass`` and, for ``"laplace_warmup"``, the settings of :mod:`.remetric` (else None);
+    takes ``metric_points`` out of the kernel options."""
+    from brgm_pyro.inference.mcmc.remetric import DEFAULT_METRIC_POINTS, warmup_split
+
+    if mass not in ("diag", "dense", *LAPLACE_MASSES):
+        raise BRGMError(f"mass must be 'diag', 'dense', 'laplace' or 'laplace_warmup'; got {mass!r}")
+    points = kopts.pop("metric_points", None)
+    if mass != "laplace_warmup":
+        if points is not None:
+            raise BRGMError("metric_points is an option of mass='laplace_warmup'")
+        return None
+    if method not in ("hmc", "nuts") or lat_map is None:
+        raise BRGMError("mass='laplace_warmup' is for HMC/NUTS started from a MAP (init='laplace' or 'map')")
+    points = DEFAULT_METRIC_POINTS if points is None else int(points)
+    if points < 1:
+        raise BRGMError(f"metric_points must be >= 1, got {points}")
+    warmup_split(warmup, points)  # refuses a warm-up too short for it, before any work
+    from brgm_pyro.inference.mcmc.laplace import DEFAULT_LAPLACE_PASSES
+
+    return {"points": points, "laplace_rows": laplace_rows or DEFAULT_LAPLACE_PASSES,
+            "curvature": curvature or "gauss_newton"}
+
+
 def _metric(model, y, method, mass, init, init_given, lat_map, z0, supports, kopts, laplace_rows,
             curvature, seed) -> tuple[dict, Optional[str], float, int]:
     """Laplace covariance where asked: sets the inverse mass / preconditioner, may redraw the starts."""
     langevin = method in ("sgld", "psgld", "mala")
-    want = ((mass == "laplace" and not langevin) or (langevin and kopts.get("preconditioner") == "laplace")
+    want = ((mass in LAPLACE_MASSES and not langevin) or (langevin and kopts.get("preconditioner") == "laplace")
             or (init == "laplace" and not init_given))
     if not want:
         if not langevin and mass == "dense":
@@ -265,7 +301,7 @@ def _metric(model, y, method, mass, init, init_given, lat_map, z0, supports, kop
         z0 = _laplace_draws(_unconstrain(point, supports), cov, next(iter(z0.values())).shape[0], seed)
     if langevin and kopts.get("preconditioner") == "laplace":
         kopts["preconditioner"] = DensePreconditioner(cov)
-    elif not langevin and mass == "laplace":
+    elif not langevin and mass in LAPLACE_MASSES:
         kopts["inverse_mass"] = cov
     return z0, curvature, time.perf_counter() - t0, int(info.get("backward_passes", 0))
 
@@ -371,6 +407,8 @@ def run_mcmc(
         seed: chain c uses seed ``seed + 1000 c``.
         mass: HMC/NUTS metric: ``"laplace"`` (default with a MAP start: the fixed inverse mass
             matrix is the Laplace covariance at the MAP, see :mod:`~brgm_pyro.inference.mcmc.laplace`),
+            ``"laplace_warmup"`` (starts so, then each chain's own fixed metric from the mean Laplace
+            precision at ``metric_points`` (8) of its warm-up draws: :mod:`~brgm_pyro.inference.mcmc.remetric`),
             ``"diag"`` (Pyro's diagonal adaptation; default otherwise) or ``"dense"`` (Pyro's dense
             adaptation). Langevin methods take ``preconditioner="laplace"`` for the same matrix.
         laplace_rows: passes allowed for an exact Gauss-Newton curvature, min(M, D) (M observed
@@ -405,15 +443,16 @@ def run_mcmc(
                                                        seed, map_steps, progress, map_w)
     langevin = method in ("sgld", "psgld", "mala")
     mass = mass or ("laplace" if (lat_map is not None and not langevin) else "diag")
-    if mass not in ("diag", "dense", "laplace"):
-        raise BRGMError(f"mass must be 'diag', 'dense' or 'laplace'; got {mass!r}")
+    remetric = _remetric_settings(method, mass, lat_map, warmup, kopts, laplace_rows, curvature)
     supports = _supports(model, y)
+    if remetric is not None:
+        remetric["supports"] = supports
     z0 = _jitter(model, _unconstrain(start, supports), init_jitter, seed)
     z0, curvature, t_lap, lap_grads = _metric(model, y, method, mass, init, given is not None, lat_map, z0, supports,
                                               kopts, laplace_rows, curvature, seed)
     jobs = [dict(method=method, c=c, z0={k: v[c] for k, v in z0.items()}, seed=seed + 1000 * c, warmup=warmup,
-                 num_samples=num_samples, thin=thin, step_size=step_size, kopts=kopts, progress=progress)
-            for c in range(num_chains)]
+                 num_samples=num_samples, thin=thin, step_size=step_size, kopts=kopts, progress=progress,
+                 remetric=remetric) for c in range(num_chains)]
     workers = max(1, min(int(workers), num_chains))
     t_est = time.perf_counter()
     budget = _announce(model, y, method, {k: v[0] for k, v in z0.items()}, kopts, thin, num_chains, warmup,
@@ -455,6 +494,7 @@ def _collect(model, y, method, outs, settings, timing, t_start) -> InferenceResu
     extra = {**settings, "sample_stats": sample_stats, "sampler_grad_evals": grad_evals,
              "grad_evals": grad_evals + map_grads + settings["laplace_grad_evals"],
              "divergences": sum(bool(i.get("diverging", False)) for s in stats for i in s),
+             **({"warmup_metric": [o["metric"] for o in outs]} if outs[0].get("metric") else {}),
              "init_w": settings["init_points"][model.image_site],
              "map_w": None if settings["map"] is None else settings["map"][model.image_site]}
     timing = {"total_s": time.perf_counter() - t_start, **timing, "chain_s": [o["seconds"] for o in outs],
