@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -118,6 +119,41 @@ def test_cli_nuts_defaults_and_bad_depth(tmp_path, monkeypatch):
     assert res.exit_code == 0 and seen["steps"] == 7 and seen["max_tree_depth"] == 6
     for args, fragment in ((["--method", "vi", "--max-tree-depth", "5"], "--max-tree-depth is a NUTS option"),
                            (["--method", "nuts", "--max-tree-depth", "0"], "--max-tree-depth must be between 1")):
+        res = runner.invoke(app, [*base, *args, "--out", str(tmp_path / "c")])
+        err = res.stderr.strip()
+        assert res.exit_code == 2 and err.startswith("error: ") and "\n" not in err and fragment in err, err
+
+
+def test_cli_mass_option_reaches_the_sampler_and_is_checked(monkeypatch, tmp_path):
+    """--mass laplace_warmup is passed to NUTS as mass=; other methods and unknown metrics are refused."""
+    from PIL import Image
+
+    import brgm_pyro.cli.reconstruct as rec
+    from brgm_pyro.cli import app
+    from brgm_pyro.inference import METHODS
+    from brgm_pyro.registry import Registry
+
+    seen = {}
+
+    def nuts(model, y, **kw):
+        seen.update(kw)
+        return METHODS.get("nuts")(model, y, **{**kw, "steps": 1, "num_chains": 1, "num_samples": 2,
+                                                "init": "prior", "mass": "diag"})
+
+    reg = Registry("inference method")
+    reg.register("nuts")(nuts)
+    reg.register("vi")(METHODS.get("vi"))
+    monkeypatch.setattr(rec, "methods_registry", lambda: reg)
+    Image.new("RGB", (2, 2), (120, 60, 200)).save(tmp_path / "low.png")
+    runner = CliRunner()
+    base = ["reconstruct", str(tmp_path / "low.png"), "--generator", "builtin:conv16", "-q", "--reliance-draws", "0"]
+    res = runner.invoke(app, [*base, "--method", "nuts", "--mass", "laplace_warmup", "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, (res.output, res.stderr, res.exception)
+    assert seen["mass"] == "laplace_warmup"
+    run = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert run["settings"]["mass"] == "laplace_warmup"
+    for args, fragment in ((["--method", "vi", "--mass", "laplace"], "--mass is an HMC/NUTS option"),
+                           (["--method", "nuts", "--mass", "identity"], "--mass must be one of")):
         res = runner.invoke(app, [*base, *args, "--out", str(tmp_path / "c")])
         err = res.stderr.strip()
         assert res.exit_code == 2 and err.startswith("error: ") and "\n" not in err and fragment in err, err

@@ -196,10 +196,20 @@ def guarded(fn, *args, **kwargs) -> int:
 
 # --- option checks ---------------------------------------------------------------------------------
 
-def mcmc_cli_defaults(method: str, steps: Optional[int], max_tree_depth: Optional[int]) -> tuple[Optional[int], dict]:
+MASS_CHOICES = ("laplace", "laplace_warmup", "diag", "dense")
+
+
+def mcmc_cli_defaults(method: str, steps: Optional[int], max_tree_depth: Optional[int],
+                      mass: Optional[str] = None) -> tuple[Optional[int], dict]:
     """(warm-up steps, kernel options) the command passes: for NUTS ``--steps`` defaults to
     :data:`CLI_NUTS_WARMUP` and ``--max-tree-depth`` to :data:`CLI_NUTS_MAX_TREE_DEPTH`; other methods
-    keep their own defaults. One-line errors for a bad ``--max-tree-depth``."""
+    keep their own defaults. One-line errors for a bad ``--max-tree-depth`` or ``--mass``."""
+    if mass is not None:
+        if method not in ("hmc", "nuts"):
+            raise BRGMError(f"--mass is an HMC/NUTS option; --method {method} has no mass matrix (drop it)")
+        if mass not in MASS_CHOICES:
+            raise BRGMError(f"--mass must be one of {', '.join(MASS_CHOICES)}; got {mass!r}")
+    extra = {} if mass is None else {"mass": mass}
     if max_tree_depth is not None:
         if method != "nuts":
             raise BRGMError(f"--max-tree-depth is a NUTS option; --method {method} has no trees (drop it)")
@@ -207,9 +217,9 @@ def mcmc_cli_defaults(method: str, steps: Optional[int], max_tree_depth: Optiona
             raise BRGMError(f"--max-tree-depth must be between 1 and 12 (2^D - 1 gradients per draw), "
                             f"got {max_tree_depth}")
     if method != "nuts":
-        return steps, {}
+        return steps, extra
     depth = CLI_NUTS_MAX_TREE_DEPTH if max_tree_depth is None else int(max_tree_depth)
-    return (CLI_NUTS_WARMUP if steps is None else steps), {"max_tree_depth": depth}
+    return (CLI_NUTS_WARMUP if steps is None else steps), {"max_tree_depth": depth, **extra}
 
 
 def check_method_options(*, method: str, steps, num_samples: int, chains, workers: int, device: str, lr) -> None:
@@ -315,7 +325,7 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
                     lr, vgg16, overwrite, quiet, chains=None, threads=None, workers=1, class_index=None,
                     choice: Optional[ModelChoice] = None, task_options: Optional[dict] = None,
                     batch_size: int = 8, reliance_draws: Optional[int] = None, max_tree_depth: Optional[int] = None,
-                    **legacy) -> int:
+                    mass: Optional[str] = None, **legacy) -> int:
     """The command's body (also called with keyword arguments by tests and scripts).
 
     ``task_options``: the task's options by name (``factor``, ``kernel``, ``mask``, ...); the old
@@ -331,8 +341,9 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
 
         if reliance_draws is not None:
             raise BRGMError("--reliance-draws is for single runs; dataset runs use the default 512 prior draws")
-        if max_tree_depth is not None:
-            raise BRGMError("--max-tree-depth is for single runs; dataset runs use the library's NUTS defaults")
+        if max_tree_depth is not None or mass is not None:
+            raise BRGMError("--max-tree-depth and --mass are for single runs; dataset runs use the library's NUTS "
+                            "defaults")
 
         return run_dataset_cli(source=inputs[0], task=task, task_options=given, generator=generator, method=method,
                                steps=steps, num_samples=num_samples, seed=seed, device=device, out=out,
@@ -352,7 +363,7 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
     check_method_options(method=method, steps=steps, num_samples=num_samples, chains=chains, workers=workers,
                          device=device, lr=lr)
     steps_given = steps
-    steps, kernel_defaults = mcmc_cli_defaults(method, steps, max_tree_depth)
+    steps, kernel_defaults = mcmc_cli_defaults(method, steps, max_tree_depth, mass)
     _check_outputs_options(reliance_draws, vgg16, simulate)
     outdir = io.OutputDir(out, overwrite=overwrite)  # refuses a bad --out now, before any work
     for p in inputs:  # file problems before the (slower) generator
@@ -378,7 +389,7 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
     settings = {"inputs": [str(p) for p in inputs], "task": task, "factor": None, "kernel": None,
                 **t.settings(opts), "masks": [str(m) for m in opts.get("mask", [])], "generator": generator,
                 "method": method, "steps": steps_given, "warmup": result.extra.get("warmup"),
-                "max_tree_depth": kernel_defaults.get("max_tree_depth"), "num_samples": num_samples,
+                "max_tree_depth": kernel_defaults.get("max_tree_depth"), "mass": mass, "num_samples": num_samples,
                 "chains": chains, "seed": seed,
                 "device": device, "threads": threads, "workers": workers, "out": str(out), "simulate": simulate,
                 "sigma_pixel": choice.sigma_pixel, "model_choice": asdict(choice),
@@ -451,6 +462,11 @@ def _reconstruct(
     max_tree_depth: Optional[int] = typer.Option(None, help=f"NUTS: max tree depth D, at most 2^D - 1 gradients "
                                                  f"per draw (default {CLI_NUTS_MAX_TREE_DEPTH} here, "
                                                  "8 in the library; docs/mcmc.md)."),
+    mass: Optional[str] = typer.Option(None, help="HMC/NUTS metric: laplace (default from the MAP: the Laplace "
+                                       "covariance there) | laplace_warmup (each chain's own, from the mean "
+                                       "Laplace precision of 8 of its warm-up draws; for posteriors whose "
+                                       "curvature moves, e.g. in-painting) | diag | dense (Pyro's adaptation); "
+                                       "docs/mcmc.md."),
     workers: int = typer.Option(1, help="Run this many MCMC chains at once, in separate CPU processes "
                                         "(MCMC methods on the CPU only; same draws as one at a time)."),
     seed: int = typer.Option(0, help="Random seed."),
@@ -496,7 +512,8 @@ def _reconstruct(
                    num_samples=num_samples, chains=chains, seed=seed, workers=workers, device=device, out=out,
                    simulate=simulate, percept=percept, lr=lr, vgg16=vgg16, overwrite=overwrite, quiet=quiet,
                    threads=threads, class_index=class_index, choice=choice, task_options=task_options,
-                   batch_size=batch_size, reliance_draws=reliance_draws, max_tree_depth=max_tree_depth)
+                   batch_size=batch_size, reliance_draws=reliance_draws, max_tree_depth=max_tree_depth,
+                   mass=mass)
     if code:
         raise typer.Exit(code)
 
