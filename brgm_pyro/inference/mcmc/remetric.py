@@ -54,7 +54,7 @@ def mean_precision_covariance(model, y: Tensor, draws: dict, points: int, laplac
     from brgm_pyro.inference.mcmc.laplace import covariance_of, laplace_precision
 
     m = next(iter(draws.values())).shape[0]
-    picks = torch.linspace(0, m - 1, points).round().long().tolist()
+    picks = [round(i * (m - 1) / max(points - 1, 1)) for i in range(points)]  # evenly spaced indices
     acc: dict = {}
     passes = 0
     for i in picks:
