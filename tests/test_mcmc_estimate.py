@@ -90,26 +90,34 @@ def test_run_mcmc_prints_the_estimate_and_records_it(capsys):
     assert torch.equal(quiet.samples_w, res.samples_w)  # the timing changes no draw
 
 
-def test_cli_nuts_defaults_and_bad_depth(tmp_path, monkeypatch):
+def _recording_nuts_cli(monkeypatch, tmp_path, **brief):
+    """(seen, runner, base args): ``brgm reconstruct`` whose NUTS records the keyword arguments the
+    command passes, then samples briefly (``brief`` overrides them for the short run)."""
     import brgm_pyro.cli.reconstruct as rec
-    from brgm_pyro.cli import app
     from brgm_pyro.inference import METHODS
     from brgm_pyro.registry import Registry
 
     seen = {}
 
-    def nuts(model, y, **kw):  # record what the command passes, then sample briefly
+    def nuts(model, y, **kw):
         seen.update(kw)
         return METHODS.get("nuts")(model, y, **{**kw, "steps": 1, "num_chains": 1, "num_samples": 2,
-                                                "init": "prior"})
+                                                "init": "prior", **brief})
 
     reg = Registry("inference method")
     reg.register("nuts")(nuts)
     reg.register("vi")(METHODS.get("vi"))
     monkeypatch.setattr(rec, "methods_registry", lambda: reg)
     Image.new("RGB", (2, 2), (120, 60, 200)).save(tmp_path / "low.png")
-    runner = CliRunner()
     base = ["reconstruct", str(tmp_path / "low.png"), "--generator", "builtin:conv16", "-q", "--reliance-draws", "0"]
+    return seen, CliRunner(), base
+
+
+def test_cli_nuts_defaults_and_bad_depth(tmp_path, monkeypatch):
+    import brgm_pyro.cli.reconstruct as rec
+    from brgm_pyro.cli import app
+
+    seen, runner, base = _recording_nuts_cli(monkeypatch, tmp_path)
     res = runner.invoke(app, [*base, "--method", "nuts", "--out", str(tmp_path / "a")])
     assert res.exit_code == 0, (res.output, res.stderr, res.exception)
     assert seen["steps"] == rec.CLI_NUTS_WARMUP == 50 and seen["max_tree_depth"] == rec.CLI_NUTS_MAX_TREE_DEPTH == 5
@@ -126,27 +134,9 @@ def test_cli_nuts_defaults_and_bad_depth(tmp_path, monkeypatch):
 
 def test_cli_mass_option_reaches_the_sampler_and_is_checked(monkeypatch, tmp_path):
     """--mass laplace_warmup is passed to NUTS as mass=; other methods and unknown metrics are refused."""
-    from PIL import Image
-
-    import brgm_pyro.cli.reconstruct as rec
     from brgm_pyro.cli import app
-    from brgm_pyro.inference import METHODS
-    from brgm_pyro.registry import Registry
 
-    seen = {}
-
-    def nuts(model, y, **kw):
-        seen.update(kw)
-        return METHODS.get("nuts")(model, y, **{**kw, "steps": 1, "num_chains": 1, "num_samples": 2,
-                                                "init": "prior", "mass": "diag"})
-
-    reg = Registry("inference method")
-    reg.register("nuts")(nuts)
-    reg.register("vi")(METHODS.get("vi"))
-    monkeypatch.setattr(rec, "methods_registry", lambda: reg)
-    Image.new("RGB", (2, 2), (120, 60, 200)).save(tmp_path / "low.png")
-    runner = CliRunner()
-    base = ["reconstruct", str(tmp_path / "low.png"), "--generator", "builtin:conv16", "-q", "--reliance-draws", "0"]
+    seen, runner, base = _recording_nuts_cli(monkeypatch, tmp_path, mass="diag")  # the brief run: no MAP
     res = runner.invoke(app, [*base, "--method", "nuts", "--mass", "laplace_warmup", "--out", str(tmp_path / "a")])
     assert res.exit_code == 0, (res.output, res.stderr, res.exception)
     assert seen["mass"] == "laplace_warmup"
