@@ -31,6 +31,7 @@ from brgm_pyro.errors import BRGMError
 from brgm_pyro.inference.mcmc.estimate import time_left_line
 from brgm_pyro.inference.mcmc.hmc import StatsHMC, StatsNUTS
 from brgm_pyro.inference.mcmc.langevin import DensePreconditioner, Langevin
+from brgm_pyro.inference.mcmc.laplace import DEFAULT_LAPLACE_PASSES
 from brgm_pyro.inference.result import InferenceResult
 from brgm_pyro.inference.sites import initial_values
 
@@ -273,10 +274,7 @@ def _remetric_settings(method, mass, lat_map, warmup, kopts, laplace_rows, curva
     if points < 1:
         raise BRGMError(f"metric_points must be >= 1, got {points}")
     warmup_split(warmup, points)  # refuses a warm-up too short for it, before any work
-    from brgm_pyro.inference.mcmc.laplace import DEFAULT_LAPLACE_PASSES
-
-    return {"points": points, "laplace_rows": laplace_rows or DEFAULT_LAPLACE_PASSES,
-            "curvature": curvature or "gauss_newton"}
+    return {"points": points, "laplace_rows": laplace_rows, "curvature": curvature or "gauss_newton"}
 
 
 def _metric(model, y, method, mass, init, init_given, lat_map, z0, supports, kopts, laplace_rows,
@@ -289,14 +287,13 @@ def _metric(model, y, method, mass, init, init_given, lat_map, z0, supports, kop
         if not langevin and mass == "dense":
             kopts.setdefault("full_mass", True)
         return z0, None, 0.0, 0
-    from brgm_pyro.inference.mcmc.laplace import DEFAULT_LAPLACE_PASSES, laplace_covariance
+    from brgm_pyro.inference.mcmc.laplace import laplace_covariance
 
     t0 = time.perf_counter()
     info: dict = {}
     curvature = curvature or "gauss_newton"
     point = lat_map if lat_map is not None else {k: v[0] for k, v in _constrain(z0, supports).items()}
-    cov = laplace_covariance(model, y, point, max_rows=laplace_rows or DEFAULT_LAPLACE_PASSES, seed=seed, info=info,
-                             curvature=curvature)
+    cov = laplace_covariance(model, y, point, max_rows=laplace_rows, seed=seed, info=info, curvature=curvature)
     if init == "laplace" and not init_given:  # each chain starts at a draw of N(MAP, cov)
         z0 = _laplace_draws(_unconstrain(point, supports), cov, next(iter(z0.values())).shape[0], seed)
     if langevin and kopts.get("preconditioner") == "laplace":
@@ -443,6 +440,7 @@ def run_mcmc(
                                                        seed, map_steps, progress, map_w)
     langevin = method in ("sgld", "psgld", "mala")
     mass = mass or ("laplace" if (lat_map is not None and not langevin) else "diag")
+    laplace_rows = laplace_rows or DEFAULT_LAPLACE_PASSES
     remetric = _remetric_settings(method, mass, lat_map, warmup, kopts, laplace_rows, curvature)
     supports = _supports(model, y)
     if remetric is not None:
@@ -473,10 +471,15 @@ def run_mcmc(
                     curvature=curvature, init=init if given is None and isinstance(init, str) else "value",
                     init_points={k: v.detach().cpu() for k, v in _constrain(z0, supports).items()},
                     map=None if lat_map is None else {k: v.detach().cpu() for k, v in lat_map.items()}, seed=seed,
-                    kernel={"method": method, "step_size": step_size, "mass": None if langevin else mass,
-                            **({"max_tree_depth": DEFAULT_MAX_TREE_DEPTH} if method == "nuts" else {}),
-                            **{k: v for k, v in kopts.items() if isinstance(v, (int, float, str, bool))}})
+                    kernel=_kernel_record(method, step_size, None if langevin else mass, kopts))
     return _collect(model, y, method, outs, settings, timing, t_start)
+
+
+def _kernel_record(method: str, step_size, mass: Optional[str], kopts: dict) -> dict:
+    """The kernel's settings as run.json / the posterior's attrs record them (scalars only)."""
+    return {"method": method, "step_size": step_size, "mass": mass,
+            **({"max_tree_depth": DEFAULT_MAX_TREE_DEPTH} if method == "nuts" else {}),
+            **{k: v for k, v in kopts.items() if isinstance(v, (int, float, str, bool))}}
 
 
 def _collect(model, y, method, outs, settings, timing, t_start) -> InferenceResult:
