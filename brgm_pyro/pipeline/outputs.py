@@ -195,8 +195,10 @@ def convergence_report(idata, result) -> dict:
     except Exception as e:  # a diagnostic must never cost the user the run
         return {"warnings": [f"convergence not checked ({type(e).__name__}: {' '.join(str(e).split())[:200]})"]}
     keep = ("max_r_hat", "min_ess_bulk", "min_ess_tail", "divergences", "tree_depth_saturated", "max_tree_depth")
-    return {"diagnostics": {k: rep[k] for k in keep if k in rep},
-            "warnings": [f"convergence: {w} (brgm diagnose posterior.nc: trace and rank plots)" for w in rep["warnings"]]}
+    lines = [f"convergence: {w}" for w in rep["warnings"]]
+    if lines:
+        lines.append("convergence: `brgm diagnose posterior.nc` draws the trace and rank plots")
+    return {"diagnostics": {k: rep[k] for k in keep if k in rep}, "warnings": lines}
 
 
 def write_results(out, obs, result, model, *, overwrite: bool = False, vgg16: Optional[str] = None,
