@@ -183,11 +183,18 @@ def test_warmup_metric_refusals(kw, fragment):
         run_mcmc(model, y, num_samples=5, num_chains=1, progress=False, **kw)
 
 
-def test_warmup_metric_job_pickles_for_worker_processes():
-    import pickle
-
-    from brgm_pyro.inference.mcmc.runner import _supports
-
-    model, y = _linear(Inpainting(torch.tensor([[1, 1, 0, 0]] * 4)))
-    sup = _supports(model, y)
-    assert pickle.loads(pickle.dumps(sup)).keys() == sup.keys()
+def test_warmup_metric_chains_in_worker_processes_draw_what_sequential_chains_draw():
+    """The warm-up metric runs inside each chain, so spawned workers (which receive its settings by
+    pickle) give the sequential run's draws."""
+    model, y = _linear(SuperResolution(2, "box"))
+    kw = dict(method="nuts", steps=40, num_samples=20, num_chains=2, init="map", map_steps=50,
+              mass="laplace_warmup", metric_points=4, seed=1, progress=False)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = run_mcmc(model, y, **kw)
+    finally:
+        torch.set_num_threads(threads)
+    b = run_mcmc(model, y, workers=2, threads_per_worker=1, **kw)
+    assert torch.equal(a.samples_w, b.samples_w)
+    assert [m["points"] for m in b.extra["warmup_metric"]] == [4, 4]
