@@ -292,7 +292,7 @@ def format_report(rep: dict) -> list[str]:
     if "w_max_r_hat" in rep:
         lines.append(f"over every latent coordinate: max r_hat {rep['w_max_r_hat']:.3f}, "
                      f"min ess_bulk {rep['w_min_ess_bulk']:.0f}")
-    lines += [f"warning: {w}" for w in rep.get("warnings", warnings_of(rep))]
+    lines += [f"warning: {w}" for w in (rep["warnings"] if "warnings" in rep else warnings_of(rep))]
     return lines
 
 

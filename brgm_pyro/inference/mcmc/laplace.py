@@ -112,29 +112,27 @@ def gauss_newton_precision(model, y: Tensor, w, max_rows: int = DEFAULT_LAPLACE_
     return prec
 
 
+def _batched_grads(out: Tensor, inp: Tensor, chunk: int, **kw) -> Tensor:
+    """(out.numel(), inp.numel()) float64: row i is d out_i / d inp, by backward passes of the basis
+    vectors of ``out``, ``chunk`` at a time (``is_grads_batched``). The graph is kept."""
+    eye = torch.eye(out.numel(), dtype=out.dtype, device=out.device)
+    rows = [torch.autograd.grad(out, inp, grad_outputs=eye[i:i + chunk].reshape(-1, *out.shape), retain_graph=True,
+                                is_grads_batched=True, **kw)[0].reshape(-1, inp.numel()).double()
+            for i in range(0, out.numel(), chunk)]
+    return torch.cat(rows)
+
+
 def _jacobian(flat: Tensor, wv: Tensor, chunk: int) -> Tensor:
     """d flat / d wv as an (M, D) float64 matrix, exactly, in min(M, D) passes ``chunk`` at a time.
 
     M <= D: rows e_i^T J by batched VJPs. D < M: columns J e_j by batched JVPs, each the derivative
     in u of the VJP J^T u (linear in u, so any u works; zeros keeps it cheap).
     """
-    M, D = flat.numel(), wv.numel()
-    parts = []
-    if M <= D:
-        eye = torch.eye(M, dtype=flat.dtype, device=flat.device)
-        for i in range(0, M, chunk):
-            (r,) = torch.autograd.grad(flat, wv, grad_outputs=eye[i:i + chunk], retain_graph=True,
-                                       is_grads_batched=True)
-            parts.append(r.reshape(-1, D).double())
-        return torch.cat(parts)
+    if flat.numel() <= wv.numel():
+        return _batched_grads(flat, wv, chunk)
     u = torch.zeros_like(flat, requires_grad=True)
     (vjp,) = torch.autograd.grad(flat, wv, grad_outputs=u, create_graph=True)
-    eye = torch.eye(D, dtype=wv.dtype, device=wv.device)
-    for j in range(0, D, chunk):
-        (c,) = torch.autograd.grad(vjp, u, grad_outputs=eye[j:j + chunk].reshape(-1, *wv.shape), retain_graph=True,
-                                   is_grads_batched=True)
-        parts.append(c.reshape(-1, M).double())
-    return torch.cat(parts).T
+    return _batched_grads(vjp, u, chunk).T
 
 
 def _fold(H: Tensor, floor: float, info: dict | None = None) -> Tensor:
@@ -156,15 +154,9 @@ def exact_hessian(model, y: Tensor, w, chunk: int = 32, info: dict | None = None
     wv = w.detach().clone().requires_grad_(True)
     U = -model.log_joint({**{k: v.detach() for k, v in lat.items()}, model.image_site: wv}, y).sum()
     (g,) = torch.autograd.grad(U, wv, create_graph=True)
-    cols = []
-    eye = torch.eye(D, dtype=wv.dtype, device=wv.device)
-    for i in range(0, D, chunk):
-        E = eye[i:i + chunk].reshape(-1, *wv.shape)
-        (h,) = torch.autograd.grad(g, wv, grad_outputs=E, retain_graph=True, is_grads_batched=True)
-        cols.append(h.reshape(E.shape[0], D).double())
+    H = _batched_grads(g, wv, chunk)
     if info is not None:
         info["backward_passes"] = D
-    H = torch.cat(cols)
     return 0.5 * (H + H.T)
 
 
