@@ -132,9 +132,11 @@ class EncoderFeatures(nn.Module):
 
     default_sigma = 0.002
 
-    def __init__(self, encoder: FacesEncoder) -> None:
+    def __init__(self, encoder: FacesEncoder, default_sigma: float | None = None) -> None:
         super().__init__()
         self.encoder = encoder
+        if default_sigma is not None:  # another network's own scale (builtin:fashion32)
+            self.default_sigma = float(default_sigma)
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
