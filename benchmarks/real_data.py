@@ -12,7 +12,7 @@ run's ``observed.png`` to 8-bit precision), then:
 
 | row | observation | baseline (library) |
 |---|---|---|
-| sr4 | x4 box down-sampling (8x8) + noise | bicubic (PIL) |
+| sr4 | x4 box down-sampling (8x8) + noise | bicubic (the CLI's own baseline, torch) |
 | inpaint_half / inpaint_free | lower half / free-form strokes missing | biharmonic fill (scikit-image) |
 | denoise | + N(0, 0.2^2) | TV (scikit-image Chambolle, weight chosen on validation) |
 | deblur | Gaussian blur 2 px + noise | Wiener (scikit-image, balance chosen on validation) |
@@ -132,11 +132,8 @@ def baseline(row: str, obs, b: int, s: dict) -> np.ndarray:
     from skimage import restoration
 
     y = obs.y[b].detach().cpu().double().numpy()
-    if row == "sr4":
-        from PIL import Image
-
-        lo = ((y[0] + 1) / 2).clip(0, 1).astype(np.float32)
-        return np.asarray(Image.fromarray(lo, mode="F").resize((32, 32), Image.BICUBIC)).clip(0, 1)
+    if row == "sr4":  # the CLI's own bicubic (brgm_pyro.pipeline.baselines, torch's bicubic, antialiased grid)
+        return np.asarray(obs.task.baseline(obs.y[b].cpu(), (1, 32, 32))[1])[..., 0].clip(0, 1)
     if row.startswith("inpaint"):
         img = ((y[0] + 1) / 2).clip(0, 1)
         return restoration.inpaint_biharmonic(img, ~obs.masks[b]).clip(0, 1)
@@ -225,6 +222,18 @@ def mean_of(rows: list[dict]) -> dict:
     return out
 
 
+def check_same_observation(o, b: int, folder: Path) -> None:
+    """The re-made observation equals the one the dataset run saved (observed.png, 8-bit)."""
+    from PIL import Image
+
+    if not o.image_observation or not (folder / "observed.png").is_file():
+        return
+    saved = np.asarray(Image.open(folder / "observed.png").convert("L"), np.float64) / 255
+    mine = ((o.y[b, 0].detach().cpu().double().numpy() + 1) / 2).clip(0, 1)
+    if saved.shape == mine.shape and np.abs(saved - mine).max() > 1.5 / 255:
+        raise SystemExit(f"{folder}: the baseline's observation differs from the run's; the simulation drifted")
+
+
 def run_row(row: str, paths: dict, a, G, judge, methods: list[str]) -> dict:
     inp, files, masks = inputs_for(row, paths)
     obs = observations(files, masks, row, a, G)
@@ -234,6 +243,7 @@ def run_row(row: str, paths: dict, a, G, judge, methods: list[str]) -> dict:
     for o in obs:
         for b, name in enumerate(o.names):
             truth = o.truth[b]
+            check_same_observation(o, b, a.out / row / methods[0] / name)
             per["baseline"].append(_scores(baseline(row, o, b, BASELINE_SETTINGS), truth, judge))
             for m in methods:
                 per[m].append(brgm_scores(a.out / row / m, name, truth, judge))
