@@ -185,6 +185,7 @@ def _scores(img: np.ndarray, truth: np.ndarray, judge) -> dict:
     out = {k: v for k, v in metrics.image_metrics(img[..., None], truth).items() if k in ("psnr", "ssim")}
     t = lambda x: torch.from_numpy(np.asarray(x, np.float32).reshape(1, 1, 32, 32) * 2 - 1)  # noqa: E731
     out["lpips_judge"] = float(judge.distance(t(img), t(truth[..., 0])))
+    out["mse"] = 10 ** (-out["psnr"] / 10)  # per-pixel MSE of [0, 1] images (Bora et al.'s error)
     return out
 
 
@@ -197,6 +198,7 @@ def brgm_scores(out: Path, name: str, truth: np.ndarray, judge) -> dict:
     s = _scores(img, truth, judge)
     s["psnr"] = res["scores"]["reconstruction"]["psnr"]  # from the float image, as metrics.json has it
     s["ssim"] = res["scores"]["reconstruction"]["ssim"]
+    s["mse"] = 10 ** (-s["psnr"] / 10)
     cov = res["scores"].get("coverage")
     if cov:
         s["coverage90"] = {reg: v["0.9"]["coverage"] for reg, v in cov.items() if isinstance(v, dict) and "0.9" in v}
@@ -284,6 +286,30 @@ def to_markdown(res: dict, draws: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cs_plot(res: dict, path: Path) -> None:
+    """Per-pixel MSE ([0, 1] images) against the number of measurements, as Bora et al. 2017 Fig. 1a."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted((int(r[3:]), v) for r, v in res["rows"].items() if r.startswith("cs_"))
+    if not rows:
+        return
+    ms = [m for m, _ in rows]
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    for key, label in (("baseline", "Lasso (DCT)"), ("map", "BRGM MAP"), ("vi", "BRGM VI mean")):
+        if key in rows[0][1]:
+            ax.plot(ms, [v[key]["mse"] for _, v in rows], "o-", label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("Gaussian measurements m (of 1,024 pixels)")
+    ax.set_ylabel("per-pixel MSE, mean over images")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--generator", default="builtin:fashion32")
@@ -320,6 +346,7 @@ def main(argv=None) -> dict:
     res["wall_s"] = round(time.time() - t0, 1)
     (a.out / "results.json").write_text(json.dumps(res, indent=2))
     (a.out / "results.md").write_text(to_markdown(res, a.draws))
+    cs_plot(res, a.out / "cs_error_vs_m.png")
     print(to_markdown(res, a.draws))
     return res
 
