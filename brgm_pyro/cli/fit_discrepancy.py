@@ -2,7 +2,8 @@
 
 Inverts clean validation images and writes ``<weights>.discrepancy.json`` beside the weights
 (docs/discrepancy.md). For ``builtin:faces64`` the default images are validation faces 64-79 of
-the test split (never the reported faces 0-63).
+the test split (never the reported faces 0-63); for ``builtin:fashion32`` validation images
+55,000.. of the Fashion-MNIST training file (shipped), never test images.
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ import typer
 from brgm_pyro.cli.app import app, user_errors
 
 
+def _is_fashion32(G) -> bool:
+    from brgm_pyro.models.generators.builtin_fashion32 import FASHION32_WEIGHTS
+
+    return str(getattr(G, "source_path", "")) == str(FASHION32_WEIGHTS)
+
+
 def _clean_images(images: Optional[Path], G, limit: int):
     """(B, C, H, W) in [-1, 1]: PNG/JPEG files of a folder at G's resolution, or faces 64.. of the test split."""
     import numpy as np
@@ -22,6 +29,12 @@ def _clean_images(images: Optional[Path], G, limit: int):
     from brgm_pyro.errors import BRGMError
     from brgm_pyro.io import match_channels, read_image, to_model
 
+    if images is None and _is_fashion32(G):
+        from brgm_pyro.data.fashion_mnist import shipped_subset, to_tensor
+
+        x, _, idx = shipped_subset("val")
+        return to_tensor(x[:limit]), (f"Fashion-MNIST validation images {int(idx[0])}..{int(idx[0]) + min(limit, len(x)) - 1} "
+                                      "(training file; never test images)")
     if images is None:
         from brgm_pyro.data.faces import face_batch
 
