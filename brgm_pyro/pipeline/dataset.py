@@ -18,6 +18,8 @@
   and the append. ``OUTDIR/dataset.json`` holds the settings: a rerun with other settings is refused;
 * when a process has finished its batches it rewrites ``OUTDIR/summary.json`` (counts and mean
   scores over the manifest); the last one to finish writes the complete summary.
+* Ctrl-C inside a batch's inference stops the run (exit status 130): that batch writes nothing,
+  summary.json says ``complete: false, interrupted: true``, and a rerun computes the missing images.
 """
 
 from __future__ import annotations
@@ -258,6 +260,10 @@ def run_batch(run: DatasetRun, G, k: int, task: str, items: list[Item], todo: se
     extra = {"num_chains": run.chains} if run.chains is not None else {}
     result = core.reconstruct(model, obs, run.method, steps=run.steps, num_samples=run.num_samples, seed=run.seed,
                               progress=not run.quiet, lr=run.lr, **extra)
+    from brgm_pyro.pipeline.records import interrupted
+
+    if interrupted(result):  # Ctrl-C inside inference: nothing of this batch is finished; stop the run
+        raise KeyboardInterrupt
     rows = []
     from brgm_pyro.pipeline.outputs import reliance_for, write_posterior_nc
 
@@ -279,12 +285,16 @@ def run_batch(run: DatasetRun, G, k: int, task: str, items: list[Item], todo: se
     return rows
 
 
-def write_summary(out: Path, total: int) -> dict:
-    """summary.json from the manifest (atomic; the last process to finish writes the full one)."""
+def write_summary(out: Path, total: int, interrupted: bool = False) -> dict:
+    """summary.json from the manifest (atomic; the last process to finish writes the full one).
+    ``interrupted``: this process was stopped by Ctrl-C (recorded, and the run is not complete)."""
     import numpy as np
 
     rows = {r["name"]: r for r in read_manifest(out)}
-    summary: dict[str, Any] = {"images": total, "finished": len(rows), "complete": len(rows) >= total}
+    summary: dict[str, Any] = {"images": total, "finished": len(rows),
+                               "complete": len(rows) >= total and not interrupted}
+    if interrupted:
+        summary["interrupted"] = True
     for key in ("psnr", "ssim"):
         vals = [r[key] for r in rows.values() if r.get(key) is not None]
         if vals:
@@ -312,25 +322,39 @@ def run_dataset(run: DatasetRun) -> dict:
     logged = {r["name"] for r in read_manifest(run.out)}
     for name in sorted((done & my_names) - logged):  # a kill between the rename and the append
         append_manifest(run.out, {"name": name, "rank": rank, "repaired": True})
+    counts = {"written": 0, "skipped": 0}
+    try:
+        _run_batches(run, mine, done, rank, counts)
+    except KeyboardInterrupt:
+        # Ctrl-C: the interrupted batch wrote nothing (run_batch), finished images stay finished; a
+        # rerun of the same command recomputes the rest (as after SIGTERM/SIGKILL under torchrun)
+        summary = write_summary(run.out, len(items), interrupted=True)
+        return {"rank": rank, "world_size": world, "batches": len(mine), **counts, "summary": summary,
+                "interrupted": True}
+    summary = write_summary(run.out, len(items))
+    return {"rank": rank, "world_size": world, "batches": len(mine), **counts, "summary": summary,
+            "interrupted": False}
+
+
+def _run_batches(run: DatasetRun, mine: list, done: set[str], rank: int, counts: dict) -> None:
+    """This process's batches in order, skipping finished images; ``counts`` is updated as it goes."""
+    from brgm_pyro.pipeline import core
+
     G = None
-    wrote = skipped = 0
     for k, task, batch in mine:
         todo = {it.name for it in batch} - done
         if not todo:
-            skipped += len(batch)
+            counts["skipped"] += len(batch)
             continue
         if G is None:  # loaded once per process, only if there is work
             G = core.load_generator(run.generator, run.device, class_index=run.class_index)
-        wrote += len(run_batch(run, G, k, task, batch, todo, rank))
-        skipped += len(batch) - len(todo)
+        counts["written"] += len(run_batch(run, G, k, task, batch, todo, rank))
+        counts["skipped"] += len(batch) - len(todo)
         if not run.quiet:
-            print(f"rank {rank}: batch {k} done ({wrote} written)", file=sys.stderr)
+            print(f"rank {rank}: batch {k} done ({counts['written']} written)", file=sys.stderr)
         delay = float(os.environ.get("BRGM_TEST_BATCH_DELAY_S") or 0)
         if delay:  # tests only: time to kill the run between two batches
             time.sleep(delay)
-    summary = write_summary(run.out, len(items))
-    return {"rank": rank, "world_size": world, "batches": len(mine), "written": wrote, "skipped": skipped,
-            "summary": summary}
 
 
 def run_dataset_cli(*, source, task, task_options, generator, method, steps, num_samples, seed, device, out,
@@ -370,6 +394,10 @@ def run_dataset_cli(*, source, task, task_options, generator, method, steps, num
     s = res["summary"]
     print(f"rank {rank}/{world}: {res['written']} image(s) written, {res['skipped']} already finished; "
           f"{s['finished']}/{s['images']} in {run.out} ({time.perf_counter() - t0:.1f} s)")
+    if res["interrupted"]:
+        print(f"interrupted (Ctrl-C): the run is not complete; rerun the same command to compute the other "
+              f"{s['images'] - s['finished']} image(s)", file=sys.stderr)
+        return 130
     return 0
 
 
