@@ -451,6 +451,24 @@ def save_json(path: str | os.PathLike, obj: Any) -> Path:
 MARKER = "run.json"  # every brgm output directory has one; --overwrite only replaces such directories
 
 
+def check_writable_dir(path: str | os.PathLike, option: str = "--out") -> None:
+    """Refuse, in one line, a directory that cannot be created or written: its nearest existing
+    ancestor must be a directory in which a (removed at once) probe directory can be made. A real
+    probe, not ``os.access``: root passes ``os.access`` on /proc and on read-only file systems."""
+    p = Path(path).expanduser().absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise BRGMError(f"cannot create {str(Path(path))!r}: {str(p)!r} is a file, not a directory; "
+                        f"choose another {option}")
+    try:
+        probe = tempfile.mkdtemp(prefix=".brgm-probe-", dir=p)
+    except OSError as e:
+        raise BRGMError(f"cannot write to {str(p)!r} ({e.strerror or type(e).__name__}); choose an {option} "
+                        f"in a writable directory") from None
+    os.rmdir(probe)
+
+
 class OutputDir:
     """Build a result directory atomically.
 
@@ -485,11 +503,7 @@ class OutputDir:
                     f"output directory {str(t)!r} is not empty and holds no {MARKER}, so it is not an earlier "
                     f"brgm result; --overwrite only replaces those, choose a new --out"
                 )
-        p = t.parent
-        while not p.exists():
-            p = p.parent
-        if not os.access(p, os.W_OK):
-            raise BRGMError(f"cannot write to {str(p)!r}; choose an --out in a writable directory")
+        check_writable_dir(t.parent)
 
     def __enter__(self) -> "OutputDir":
         self.check()

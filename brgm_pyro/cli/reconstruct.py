@@ -307,12 +307,14 @@ def _load_model(generator, device, class_index, method, choice, inputs, t, opts,
 
     choose_class(G, class_index, required=True)  # conditional generators: --class K
     _core._LOADED[G] = {"spec": str(generator)}
-    if choice.discrepancy is None:
-        choice.discrepancy = _core.default_discrepancy(method, G, choice.noise)
     timings["load_generator_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     obs = _core.observe(inputs, G, t, simulate=simulate, seed=seed, **opts)
     timings["load_inputs_s"] = time.perf_counter() - t0
+    if choice.discrepancy is None:
+        choice.discrepancy, note = _core.resolve_default_discrepancy(method, G, choice.noise, obs.corruption)
+        if note:
+            print(note, file=sys.stderr)
     t0 = time.perf_counter()
     # no perceptual term where the observation is not an image (compressed sensing)
     phi = default_phi(G, generator) if percept and obs.image_observation else None

@@ -137,12 +137,38 @@ def default_discrepancy(method: str, G, noise: str) -> str:
     fit-discrepancy``; bundled for builtin:faces64) and the noise is Gaussian, because without it the
     intervals of real images are too narrow (docs/calibration.md) and MAP discards what the data say
     about pixels G cannot draw (docs/vs_reference.md); else ``off``."""
+    return resolve_default_discrepancy(method, G, noise)[0]
+
+
+def resolve_default_discrepancy(method: str, G, noise: str, corruption=None) -> tuple[str, Optional[str]]:
+    """(``auto`` or ``off``, a console note or None): :func:`default_discrepancy`, and ``off`` with a
+    note when ``corruption`` infers parameters as a function of which it cannot state diag(A A^T)
+    (e.g. a composition with a blind part): the default must never make a run fail."""
     from brgm_pyro.models.discrepancy import discrepancy_path
 
     p = discrepancy_path(G)
-    if method in DISCREPANCY_DEFAULT_METHODS and noise == "gaussian" and p is not None and p.exists():
-        return "auto"
-    return "off"
+    if not (method in DISCREPANCY_DEFAULT_METHODS and noise == "gaussian" and p is not None and p.exists()):
+        return "off", None
+    if corruption is not None and not states_gram(corruption, tuple(G.image_shape)):
+        return "off", (f"note: no discrepancy term (--discrepancy off): the corruption {corruption.name!r} infers "
+                       "parameters as a function of which it does not state diag(A A^T)")
+    return "auto", None
+
+
+def states_gram(corruption, image_shape: tuple) -> bool:
+    """Whether ``corruption`` states diag(A A^T) at its latents' starting values (what a discrepancy
+    term needs); corruptions without latents always can (the exact generic computation)."""
+    import torch
+
+    lats = corruption.latents()
+    if not lats:
+        return True
+    params = {lat.name: torch.as_tensor(float(lat.init)) for lat in lats}
+    try:
+        corruption.gram_diagonal(tuple(image_shape), params)
+    except BRGMError:
+        return False
+    return True
 
 
 def build_model(generator, corruption, *, phi: Any = "default", stats: Any = "cached", **kwargs):
@@ -305,6 +331,6 @@ def reconstruct(model, y: Union[Observation, Any], method: str = "map", *, steps
     return fn(model, yt.to(device), steps=steps, num_samples=num_samples, seed=seed, progress=progress, **opts)
 
 
-__all__ = ["DEFAULT_GENERATOR", "default_discrepancy", "Observation", "load_generator", "load_generator_checked", "default_phi",
+__all__ = ["DEFAULT_GENERATOR", "default_discrepancy", "resolve_default_discrepancy", "states_gram", "Observation", "load_generator", "load_generator_checked", "default_phi",
            "latent_stats", "build_model", "observe", "reconstruct", "methods_registry", "method_options",
            "resolve_device"]

@@ -168,6 +168,7 @@ def prepare_outdir(out: Path, settings: dict) -> None:
         return
     if out.exists() and (not out.is_dir() or any(p for p in out.iterdir() if not p.name.startswith("."))):
         raise BRGMError(f"output {str(out)!r} exists and is not a dataset run (no {SETTINGS}); choose a new --out")
+    io.check_writable_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     io.save_json(s, {"settings": settings, "note": "brgm reconstruct dataset run; rerun the same command to resume"})
 
@@ -253,7 +254,9 @@ def run_batch(run: DatasetRun, G, k: int, task: str, items: list[Item], todo: se
                        names=[it.name for it in items], **opts)
     kwargs = dict(run.model_kwargs)
     if kwargs.get("discrepancy") == "default":  # as single runs: auto for posterior draws when G has a scale
-        d = core.default_discrepancy(run.method, G, kwargs.get("noise", "gaussian"))
+        d, note = core.resolve_default_discrepancy(run.method, G, kwargs.get("noise", "gaussian"), obs.corruption)
+        if note and not run.quiet:
+            print(f"batch {k}: {note}", file=sys.stderr)
         kwargs["discrepancy"] = "auto" if d == "auto" else None
     model = core.build_model(G, obs.corruption, phi=core.default_phi(G) if run.percept and obs.image_observation else None,
                              **kwargs)
@@ -376,6 +379,7 @@ def run_dataset_cli(*, source, task, task_options, generator, method, steps, num
     device = init_distributed(core.resolve_device(device))
     check_method_options(method=method, steps=steps, num_samples=num_samples, chains=chains, workers=1,
                          device=device, lr=lr)
+    io.check_writable_dir(out)  # before any work: an unusable --out is one line, not a lost run
     rank, world, _ = dist_info()
     run = DatasetRun(source=str(source), out=Path(out).expanduser().absolute(), task=task, task_options=opts,
                      generator=generator, method=method, steps=steps, num_samples=num_samples, seed=seed,
