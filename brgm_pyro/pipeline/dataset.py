@@ -196,11 +196,15 @@ class DatasetRun:
     class_index: Optional[int] = None
     vgg16: Optional[str] = None
     quiet: bool = True
+    guide: Optional[str] = None
+    spec: Any = None  # the RunSpec every batch builds its model with (recorded through the fields above)
 
     def settings(self) -> dict:
         d = asdict(self)
-        for k in ("out", "device", "quiet"):  # a resume may run elsewhere, on other devices
+        for k in ("out", "device", "quiet", "spec"):  # a resume may run elsewhere, on other devices
             d.pop(k)
+        if d["guide"] is None:  # absent, as in runs written before --guide existed (they still resume)
+            d.pop("guide")
         d["task_options"] = {k: ([str(x) for x in v] if isinstance(v, list) else v)
                              for k, v in self.task_options.items()}
         return json.loads(json.dumps(d, default=str))
@@ -252,15 +256,10 @@ def run_batch(run: DatasetRun, G, k: int, task: str, items: list[Item], todo: se
         opts["mask"] = masks
     obs = core.observe([it.image for it in items], G, task, simulate=run.simulate, seed=run.seed,
                        names=[it.name for it in items], **opts)
-    kwargs = dict(run.model_kwargs)
-    if kwargs.get("discrepancy") == "default":  # as single runs: auto for posterior draws when G has a scale
-        d, note = core.resolve_default_discrepancy(run.method, G, kwargs.get("noise", "gaussian"), obs.corruption)
-        if note and not run.quiet:
-            print(f"batch {k}: {note}", file=sys.stderr)
-        kwargs["discrepancy"] = "auto" if d == "auto" else None
-    model = core.build_model(G, obs.corruption, phi=core.default_phi(G) if run.percept and obs.image_observation else None,
-                             **kwargs)
-    extra = {"num_chains": run.chains} if run.chains is not None else {}
+    # the model of a single run of these images (RunSpec.build: the same defaults on every path)
+    model = run.spec.build(G, obs, note=None if run.quiet else lambda text: print(f"batch {k}: {text}",
+                                                                                    file=sys.stderr))
+    extra = run.spec.method.runner_options()
     result = core.reconstruct(model, obs, run.method, steps=run.steps, num_samples=run.num_samples, seed=run.seed,
                               progress=not run.quiet, lr=run.lr, **extra)
     from brgm_pyro.pipeline.records import interrupted
@@ -360,33 +359,30 @@ def _run_batches(run: DatasetRun, mine: list, done: set[str], rank: int, counts:
             time.sleep(delay)
 
 
-def run_dataset_cli(*, source, task, task_options, generator, method, steps, num_samples, seed, device, out,
-                    simulate, percept, lr, quiet, chains, threads, class_index, choice, batch_size, vgg16) -> int:
-    """``brgm reconstruct DIR|manifest.csv --out OUTDIR``: checks, then :func:`run_dataset`."""
-    from brgm_pyro.cli.reconstruct import check_method_options, set_threads, split_task_options
+def run_dataset_cli(*, source, spec, generator, seed, device, out, quiet, threads, class_index, batch_size,
+                    vgg16) -> int:
+    """``brgm reconstruct DIR|manifest.csv --out OUTDIR``: checks, then :func:`run_dataset`.
+    ``spec``: the run's :class:`~brgm_pyro.pipeline.run.RunSpec` (task options already split)."""
     from brgm_pyro.pipeline import core
+    from brgm_pyro.pipeline.run import set_threads
 
-    task = task or "superres"
-    t = core.get_task(task)
-    opts = t.resolve(split_task_options(task, task_options))
-    t.check(opts, simulate)
-    if opts.get("mask"):
+    if spec.task_options.get("mask"):
         raise BRGMError("a dataset run takes masks from the manifest's 'mask' column, not --mask")
-    opts.pop("mask", None)
-    choice.check()
-    core.methods_registry().get(method)
+    spec.task_options.pop("mask", None)
     set_threads(threads)
     device = init_distributed(core.resolve_device(device))
-    check_method_options(method=method, steps=steps, num_samples=num_samples, chains=chains, workers=1,
-                         device=device, lr=lr)
+    spec.check(device)
     io.check_writable_dir(out)  # before any work: an unusable --out is one line, not a lost run
     rank, world, _ = dist_info()
-    run = DatasetRun(source=str(source), out=Path(out).expanduser().absolute(), task=task, task_options=opts,
-                     generator=generator, method=method, steps=steps, num_samples=num_samples, seed=seed,
-                     device=device, simulate=simulate, percept=percept, lr=lr, batch_size=batch_size,
-                     model_kwargs={**choice.model_kwargs(), **({"discrepancy": "default"} if choice.discrepancy is None
-                                                                else {})}, chains=chains, class_index=class_index,
-                     vgg16=str(vgg16) if vgg16 else None, quiet=quiet or rank > 0)
+    m = spec.method
+    model_kwargs = {**spec.model.model_kwargs(), **({"discrepancy": "default"} if spec.model.discrepancy is None
+                                                     else {})}
+    run = DatasetRun(source=str(source), out=Path(out).expanduser().absolute(), task=spec.task,
+                     task_options=spec.task_options, generator=generator, method=m.method, steps=m.steps,
+                     num_samples=m.num_samples, seed=seed, device=device, simulate=spec.simulate,
+                     percept=spec.percept, lr=m.lr, batch_size=batch_size, model_kwargs=model_kwargs, chains=m.chains,
+                     class_index=class_index, vgg16=str(vgg16) if vgg16 else None, quiet=quiet or rank > 0,
+                     guide=m.guide, spec=spec)
     t0 = time.perf_counter()
     try:
         res = run_dataset(run)

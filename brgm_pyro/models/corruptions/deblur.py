@@ -117,7 +117,8 @@ class Blur(Corruption):
     Args:
         kernel: ``"gauss"``, ``"motion"`` or an array (1-D separable or 2-D, sum 1).
         sigma: Gaussian std in input pixels (a number or a ScalarLatent); default 2.
-        length, angle: motion blur length (pixels) and direction (degrees).
+        length: motion blur length in pixels (--kernel motion).
+        angle: motion blur direction in degrees, counter-clockwise from the +x axis (--kernel motion).
         padding: boundary handling, one of :data:`PADDINGS`.
         noise_sigma: std of the Gaussian noise :meth:`simulate` adds ([-1, 1] units), or None.
 
@@ -317,7 +318,14 @@ def _user_kernel(kernel) -> Tensor:
 def blind_deblur(guess: float = DEFAULT_BLUR_SIGMA, spread: float = 0.5, per_image: bool = False,
                  padding: str = "reflect") -> Blur:
     """Gaussian deblurring with an unknown width, inferred as the latent ``kernel_width``
-    (LogNormal(log guess, spread) prior, input pixels; as :func:`blind_superres`)."""
+    (LogNormal(log guess, spread) prior, input pixels; as :func:`blind_superres`).
+
+    Args:
+        guess: prior median of the blur width (Gaussian std, input pixels).
+        spread: std of the log of the width under its prior (0.5: 95 % between guess/2.7 and guess*2.7).
+        per_image: infer one blur width per image instead of one shared by the batch.
+        padding: blur boundary handling: reflect | replicate | circular | zero.
+    """
     from brgm_pyro.models.corruptions.superres import blur_width_latent
 
     return Blur("gauss", sigma=blur_width_latent(1, guess, spread, per_image), padding=padding)
