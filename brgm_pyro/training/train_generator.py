@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from brgm_pyro.data.faces import (FACE_LATENT_DIM, TEST_SEED, TRAIN_SEED, draw_face, face_batch,
                                   face_grid, face_latent, to_tensor)
 from brgm_pyro.errors import BRGMError
+from brgm_pyro.training.evaluate import broadcast, code_recovery, generate_from_codes  # noqa: F401
 from brgm_pyro.training.common import (Logger, atomic_torch_save, hardware_string, load_checkpoint,
                                        setup_device, write_json)
 
@@ -121,16 +122,6 @@ def discriminator_step(D, opt_d, real: torch.Tensor, fake: torch.Tensor, step: i
     loss.backward()
     opt_d.step()
     return float(loss.detach())
-
-
-def broadcast(w: torch.Tensor, num_ws: int) -> torch.Tensor:
-    """(B, d) -> (B, num_ws, d)."""
-    return w.unsqueeze(1).expand(-1, num_ws, -1)
-
-
-def generate_from_codes(G, u: torch.Tensor) -> torch.Tensor:
-    """Images (B, 3, 64, 64) of face codes u (B, 40) through mapping and synthesis."""
-    return G.synthesis(broadcast(G.mapping(u), G.num_ws))
 
 
 def train_batch(step: int, batch_size: int):
@@ -254,8 +245,6 @@ def _finish(G, out: Path, summary: dict, stats_samples: int, log) -> None:
     """The final files of a completed run: weights (with ``summary`` as metadata), latent stats, samples."""
     G.eval()
     G.cpu()
-    from brgm_pyro.training.evaluate import code_recovery
-
     summary["code_recovery_r2"] = code_recovery(G, 256)
     log("code recovery R^2 (generator / drawings) on 256 test faces: " + ", ".join(
         f"{k} {v['generator']:.2f}/{v['drawings']:.2f}" for k, v in summary["code_recovery_r2"].items()))
