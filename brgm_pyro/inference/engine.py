@@ -32,6 +32,7 @@ from pyro.infer.autoguide import AutoContinuous, AutoNormal
 from torch import Tensor
 
 from brgm_pyro.errors import BRGMError
+from brgm_pyro.inference import pyro_internals
 from brgm_pyro.models.brgm import BRGMModel
 from brgm_pyro.models.density import log_density_terms, trace_terms
 
@@ -52,14 +53,15 @@ def _particles(fn: Callable, num: int) -> Callable:
 
 def _autonormal_scales(guide: AutoNormal) -> Tensor:
     """All of an AutoNormal's sigma_v = softplus(rho_v), flattened."""
-    return torch.cat([guide._get_loc_and_scale(n)[1].reshape(-1) for n in guide.locs._pyro_params])
+    return torch.cat([pyro_internals.autonormal_scale(guide, n).reshape(-1)
+                      for n in pyro_internals.autonormal_sites(guide)])
 
 
 def _continuous_slices(guide: AutoContinuous) -> dict[str, slice]:
     """Where each site sits in an AutoContinuous guide's packed latent (Pyro's _unpack_latent order)."""
     out, pos = {}, 0
     for name, _ in guide.prototype_trace.iter_stochastic_nodes():
-        n = math.prod(guide._unconstrained_shapes[name])
+        n = math.prod(pyro_internals.autocontinuous_shapes(guide)[name])
         out[name] = slice(pos, pos + n)
         pos += n
     return out
@@ -70,7 +72,7 @@ def guide_marginal_std(guide, site: Optional[str] = None) -> Optional[Tensor]:
     flattened, for one ``site`` or (None) all of them; None for a guide without them."""
     if isinstance(guide, AutoNormal):
         if site is not None:
-            return guide._get_loc_and_scale(site)[1].reshape(-1)
+            return pyro_internals.autonormal_scale(guide, site).reshape(-1)
         return _autonormal_scales(guide)
     if isinstance(guide, AutoContinuous):
         post = guide.get_posterior()
