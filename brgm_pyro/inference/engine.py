@@ -268,6 +268,25 @@ def lr_factor(i: int, steps: int, lr_decay: float, lr_rampdown: float = 0.0) -> 
     return lr_decay + (1.0 - lr_decay) * 0.5 * (1.0 + math.cos(math.pi * min(u, 1.0)))
 
 
+def _adam_step(step: int, opt, sched, params: list[Tensor], good: list[Tensor],
+               loss_fn: Callable[[], tuple[Tensor, Tensor]]) -> tuple[Optional[str], list[float]]:
+    """One Adam step of :func:`optimise`: (why it stopped, or None; [loss, *terms]). ``good`` receives
+    the parameters before the step, so that a non-finite loss or gradient keeps the last finite ones."""
+    opt.zero_grad(set_to_none=True)
+    loss, vec = loss_fn()
+    if not torch.isfinite(loss):
+        return f"non-finite loss at step {step}: kept the parameters of step {step - 1}", []
+    loss.backward()
+    if not all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
+        return f"non-finite gradient at step {step}: kept the parameters of step {step - 1}", []
+    for g, p in zip(good, params):
+        g.copy_(p.detach())
+    opt.step()
+    if sched is not None:
+        sched.step()
+    return None, [float(loss.detach()), *vec.detach().tolist()]
+
+
 def optimise(
     params_fn: Callable[[], list[Tensor]],
     loss_fn: Callable[[], tuple[Tensor, Tensor]],
@@ -318,21 +337,9 @@ def optimise(
     try:
         for step in bar:
             t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            loss, vec = loss_fn()
-            if not torch.isfinite(loss):
-                stopped = f"non-finite loss at step {step}: kept the parameters of step {step - 1}"
+            stopped, vals = _adam_step(step, opt, sched, params, good, loss_fn)
+            if stopped is not None:
                 break
-            loss.backward()
-            if not all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
-                stopped = f"non-finite gradient at step {step}: kept the parameters of step {step - 1}"
-                break
-            for g, p in zip(good, params):
-                g.copy_(p.detach())
-            opt.step()
-            if sched is not None:
-                sched.step()
-            vals = [float(loss.detach()), *vec.detach().tolist()]
             for n, v in zip(history, vals):
                 history[n].append(v)
             step_times.append(time.perf_counter() - t0)

@@ -259,6 +259,22 @@ def _finish(G, out: Path, summary: dict, stats_samples: int, log) -> None:
     samples_png(G, out / "samples.png")
 
 
+def _networks(seed: int, arch_overrides: Optional[dict], dev, lr: float, adv: bool) -> tuple:
+    """(G, its Adam, D or None, its Adam or None), seeded: G from ``seed``, D from ``seed + 1``; the
+    adversarial run uses beta1 = 0 (StyleGAN2's), the L1-only run Adam's usual 0.9."""
+    torch.manual_seed(seed)
+    G = make_faces64_generator(seed=seed, **(arch_overrides or {})).to(dev)
+    G.train()
+    betas = (0.0, 0.99) if adv else (0.9, 0.99)
+    opt = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)
+    D = opt_d = None
+    if adv:
+        torch.manual_seed(seed + 1)
+        D = FaceDiscriminator(resolution=G.img_resolution).to(dev)
+        opt_d = torch.optim.Adam(D.parameters(), lr=2 * lr, betas=betas)
+    return G, opt, D, opt_d
+
+
 def train_generator(out_dir: str | Path, steps: int = 4000, seed: int = 0, batch_size: int = 32,
                     lr: float = 2e-3, device: str = "cpu", threads: Optional[int] = None,
                     resume: bool = False, log_every: int = 25, ckpt_every: int = 100,
@@ -285,17 +301,8 @@ def train_generator(out_dir: str | Path, steps: int = 4000, seed: int = 0, batch
     out.mkdir(parents=True, exist_ok=True)
     dev = setup_device(device, threads)
     log = Logger(out, quiet)
-    torch.manual_seed(seed)
-    G = make_faces64_generator(seed=seed, **(arch_overrides or {})).to(dev)
-    G.train()
     adv = adv_weight > 0
-    betas = (0.0, 0.99) if adv else (0.9, 0.99)
-    opt = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)
-    D = opt_d = None
-    if adv:
-        torch.manual_seed(seed + 1)
-        D = FaceDiscriminator(resolution=G.img_resolution).to(dev)
-        opt_d = torch.optim.Adam(D.parameters(), lr=2 * lr, betas=betas)
+    G, opt, D, opt_d = _networks(seed, arch_overrides, dev, lr, adv)
     ck = out / "checkpoint.pt"
     data_start, init_info = _initialise(G, init, batch_size, log)
     step, elapsed, hist, evals = _resume(ck, resume, G, opt, D, opt_d, batch_size, data_start, log)
