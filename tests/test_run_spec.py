@@ -216,3 +216,18 @@ def test_run_spec_refuses_before_anything_is_loaded():
     with pytest.raises(BRGMError, match="--lr"):
         RunSpec(method=MethodChoice("nuts", lr=0.1)).check()
     RunSpec(task="denoise", method=MethodChoice("vi", guide="lowrank")).check()
+
+
+def test_the_writing_phase_is_announced_before_sampling(tmp_path, capsys):
+    """Issue 26 (5): NUTS's estimate left out the writing phase (39 of 59 s); the command now says,
+    before sampling, what writing will cost: the reliance map's prior renders and the draws' renders."""
+    from brgm_pyro.cli.reconstruct import _announce_writing
+    from brgm_pyro.pipeline.run import MethodChoice
+
+    G = brgm.load_generator("builtin:conv16")
+    img = _face(tmp_path / "f.png", res=16)
+    obs = brgm.observe([img], G, "superres", simulate=True, factor=4)
+    model = brgm.build_model(G, obs)
+    _announce_writing(model, obs, MethodChoice("nuts", num_samples=5, chains=2), 64)
+    err = capsys.readouterr().err
+    assert "then writing the outputs" in err and "64 prior renders" in err and "10 renders of the draws" in err
