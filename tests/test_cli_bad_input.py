@@ -3,6 +3,7 @@ and no output directory; odd but valid image modes are converted, not refused.""
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -274,6 +275,33 @@ def test_out_is_a_file_or_nonempty(tmp_path):
                               "--overwrite"])
     assert res.exit_code == 2 and "holds no run.json" in res.stderr
     assert os.listdir(d) == ["mine.txt"]
+
+
+@pytest.mark.parametrize("dataset", [False, True])
+@pytest.mark.parametrize("where", ["under_a_file", "proc"])
+def test_unwritable_out_is_refused_before_inference(tmp_path, monkeypatch, where, dataset):
+    """Issue 26 (4): ``--out afile/sub`` and ``--out /proc/x`` were found only after inference (a
+    traceback, the results lost); now one line, exit 2, and inference never starts."""
+    from brgm_pyro.pipeline import core
+
+    src = tmp_path / "imgs"
+    src.mkdir()
+    Image.fromarray(_rgb(16, 16)).save(src / "x.png")
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "sub" if where == "under_a_file" else Path("/proc/brgm-test-out")
+    if where == "proc" and not Path("/proc").is_dir():
+        pytest.skip("no /proc here")
+
+    def no_inference(*a, **k):
+        raise AssertionError("inference started before --out was checked")
+
+    monkeypatch.setattr(core, "reconstruct", no_inference)
+    res = runner.invoke(app, ["reconstruct", str(src if dataset else src / "x.png"), "--simulate", "--generator",
+                              GEN, "--steps", "1", "-q", "--out", str(out)])
+    assert res.exit_code == 2, (res.exit_code, res.output, res.stderr, res.exception)
+    err = res.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err and "--out" in err, err
+    assert (tmp_path / "afile").read_text() == "x"
 
 
 def test_batch_inputs_of_different_sizes(tmp_path):

@@ -221,3 +221,30 @@ def test_dataset_run_writes_reliance_per_image(tmp_path):
         assert np.asarray(Image.open(out / f"f{i}" / "reliance.png")).shape == (16, 16, 3)
     ds = xr.open_dataset(out / "posteriors" / "batch_00000.nc", group="reliance", engine="h5netcdf")
     assert ds["prior_reliance"].shape == (2, 3, 16, 16)
+
+
+def _faces64(tmp_path, *args, name="out"):
+    out = tmp_path / name
+    res = runner.invoke(app, ["reconstruct", _png(tmp_path / "c64.png", _rgb(64, 64)).as_posix(), "--simulate",
+                              "--steps", "1", "-q", "--threads", "1", "--out", str(out), *map(str, args)])
+    return res, out
+
+
+def test_blind_deblur_runs_with_the_default_discrepancy(tmp_path):
+    """Issue 26 (2): builtin:faces64 has a stored discrepancy scale, so the default is ``auto``;
+    ``--task deblur_blind`` used to stop with "does not state diag(A A^T)"."""
+    res, out = _faces64(tmp_path, "--task", "deblur_blind")
+    _ok(res)
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"]["discrepancy"]["tau"] > 0 and "kernel_width" in json.dumps(run["latents"])
+
+
+def test_compose_with_a_blind_part_resolves_the_default_discrepancy_to_off(tmp_path):
+    parts = "deblur_blind:guess=2+superres:factor=2"
+    res, out = _faces64(tmp_path, "--task", "compose", "--parts", parts)
+    _ok(res)
+    assert "no discrepancy term" in res.stderr
+    assert json.loads((out / "run.json").read_text())["model"]["discrepancy"] is None
+    # asked for explicitly: one line that says how to get around it
+    res, _ = _faces64(tmp_path, "--task", "compose", "--parts", parts, "--discrepancy", "0.05", name="out2")
+    assert res.exit_code == 2 and "--discrepancy off" in res.stderr and len(res.stderr.strip().splitlines()) == 1

@@ -170,7 +170,10 @@ def test_coloured_refusals_and_file_round_trip(tmp_path):
         Discrepancy(0.1, spectrum=StationarySmoother.gaussian(1.0), length=1.0)
     G = LinearGenerator(num_ws=2, w_dim=3, img_channels=1, img_resolution=8, seed=3)
     with pytest.raises(BRGMError, match="inferred parameters"):  # at build time, not at the first step
-        build_model(G, CORRUPTIONS.example("deblur_blind")((1, 8, 8)), prior="gaussian",
+        from brgm_pyro.models.corruptions.composition import compose  # deblur_blind alone states it (issue 26)
+        from brgm_pyro.models.corruptions.deblur import blind_deblur
+
+        build_model(G, compose(blind_deblur(), SuperResolution(2, "box")), prior="gaussian",
                     discrepancy=Discrepancy(0.1, length=1.0))
     G.source_path = str(tmp_path / "g.safetensors")
     spec = {"radius": [0.0, 0.25, 0.75], "power": [1.0, 2.0, 0.5]}
@@ -233,3 +236,23 @@ def test_learned_colour_runs_through_map_and_nuts():
                  kernel_options={"max_tree_depth": 4})
     d = r.draws["discrepancy_colour"]
     assert d.shape[0] == 30 and bool(((d > 0) & (d < 1)).all()) and float(d.std()) > 0
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_blind_deblur_states_its_gram_diagonals_as_functions_of_the_width(per_image):
+    """Issue 26 (2): deblur_blind with a discrepancy term failed ("does not state diag(A A^T)");
+    its white and coloured diagonals now equal the dense matrix's at any width value."""
+    from brgm_pyro.models.corruptions.deblur import blind_deblur
+
+    shape = (2, 8, 8)
+    f = blind_deblur(guess=1.3, per_image=per_image).double()
+    width = torch.tensor([0.8, 1.7], dtype=torch.float64) if per_image else torch.tensor(1.3, dtype=torch.float64)
+    sm = SMOOTHERS["band-pass"]()
+    g = f.gram_diagonal(shape, {"kernel_width": width}, dtype=torch.float64)
+    gs = f.smoothed_gram_diagonal(shape, sm, {"kernel_width": width}, dtype=torch.float64)
+    K = _dense_K(shape, sm)
+    for i, wv in enumerate(width.reshape(-1)):
+        A = _dense(f, shape, {"kernel_width": wv})
+        torch.testing.assert_close(g.reshape(-1, *shape)[i], A.pow(2).sum(1).reshape(shape), rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(gs.reshape(-1, *shape)[i], (A @ K).pow(2).sum(1).reshape(shape),
+                                   rtol=1e-6, atol=1e-9)

@@ -111,3 +111,37 @@ def test_two_torchrun_ranks_equal_one_process(single, tmp_path):
     assert {(x["batch"], x["rank"]) for x in rows} == {(0, 0), (1, 1), (2, 0)}  # batch k on rank k mod 2
     assert _files(out) == _files(ref)
     assert json.loads((out / "summary.json").read_text())["complete"]
+
+
+def test_ctrl_c_in_a_batch_stops_the_run_and_a_rerun_recomputes_it(tmp_path, monkeypatch):
+    """Ctrl-C inside inference (the engine returns ``stopped = "interrupted ..."``): the interrupted
+    batch is not recorded as finished, the run stops with status 130, summary.json says not
+    complete, and a rerun of the same command computes the missing images."""
+    from brgm_pyro.pipeline import core
+
+    src = _faces(tmp_path / "faces")
+    out = tmp_path / "out"
+    args = ["reconstruct", str(src), *ARGS, "--steps", "3", "--out", str(out)]
+    real, calls = core.reconstruct, []
+
+    def ctrl_c_in_second_batch(*a, **kw):
+        res = real(*a, **kw)
+        calls.append(1)
+        if len(calls) == 2:
+            res.stopped = "interrupted (Ctrl-C): kept the last completed step"
+        return res
+
+    monkeypatch.setattr(core, "reconstruct", ctrl_c_in_second_batch)
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 130, (res.output, res.stderr)
+    assert len(calls) == 2  # the run stopped: batch 2 was never started
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(r["name"] for r in rows) == ["face_0", "face_1"]
+    assert not (out / "face_2").exists() and not (out / "face_3").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert not summary["complete"] and summary["finished"] == 2 and summary["interrupted"]
+    monkeypatch.setattr(core, "reconstruct", real)
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, (again.output, again.stderr)
+    assert "3 image(s) written, 2 already finished" in again.output
+    assert json.loads((out / "summary.json").read_text())["complete"]

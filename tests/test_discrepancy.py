@@ -150,7 +150,10 @@ def test_discrepancy_refusals_and_stored_scale(tmp_path):
     with pytest.raises(BRGMError, match="positive"):
         Discrepancy(-1.0)
     with pytest.raises(BRGMError, match="inferred parameters"):  # at build time, not at the first step
-        build_model(G, CORRUPTIONS.example("deblur_blind")((1, 4, 4)), prior="gaussian", discrepancy=0.1)
+        from brgm_pyro.models.corruptions.composition import compose  # deblur_blind alone states it (issue 26)
+        from brgm_pyro.models.corruptions.deblur import blind_deblur
+
+        build_model(G, compose(blind_deblur(), SuperResolution(2, "box")), prior="gaussian", discrepancy=0.1)
     with pytest.raises(BRGMError, match="no discrepancy scale"):
         build_model(G, f, prior="gaussian", discrepancy="auto")
     G.source_path = str(tmp_path / "g.safetensors")

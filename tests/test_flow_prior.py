@@ -9,6 +9,7 @@ whose moments are computed by quadrature on a grid.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -238,3 +239,25 @@ def test_corrupted_or_mismatched_prior_files_are_one_line_errors(banana, tmp_pat
 def test_large_generators_without_a_prior_file_are_told_how_to_get_one():
     G = LinearGenerator(num_ws=2, w_dim=32, img_channels=1, img_resolution=4)
     _one_line_error(lambda: make_prior("flow", G, None, kappa=1.0), "brgm train-prior")
+
+
+def test_cli_train_prior_never_writes_into_the_installed_package(tmp_path, monkeypatch):
+    """Issue 26 (3): without --out, train-prior on builtin:faces64 replaced the flow prior inside the
+    package (and left a checkpoint there). Now the default is ./flow_prior_out/ and a path inside the
+    package is refused in one line."""
+    import brgm_pyro
+    import brgm_pyro.training.train_prior as tp
+
+    package = Path(brgm_pyro.__file__).resolve().parent
+    seen = []
+    monkeypatch.setattr(tp, "train_prior", lambda G, out, **kw: seen.append(Path(out)) or {})
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["train-prior", "--generator", "builtin:faces64", "--threads", "1"])
+    assert res.exit_code == 0, (res.output, res.stderr)
+    assert len(seen) == 1 and package not in seen[0].resolve().parents
+    assert seen[0].resolve().parent == (tmp_path / "flow_prior_out").resolve()
+    assert "--prior-option path=" in res.output  # how to use it
+    inside = package / "assets" / "faces64" / "mine.flow_prior.safetensors"
+    bad = CliRunner().invoke(app, ["train-prior", "--generator", "builtin:faces64", "--out", str(inside)])
+    assert bad.exit_code == 2 and bad.stderr.strip().count("\n") == 0 and "inside the installed" in bad.stderr
+    assert len(seen) == 1 and not inside.exists()

@@ -31,13 +31,14 @@ import typer
 
 from brgm_pyro import io
 from brgm_pyro.cli.app import app, user_errors
-from brgm_pyro.cli.reconstruct import EXIT_INTERRUPTED, guarded, set_threads
+from brgm_pyro.cli.reconstruct import EXIT_INTERRUPTED, guarded
 from brgm_pyro.errors import BRGMError
 from brgm_pyro.pipeline import core as pipeline
 from brgm_pyro.pipeline.baselines import bicubic_upsample
 from brgm_pyro.pipeline.coverage import coverage_line
 from brgm_pyro.pipeline.outputs import METRICS_RANGE
 from brgm_pyro.pipeline.records import history_summary, interrupted, machine_info, package_versions
+from brgm_pyro.pipeline.run import set_threads
 from brgm_pyro.pipeline.tasks import superres_factor_check
 
 DEFAULT_GENERATOR = pipeline.DEFAULT_GENERATOR
@@ -310,6 +311,26 @@ def _print_scores(scores: dict, results: dict) -> None:
                   f"MAE {m['mae']:.4f}" + (f"  {cov}" if cov else ""))
 
 
+def _run_tasks(G, tasks: list, x, phi, stats, ctx: dict, timings: dict) -> tuple[dict, bool]:
+    """MAP and VI of every demo task on the clean faces ``x`` (B, C, R, R); (results by task, whether
+    Ctrl-C stopped them)."""
+    import torch
+
+    results: dict[str, dict] = {}
+    for label, key, corruption in tasks:
+        corruption = corruption.to(x.device)
+        with torch.no_grad():
+            y = corruption(x)
+        # MAP and VI on the model brgm reconstruct builds (the library's defaults: the generator's
+        # discrepancy term when it has one, the task's pixel noise)
+        model = pipeline.build_model(G, corruption, phi=phi, stats=stats, method="map")
+        results[key] = {**_demo_task(label, key, model, y, ctx, timings), "corruption": corruption}
+        r_map, r_vi = results[key]["map"], results[key]["vi"]
+        if interrupted(r_map) or (r_vi is not None and interrupted(r_vi)):
+            return results, True
+    return results, False
+
+
 def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, generator, seed, device, overwrite,
              quiet, threads=1) -> int:
     import torch
@@ -339,20 +360,7 @@ def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, gene
     disc = pipeline.default_discrepancy("map", G, "gaussian")  # as brgm reconstruct: every method, if G has one
     ctx = dict(methods=methods_registry(), map_steps=map_steps, vi_steps=vi_steps, num_samples=num_samples,
                seed=seed, quiet=quiet, faces=faces)
-    results: dict[str, dict] = {}
-    stopped_by_user = False
-    for label, key, corruption in tasks:
-        corruption = corruption.to(device)
-        with torch.no_grad():
-            y = corruption(x)
-        # MAP and VI as brgm reconstruct runs them: with the generator's discrepancy term when it has one
-        model = pipeline.build_model(G, corruption, phi=phi, stats=stats,
-                                     discrepancy=None if disc == "off" else disc)
-        results[key] = {**_demo_task(label, key, model, y, ctx, timings), "corruption": corruption}
-        r_map, r_vi = results[key]["map"], results[key]["vi"]
-        if interrupted(r_map) or (r_vi is not None and interrupted(r_vi)):
-            stopped_by_user = True
-            break
+    results, stopped_by_user = _run_tasks(G, tasks, x, phi, stats, ctx, timings)
 
     t0 = time.perf_counter()
     scores, columns = _scores_and_columns(results, face_ids, truth, mask, R, C)

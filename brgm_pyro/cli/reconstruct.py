@@ -30,7 +30,7 @@ import datetime as _dt
 import inspect
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -40,8 +40,11 @@ from brgm_pyro import io
 from brgm_pyro.cli.app import app, user_errors
 from brgm_pyro.errors import BRGMError
 from brgm_pyro.pipeline import core as _core
+from brgm_pyro.pipeline.core import method_traits
 from brgm_pyro.pipeline.records import interrupted, latent_lines, machine_info, package_versions
-from brgm_pyro.pipeline.tasks import get_task, merged_options, number_or_auto
+from brgm_pyro.pipeline.run import (MethodChoice, ModelChoice, RunSpec, check_choice, infer_task,  # noqa: F401
+                                    model_kwargs_for, set_threads)
+from brgm_pyro.pipeline.tasks import get_task, merged_options
 from brgm_pyro.pipeline.tasks import tasks as _tasks
 
 DEFAULT_GENERATOR = _core.DEFAULT_GENERATOR
@@ -58,131 +61,8 @@ methods_registry = _core.methods_registry
 default_phi = _core.default_phi
 
 
-def check_choice(value: str, choices, option: str) -> str:
-    if value not in choices:
-        raise BRGMError(f"{option} {value!r} is not one of: {', '.join(choices)}")
-    return value
-
-
 def resolve_device(device: str) -> str:
     return _core.resolve_device(device)
-
-
-def set_threads(threads: Optional[int]) -> None:
-    """torch.set_num_threads, with a one-line error for nonsense."""
-    import torch
-
-    if threads is None:
-        return
-    if threads < 1:
-        raise BRGMError(f"--threads must be at least 1, got {threads}")
-    torch.set_num_threads(int(threads))
-
-
-@dataclass
-class ModelChoice:
-    """What ``--prior``, ``--sigma-pixel``, ``--noise``, ``--kernel-width`` ... ask of the model.
-
-    The kernel-width fields are recorded here for run.json; the super-resolution task reads and
-    checks them (:class:`~brgm_pyro.pipeline.tasks.SuperresTask`).
-    """
-
-    prior: str = "brgm"
-    sigma_pixel: Optional[str] = None
-    noise: str = "gaussian"
-    noise_per_image: bool = False
-    kernel_width: Optional[str] = None
-    simulate_kernel_width: Optional[float] = None
-    discrepancy: Optional[str] = None
-    prior_options: tuple = ()
-
-    def check(self) -> None:
-        from brgm_pyro.models.likelihoods import PIXEL_NOISE
-        from brgm_pyro.models.priors import PRIORS
-
-        check_choice(self.prior, PRIORS.names(), "--prior")
-        check_choice(self.noise, list(PIXEL_NOISE), "--noise")
-        sp = number_or_auto(self.sigma_pixel, "--sigma-pixel")
-        if self.noise_per_image and sp != "auto":
-            raise BRGMError("--noise-per-image learns one noise level per image: add --sigma-pixel auto")
-        self.discrepancy_value()
-        self.prior_option_values()
-
-    def prior_option_values(self) -> dict:
-        """``--prior-option KEY=VALUE`` (repeatable), checked against the prior factory's named options."""
-        import inspect
-
-        from brgm_pyro.models.priors import PRIORS
-
-        if not self.prior_options:
-            return {}
-        sig = inspect.signature(PRIORS.get(self.prior)).parameters
-        known = [k for k, p in sig.items() if k not in ("generator", "stats", "kappa")
-                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        out: dict[str, Any] = {}
-        for item in self.prior_options:
-            key, sep, text = str(item).partition("=")
-            key = key.strip().replace("-", "_")
-            if not sep or not key:
-                raise BRGMError(f"--prior-option takes KEY=VALUE (e.g. fidelity_scale=0.05); got {item!r}")
-            if key not in known:
-                raise BRGMError(f"--prior-option {key}: the prior {self.prior!r} takes "
-                                f"{', '.join(known) or 'no options'}")
-            out[key] = _option_value(text.strip())
-        return out
-
-    def discrepancy_value(self):
-        """``--discrepancy``: None (off), ``"auto"`` (the generator's stored scale) or tau."""
-        d = self.discrepancy
-        if d is None or d == "off":
-            return None
-        if d == "auto":
-            return "auto"
-        try:
-            tau = float(d)
-        except ValueError:
-            raise BRGMError(f"--discrepancy must be off, auto or a positive number; got {d!r}") from None
-        if not tau > 0:
-            raise BRGMError(f"--discrepancy must be positive; got {d!r}")
-        return tau
-
-    def model_kwargs(self) -> dict:
-        out: dict[str, Any] = {"prior": self.prior, "noise": self.noise}
-        sp = number_or_auto(self.sigma_pixel, "--sigma-pixel")
-        if sp == "auto":
-            out.update(sigma_pixel="learn", noise_per_image=self.noise_per_image)
-        elif sp is not None:
-            out["sigma_pixel"] = sp
-        if self.discrepancy_value() is not None:
-            out["discrepancy"] = self.discrepancy_value()
-        if self.prior_options:
-            out["prior_options"] = self.prior_option_values()
-        return out
-
-
-def _option_value(text: str):
-    """A --prior-option value: true/false, a number, or the text itself (a path, a name)."""
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def model_kwargs_for(choice: ModelChoice, corruption) -> dict:
-    """``choice.model_kwargs()``; without ``--sigma-pixel``, a corruption that states its noise std
-    (denoising: 0.2) gets the model's pixel noise max(that std, the default 0.05): the likelihood
-    then expects the noise the task makes (G's own misfit dominates smaller noise)."""
-    from brgm_pyro.models.brgm import DEFAULT_SIGMA_PIXEL
-
-    kw = choice.model_kwargs()
-    sigma = getattr(corruption, "noise_sigma", None)
-    if choice.sigma_pixel is None and sigma:
-        kw["sigma_pixel"] = max(float(sigma), DEFAULT_SIGMA_PIXEL)
-    return kw
 
 
 def guarded(fn, *args, **kwargs) -> int:
@@ -196,68 +76,26 @@ def guarded(fn, *args, **kwargs) -> int:
 
 # --- option checks ---------------------------------------------------------------------------------
 
-MASS_CHOICES = ("laplace", "laplace_warmup", "diag", "dense")
-
-
 def mcmc_cli_defaults(method: str, steps: Optional[int], max_tree_depth: Optional[int],
                       mass: Optional[str] = None) -> tuple[Optional[int], dict]:
-    """(warm-up steps, kernel options) the command passes: for NUTS ``--steps`` defaults to
-    :data:`CLI_NUTS_WARMUP` and ``--max-tree-depth`` to :data:`CLI_NUTS_MAX_TREE_DEPTH`; other methods
-    keep their own defaults. One-line errors for a bad ``--max-tree-depth`` or ``--mass``."""
-    if mass is not None:
-        if method not in ("hmc", "nuts"):
-            raise BRGMError(f"--mass is an HMC/NUTS option; --method {method} has no mass matrix (drop it)")
-        if mass not in MASS_CHOICES:
-            raise BRGMError(f"--mass must be one of {', '.join(MASS_CHOICES)}; got {mass!r}")
+    """(warm-up steps, kernel options) the command passes: for a method that builds NUTS trees
+    ``--steps`` defaults to :data:`CLI_NUTS_WARMUP` and ``--max-tree-depth`` to
+    :data:`CLI_NUTS_MAX_TREE_DEPTH`; other methods keep their own defaults. One-line errors for a
+    ``--max-tree-depth`` or ``--mass`` the method has no use for (:class:`MethodChoice`)."""
+    traits = _core.method_traits(method, methods_registry())
+    MethodChoice(method, mass=mass, max_tree_depth=max_tree_depth)._check_kernel(traits)
     extra = {} if mass is None else {"mass": mass}
-    if max_tree_depth is not None:
-        if method != "nuts":
-            raise BRGMError(f"--max-tree-depth is a NUTS option; --method {method} has no trees (drop it)")
-        if not 1 <= max_tree_depth <= 12:
-            raise BRGMError(f"--max-tree-depth must be between 1 and 12 (2^D - 1 gradients per draw), "
-                            f"got {max_tree_depth}")
-    if method != "nuts":
+    if not traits.tree_depth:
         return steps, extra
     depth = CLI_NUTS_MAX_TREE_DEPTH if max_tree_depth is None else int(max_tree_depth)
     return (CLI_NUTS_WARMUP if steps is None else steps), {"max_tree_depth": depth, **extra}
 
 
-def check_method_options(*, method: str, steps, num_samples: int, chains, workers: int, device: str, lr) -> None:
-    """One-line errors for inference options that make no sense together."""
-    if lr is not None and method not in ("map", "vi", "inla"):
-        raise BRGMError(f"--lr is the MAP/VI/INLA learning rate; --method {method} has none (drop --lr)")
-    if steps is not None and steps < 1:
-        raise BRGMError(f"--steps must be at least 1, got {steps}")
-    if num_samples < 0:
-        raise BRGMError(f"--num-samples must be >= 0, got {num_samples}")
-    if chains is not None:
-        if method in ("map", "vi", "inla"):
-            raise BRGMError(f"--chains is for MCMC methods; --method {method} has no chains (drop --chains)")
-        if chains < 1:
-            raise BRGMError(f"--chains must be at least 1, got {chains}")
-    if workers != 1:
-        if method in ("map", "vi", "inla"):
-            raise BRGMError(f"--workers runs MCMC chains in parallel; --method {method} has no chains (drop --workers)")
-        if workers < 1:
-            raise BRGMError(f"--workers must be at least 1, got {workers}")
-        if device != "cpu":
-            raise BRGMError("--workers > 1 runs chains in CPU processes; on a GPU drop --workers "
-                            "(chains then run one after another on the device)")
-
-
-def infer_task(task: Optional[str], inputs: list, task_opts: dict, simulate: bool) -> str:
-    """``--task`` or its default: inpaint with ``--mask`` or a transparent input, else superres."""
-    if task is not None:
-        return task
-    if task_opts.get("mask"):
-        return "inpaint"
-    if not simulate and inputs:
-        try:  # a transparent hole in the input also means in-painting
-            if io.alpha_mask(io.read_image(inputs[0], what="input image")) is not None:
-                return "inpaint"
-        except BRGMError:
-            pass  # reported properly later
-    return "superres"
+def check_method_options(*, method: str, steps, num_samples: int, chains, workers: int, device: str, lr,
+                         guide: Optional[str] = None) -> None:
+    """One-line errors for inference options that make no sense together (:meth:`MethodChoice.check`)."""
+    MethodChoice(method, steps=steps, num_samples=num_samples, chains=chains, workers=workers, lr=lr,
+                 guide=guide).check(device, methods_registry())
 
 
 def split_task_options(task: str, given: dict) -> dict:
@@ -298,8 +136,7 @@ def _check_outputs_options(reliance_draws: Optional[int], vgg16, simulate: bool)
             raise BRGMError(f"VGG16 weights file {str(vgg16)!r} does not exist; give the path of the VGG16 file")
 
 
-def _load_model(generator, device, class_index, method, choice, inputs, t, opts, simulate, seed, percept,
-                timings: dict):
+def _load_model(generator, device, class_index, spec: RunSpec, inputs, seed, timings: dict):
     """Step 2 of :func:`run_reconstruct`: (G, observation, model, phi), timed into ``timings``."""
     t0 = time.perf_counter()
     G = load_generator_checked(generator, device)
@@ -307,25 +144,52 @@ def _load_model(generator, device, class_index, method, choice, inputs, t, opts,
 
     choose_class(G, class_index, required=True)  # conditional generators: --class K
     _core._LOADED[G] = {"spec": str(generator)}
-    if choice.discrepancy is None:
-        choice.discrepancy = _core.default_discrepancy(method, G, choice.noise)
     timings["load_generator_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    obs = _core.observe(inputs, G, t, simulate=simulate, seed=seed, **opts)
+    obs = _core.observe(inputs, G, spec.task, simulate=spec.simulate, seed=seed, **spec.task_options)
     timings["load_inputs_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    # no perceptual term where the observation is not an image (compressed sensing)
-    phi = default_phi(G, generator) if percept and obs.image_observation else None
-    model = _core.build_model(G, obs.corruption, phi=phi, **model_kwargs_for(choice, obs.corruption))
+    phi = default_phi(G, generator) if spec.percept and obs.image_observation else None
+    model = spec.build(G, obs, phi=phi, note=lambda text: print(text, file=sys.stderr))
+    if spec.model.discrepancy is None:  # run.json records what the default resolved to
+        spec.model.discrepancy = spec.default_discrepancy(G, obs.corruption)[0]
     timings["build_model_s"] = time.perf_counter() - t0
     return G, obs, model, phi
+
+
+def _single_spec(task, inputs, given: dict, simulate: bool, percept: bool, choice: ModelChoice,
+                 methods: MethodChoice, device: str) -> RunSpec:
+    """Step 1 of :func:`run_reconstruct`: the run's specification, checked (nothing loaded yet)."""
+    task = infer_task(task, inputs, given, simulate)
+    t = get_task(task)
+    opts = t.resolve(split_task_options(task, given))
+    choice.kernel_width = opts.get("kernel_width", choice.kernel_width)
+    choice.simulate_kernel_width = opts.get("simulate_kernel_width", choice.simulate_kernel_width)
+    spec = RunSpec(task=task, task_options=opts, model=choice, method=methods, percept=percept, simulate=simulate)
+    spec.check(device, methods_registry())
+    return spec
+
+
+def _dataset(inputs, task, given, spec_parts: dict, reliance_draws, methods: MethodChoice, **kw) -> int:
+    """A directory or manifest as the one INPUT: the dataset runner with this run's specification."""
+    from brgm_pyro.pipeline.dataset import run_dataset_cli
+
+    if reliance_draws is not None:
+        raise BRGMError("--reliance-draws is for single runs; dataset runs use the default 512 prior draws")
+    if methods.max_tree_depth is not None or methods.mass is not None:
+        raise BRGMError("--max-tree-depth and --mass are for single runs; dataset runs use the library's NUTS "
+                        "defaults")
+    task = task or "superres"
+    opts = get_task(task).resolve(split_task_options(task, given))
+    spec = RunSpec(task=task, task_options=opts, method=methods, **spec_parts)
+    return run_dataset_cli(source=inputs[0], spec=spec, **kw)
 
 
 def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed, device, out, simulate, percept,
                     lr, vgg16, overwrite, quiet, chains=None, threads=None, workers=1, class_index=None,
                     choice: Optional[ModelChoice] = None, task_options: Optional[dict] = None,
                     batch_size: int = 8, reliance_draws: Optional[int] = None, max_tree_depth: Optional[int] = None,
-                    mass: Optional[str] = None, **legacy) -> int:
+                    mass: Optional[str] = None, guide: Optional[str] = None, **legacy) -> int:
     """The command's body (also called with keyword arguments by tests and scripts).
 
     ``task_options``: the task's options by name (``factor``, ``kernel``, ``mask``, ...); the old
@@ -336,33 +200,17 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
     given = _task_options(task_options, legacy)
     inputs = list(inputs)
     choice = choice or ModelChoice()
+    methods = MethodChoice(method, steps=steps, num_samples=num_samples, chains=chains, workers=workers, lr=lr,
+                           guide=guide, mass=mass, max_tree_depth=max_tree_depth)
     if len(inputs) == 1 and (Path(inputs[0]).is_dir() or Path(inputs[0]).suffix.lower() == ".csv"):
-        from brgm_pyro.pipeline.dataset import run_dataset_cli
-
-        if reliance_draws is not None:
-            raise BRGMError("--reliance-draws is for single runs; dataset runs use the default 512 prior draws")
-        if max_tree_depth is not None or mass is not None:
-            raise BRGMError("--max-tree-depth and --mass are for single runs; dataset runs use the library's NUTS "
-                            "defaults")
-
-        return run_dataset_cli(source=inputs[0], task=task, task_options=given, generator=generator, method=method,
-                               steps=steps, num_samples=num_samples, seed=seed, device=device, out=out,
-                               simulate=simulate, percept=percept, lr=lr, quiet=quiet, chains=chains, threads=threads,
-                               class_index=class_index, choice=choice, batch_size=batch_size, vgg16=vgg16)
+        return _dataset(inputs, task, given, dict(model=choice, percept=percept, simulate=simulate), reliance_draws,
+                        methods, generator=generator, seed=seed, device=device, out=out, quiet=quiet,
+                        threads=threads, class_index=class_index, batch_size=batch_size, vgg16=vgg16)
     # 1. cheap checks first: nothing is loaded or created before the arguments make sense
-    task = infer_task(task, inputs, given, simulate)
-    t = get_task(task)
-    opts = t.resolve(split_task_options(task, given))
-    choice.kernel_width = opts.get("kernel_width", choice.kernel_width)
-    choice.simulate_kernel_width = opts.get("simulate_kernel_width", choice.simulate_kernel_width)
-    t.check(opts, simulate)
-    choice.check()
-    runner = methods_registry().get(method)
     device = resolve_device(device)
     set_threads(threads)
-    check_method_options(method=method, steps=steps, num_samples=num_samples, chains=chains, workers=workers,
-                         device=device, lr=lr)
-    steps_given = steps
+    spec = _single_spec(task, inputs, given, simulate, percept, choice, methods, device)
+    runner = methods_registry().get(method)
     steps, kernel_defaults = mcmc_cli_defaults(method, steps, max_tree_depth, mass)
     _check_outputs_options(reliance_draws, vgg16, simulate)
     outdir = io.OutputDir(out, overwrite=overwrite)  # refuses a bad --out now, before any work
@@ -371,34 +219,74 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
 
     # 2. generator, observation, model
     timings: dict[str, float] = {}
-    G, obs, model, phi = _load_model(generator, device, class_index, method, choice, inputs, t, opts, simulate,
-                                     seed, percept, timings)
+    G, obs, model, phi = _load_model(generator, device, class_index, spec, inputs, seed, timings)
 
     # 3. inference (Ctrl-C inside stops the optimiser and returns what exists)
-    extra: dict[str, Any] = dict(kernel_defaults)
-    if chains is not None:
-        extra["num_chains"] = chains
-    if workers != 1:
-        extra["workers"] = workers
+    extra: dict[str, Any] = {**methods.runner_options(), **kernel_defaults}
+    if not quiet and method_traits(method, methods_registry()).draws:
+        _announce_writing(model, obs, methods, reliance_draws)
     t0 = time.perf_counter()
     result = _core.reconstruct(model, obs, method, steps=steps, num_samples=num_samples, seed=seed,
                                progress=not quiet, lr=lr, runner=runner, **extra)
     timings["inference_s"] = time.perf_counter() - t0
 
     # 4. write everything, atomically, with Ctrl-C held back
-    settings = {"inputs": [str(p) for p in inputs], "task": task, "factor": None, "kernel": None,
-                **t.settings(opts), "masks": [str(m) for m in opts.get("mask", [])], "generator": generator,
-                "method": method, "steps": steps_given, "warmup": result.extra.get("warmup"),
-                "max_tree_depth": kernel_defaults.get("max_tree_depth"), "mass": mass, "num_samples": num_samples,
-                "chains": chains, "seed": seed,
-                "device": device, "threads": threads, "workers": workers, "out": str(out), "simulate": simulate,
-                "sigma_pixel": choice.sigma_pixel, "model_choice": asdict(choice),
-                "percept": bool(percept and phi is not None), "lr": lr,
-                "optimiser": {k: v for k, v in result.extra.items() if k in ("lr", "lr_decay", "lr_rampdown")}
-                or None, "vgg16": str(vgg16) if vgg16 else None, "reliance_draws": reliance_draws}
-    settings.pop("mask", None)
+    settings = _settings(spec, inputs, generator, methods, steps_given=methods.steps, result=result,
+                         kernel_defaults=kernel_defaults, seed=seed, device=device, threads=threads, out=out,
+                         phi=phi, vgg16=vgg16, reliance_draws=reliance_draws)
     return _write_and_report(outdir, obs, result, model, G, generator, settings, started, seed, device, vgg16,
                              timings, t_start, reliance_draws, simulate)
+
+
+def _announce_writing(model, obs, methods: MethodChoice, reliance_draws: Optional[int]) -> None:
+    """Before sampling, the cost of the writing phase that follows it (which the sampler's own
+    estimate cannot see): the reliance map's prior renders of G and the renders of every draw, each
+    timed here as one forward pass of G (a lower bound: posterior.nc and the diagnostics add to it)."""
+    import torch
+
+    from brgm_pyro.reliance import DEFAULT_PRIOR_DRAWS
+
+    prior = DEFAULT_PRIOR_DRAWS if reliance_draws is None else int(reliance_draws)
+    traits = method_traits(methods.method, methods_registry())
+    chains = (methods.chains or 4) if traits.chains else 1  # run_mcmc's default: 4 chains
+    B = int(obs.y.shape[0])
+    try:
+        with torch.no_grad():
+            w = model.init_latents(B).to(model.generator.device())
+            model.render(w)  # warm-up call
+            t0 = time.perf_counter()
+            model.render(w)
+            per_image = (time.perf_counter() - t0) / B
+    except Exception:  # an estimate must never stop a run
+        return
+    renders = prior + chains * methods.num_samples * B
+    print(f"then writing the outputs: ~{_seconds(renders * per_image)} at least ({prior} prior renders of G for "
+          f"reliance.png, {chains * methods.num_samples * B} renders of the draws; posterior.nc adds to it)",
+          file=sys.stderr, flush=True)
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.0f} s" if s < 60 else f"{s / 60:.1f} min"
+
+
+def _settings(spec: RunSpec, inputs, generator, methods: MethodChoice, *, steps_given, result, kernel_defaults,
+              seed, device, threads, out, phi, vgg16, reliance_draws) -> dict:
+    """run.json's ``settings``: every option of the run as given (and what the defaults resolved to)."""
+    t, opts, choice = get_task(spec.task), spec.task_options, spec.model
+    settings = {"inputs": [str(p) for p in inputs], "task": spec.task, "factor": None, "kernel": None,
+                **t.settings(opts), "masks": [str(m) for m in opts.get("mask", [])], "generator": generator,
+                "method": methods.method, "steps": steps_given, "warmup": result.extra.get("warmup"),
+                "max_tree_depth": kernel_defaults.get("max_tree_depth"), "mass": methods.mass,
+                "num_samples": methods.num_samples, "chains": methods.chains, "seed": seed,
+                "device": device, "threads": threads, "workers": methods.workers, "out": str(out),
+                "simulate": spec.simulate, "sigma_pixel": choice.sigma_pixel, "model_choice": asdict(choice),
+                "percept": bool(spec.percept and phi is not None), "lr": methods.lr,
+                "optimiser": {k: v for k, v in result.extra.items() if k in ("lr", "lr_decay", "lr_rampdown")}
+                or None, "vgg16": str(vgg16) if vgg16 else None, "reliance_draws": reliance_draws}
+    if methods.guide is not None:
+        settings["guide"] = methods.guide
+    settings.pop("mask", None)
+    return settings
 
 
 def _write_and_report(outdir, obs, result, model, G, generator, settings, started, seed, device, vgg16, timings,
@@ -440,6 +328,23 @@ def report(written: dict, result, simulate: bool, timings: dict) -> int:
     return 0
 
 
+def _methods_help() -> list[str]:
+    """Every registered inference method, for --method's help."""
+    return methods_registry().names()
+
+
+def _guides() -> list[str]:
+    from brgm_pyro.inference import GUIDES
+
+    return GUIDES.names()
+
+
+def _priors() -> list[str]:
+    from brgm_pyro.models.priors import PRIORS
+
+    return PRIORS.names()
+
+
 # --- the command -----------------------------------------------------------------------------------------
 
 def _reconstruct(
@@ -452,9 +357,12 @@ def _reconstruct(
     generator: str = typer.Option(DEFAULT_GENERATOR, help="builtin:NAME or a .pkl/.safetensors generator file."),
     class_index: Optional[int] = typer.Option(None, "--class", help="Class K of a conditional generator "
                                               "(required for those): mapping and latent statistics of class K."),
-    method: str = typer.Option("map", help="Inference method: map | vi | inla | sgld | psgld | mala | hmc | nuts "
-                                           "(inla: a learned noise level or kernel width integrated on a grid, "
-                                           "with --no-percept; docs/latent_sites.md)."),
+    method: str = typer.Option("map", help=f"Inference method: {' | '.join(_methods_help())} (inla: a learned "
+                                           "noise level or kernel width integrated on a grid, with --no-percept; "
+                                           "docs/latent_sites.md)."),
+    guide: Optional[str] = typer.Option(None, help=f"Variational family of --method vi: {' | '.join(_guides())} "
+                                                   "(default normal: independent normals per coordinate; "
+                                                   "docs/latent_sites.md)."),
     steps: Optional[int] = typer.Option(None, help="Optimisation steps (MAP, VI) or warm-up draws per chain (MCMC) "
                                                    f"(default: the method's; NUTS here: {CLI_NUTS_WARMUP})."),
     num_samples: int = typer.Option(16, help="Posterior samples to draw (per chain for MCMC methods)."),
@@ -473,15 +381,15 @@ def _reconstruct(
     device: str = typer.Option("cpu", help="cpu | cuda (under torchrun: each rank its own GPU)."),
     out: Path = typer.Option(Path("brgm-out"), "--out", help="Output directory (created; must be new or empty; a "
                              "dataset run resumes in it)."),
-    simulate: bool = typer.Option(False, "--simulate", help="INPUT is a clean image: corrupt it here and score "
+    simulate: bool = typer.Option(False, "--simulate", metavar="", help="INPUT is a clean image: corrupt it here and score "
                                                              "the reconstruction against it (metrics.json)."),
     sigma_pixel: Optional[str] = typer.Option(None, help="Pixel noise scale in [-1, 1] units (default: the "
                                               "model's), or 'auto' to learn it (a latent with a log-normal "
                                               "hyperprior, posterior in run.json)."),
     noise: str = typer.Option("gaussian", help="Pixel noise model: gaussian | laplace | studentt."),
-    noise_per_image: bool = typer.Option(False, "--noise-per-image", help="With --sigma-pixel auto: one noise "
+    noise_per_image: bool = typer.Option(False, "--noise-per-image", metavar="", help="With --sigma-pixel auto: one noise "
                                                                            "level per image instead of one."),
-    prior: str = typer.Option("brgm", help="Prior on W+ (a registered name, e.g. brgm | gaussian | studentt)."),
+    prior: str = typer.Option("brgm", help=f"Prior on W+: {' | '.join(_priors())}; its options: --prior-option)."),
     prior_option: List[str] = typer.Option([], "--prior-option", help="An option of the prior's factory as "
                                            "KEY=VALUE, repeatable (e.g. --prior rls --prior-option "
                                            "fidelity_scale=0.05; --prior studentt --prior-option df=5)."),
@@ -491,24 +399,25 @@ def _reconstruct(
                                               "for methods with posterior draws when a scale is stored and the "
                                               "noise is gaussian, else off. It makes the intervals cover real "
                                               "images (docs/discrepancy.md)."),
-    percept: bool = typer.Option(True, "--percept/--no-percept", help="Use the generator's perceptual network "
+    percept: bool = typer.Option(True, "--percept/--no-percept", metavar="", help="Use the generator's perceptual network "
                                                                       "when it has one."),
     lr: Optional[float] = typer.Option(None, help="Learning rate (default: the method's; MAP with --task none: "
                                                   "a constant 0.2, chosen for W+ inversion)."),
     vgg16: Optional[Path] = typer.Option(None, help="VGG16 weights file: adds LPIPS to metrics.json."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier brgm result in --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace an earlier brgm result in --out."),
     batch_size: int = typer.Option(8, help="Dataset runs: images per batch (one model and one inference each)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: torch's, one per core)."),
     reliance_draws: Optional[int] = typer.Option(None, help="Prior draws (renders of G) behind reliance.png, the "
                                                  "prior-reliance map written with posterior draws (default 512; 0: "
                                                  "none)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress bar."),
     **task_options,
 ) -> None:
     """Reconstruct corrupted image(s) with a deep generative prior (MAP or posterior sampling)."""
     choice = ModelChoice(prior=prior, sigma_pixel=sigma_pixel, noise=noise, noise_per_image=noise_per_image,
                          discrepancy=discrepancy, prior_options=tuple(prior_option))
-    code = guarded(run_reconstruct, inputs=inputs, task=task, generator=generator, method=method, steps=steps,
+    code = guarded(run_reconstruct, inputs=inputs, task=task, generator=generator, method=method, guide=guide,
+                   steps=steps,
                    num_samples=num_samples, chains=chains, seed=seed, workers=workers, device=device, out=out,
                    simulate=simulate, percept=percept, lr=lr, vgg16=vgg16, overwrite=overwrite, quiet=quiet,
                    threads=threads, class_index=class_index, choice=choice, task_options=task_options,
@@ -526,9 +435,10 @@ def _task_parameters() -> tuple[list, dict]:
     for key, (opt, users) in merged.items():
         who = ", ".join(t for t, _ in users)
         ann = List[opt.type] if opt.multiple else Optional[opt.type]
-        default = typer.Option([] if opt.multiple else None, opt.flag,
-                               help=f"(--task {who}) {opt.help}" + (f" (default {opt.default})" if opt.default is not None
-                                                              and not opt.multiple else ""), show_default=False)
+        shown = opt.default is not None and not opt.multiple and opt.type is not bool
+        extra = {"metavar": ""} if opt.type is bool else {}  # a flag: it takes no value
+        default = typer.Option([] if opt.multiple else None, opt.flag, show_default=False, **extra,
+                               help=f"(--task {who}) {opt.help}" + (f" (default {opt.default})" if shown else ""))
         params.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann))
         owners[key] = (opt, users)
     return params, owners

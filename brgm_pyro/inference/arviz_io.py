@@ -121,6 +121,44 @@ def _jsonable(obj):
         return repr(obj)
 
 
+def _sample_stats(result, model, q: dict, cs) -> dict[str, np.ndarray]:
+    """sample_stats: each log-density term (log_lik_* / log_*) per draw, their sum ``lp``, and the
+    sampler's own statistics (ArviZ names); ``cs`` reshapes (C S, ...) to (C, S, ...)."""
+    sample_stats: dict[str, np.ndarray] = {}
+    lp = 0.0
+    for k, v in q.items():
+        if k.startswith("term_"):
+            name = k[5:]
+            label = f"log_lik_{name}" if name in model.likelihood_terms() else f"log_{name}"
+            sample_stats[label] = cs(v)
+            lp = lp + sample_stats[label]
+    sample_stats["lp"] = lp
+    for k, v in (result.extra.get("sample_stats") or {}).items():
+        if k in STAT_NAMES:
+            a = np.asarray(v)
+            sample_stats[STAT_NAMES[k]] = a.astype(bool) if k == "diverging" else a
+    return sample_stats
+
+
+def _log_likelihood(model, q: dict, cs, coords: dict, dims: dict) -> dict[str, np.ndarray]:
+    """log_likelihood per likelihood site (pixels: the observed ones only, their indices in
+    ``coords["pixel"]``); fills ``coords`` and ``dims``."""
+    log_lik: dict[str, np.ndarray] = {}
+    for lik in model.likelihoods:
+        ll = q[f"ll_{lik.site}"]
+        if ll.ndim == 2:
+            ll = ll[:, None]
+        if lik.site == "y":
+            keep = ~np.all(np.isnan(ll), axis=(0, 1))
+            ll = ll[..., keep]
+            coords["pixel"] = np.flatnonzero(keep)
+            dims["y"] = ["image", "pixel"]
+        else:
+            dims[lik.site] = ["image", "feature"]
+        log_lik[lik.site] = cs(ll)
+    return log_lik
+
+
 def to_inference_data(result, model, y: Tensor):
     """ArviZ InferenceData of ``result`` (an :class:`InferenceResult`) for ``model`` and ``y``.
 
@@ -145,34 +183,8 @@ def to_inference_data(result, model, y: Tensor):
     dims = {**_posterior_dims(model), "x": ["image", "channel", "row", "col"]}
     coords: dict[str, np.ndarray] = {"image": np.arange(B)}
 
-    sample_stats: dict[str, np.ndarray] = {}
-    lp = 0.0
-    for k, v in q.items():
-        if k.startswith("term_"):
-            name = k[5:]
-            label = f"log_lik_{name}" if name in model.likelihood_terms() else f"log_{name}"
-            sample_stats[label] = cs(v)
-            lp = lp + sample_stats[label]
-    sample_stats["lp"] = lp
-    for k, v in (result.extra.get("sample_stats") or {}).items():
-        if k in STAT_NAMES:
-            a = np.asarray(v)
-            sample_stats[STAT_NAMES[k]] = a.astype(bool) if k == "diverging" else a
-
-    log_lik: dict[str, np.ndarray] = {}
-    for lik in model.likelihoods:
-        ll = q[f"ll_{lik.site}"]
-        if ll.ndim == 2:
-            ll = ll[:, None]
-        if lik.site == "y":
-            keep = ~np.all(np.isnan(ll), axis=(0, 1))
-            ll = ll[..., keep]
-            coords["pixel"] = np.flatnonzero(keep)
-            dims["y"] = ["image", "pixel"]
-        else:
-            dims[lik.site] = ["image", "feature"]
-        log_lik[lik.site] = cs(ll)
-
+    sample_stats = _sample_stats(result, model, q, cs)
+    log_lik = _log_likelihood(model, q, cs, coords, dims)
     const = _constant_data(model)
     attrs = {"method": result.method, "inference_library": "brgm_pyro",
              "num_chains": C, "num_draws": S,

@@ -32,6 +32,7 @@ from pyro.infer.autoguide import AutoContinuous, AutoNormal
 from torch import Tensor
 
 from brgm_pyro.errors import BRGMError
+from brgm_pyro.inference import pyro_internals
 from brgm_pyro.models.brgm import BRGMModel
 from brgm_pyro.models.density import log_density_terms, trace_terms
 
@@ -52,14 +53,15 @@ def _particles(fn: Callable, num: int) -> Callable:
 
 def _autonormal_scales(guide: AutoNormal) -> Tensor:
     """All of an AutoNormal's sigma_v = softplus(rho_v), flattened."""
-    return torch.cat([guide._get_loc_and_scale(n)[1].reshape(-1) for n in guide.locs._pyro_params])
+    return torch.cat([pyro_internals.autonormal_scale(guide, n).reshape(-1)
+                      for n in pyro_internals.autonormal_sites(guide)])
 
 
 def _continuous_slices(guide: AutoContinuous) -> dict[str, slice]:
     """Where each site sits in an AutoContinuous guide's packed latent (Pyro's _unpack_latent order)."""
     out, pos = {}, 0
     for name, _ in guide.prototype_trace.iter_stochastic_nodes():
-        n = math.prod(guide._unconstrained_shapes[name])
+        n = math.prod(pyro_internals.autocontinuous_shapes(guide)[name])
         out[name] = slice(pos, pos + n)
         pos += n
     return out
@@ -70,7 +72,7 @@ def guide_marginal_std(guide, site: Optional[str] = None) -> Optional[Tensor]:
     flattened, for one ``site`` or (None) all of them; None for a guide without them."""
     if isinstance(guide, AutoNormal):
         if site is not None:
-            return guide._get_loc_and_scale(site)[1].reshape(-1)
+            return pyro_internals.autonormal_scale(guide, site).reshape(-1)
         return _autonormal_scales(guide)
     if isinstance(guide, AutoContinuous):
         post = guide.get_posterior()
@@ -266,6 +268,25 @@ def lr_factor(i: int, steps: int, lr_decay: float, lr_rampdown: float = 0.0) -> 
     return lr_decay + (1.0 - lr_decay) * 0.5 * (1.0 + math.cos(math.pi * min(u, 1.0)))
 
 
+def _adam_step(step: int, opt, sched, params: list[Tensor], good: list[Tensor],
+               loss_fn: Callable[[], tuple[Tensor, Tensor]]) -> tuple[Optional[str], list[float]]:
+    """One Adam step of :func:`optimise`: (why it stopped, or None; [loss, *terms]). ``good`` receives
+    the parameters before the step, so that a non-finite loss or gradient keeps the last finite ones."""
+    opt.zero_grad(set_to_none=True)
+    loss, vec = loss_fn()
+    if not torch.isfinite(loss):
+        return f"non-finite loss at step {step}: kept the parameters of step {step - 1}", []
+    loss.backward()
+    if not all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
+        return f"non-finite gradient at step {step}: kept the parameters of step {step - 1}", []
+    for g, p in zip(good, params):
+        g.copy_(p.detach())
+    opt.step()
+    if sched is not None:
+        sched.step()
+    return None, [float(loss.detach()), *vec.detach().tolist()]
+
+
 def optimise(
     params_fn: Callable[[], list[Tensor]],
     loss_fn: Callable[[], tuple[Tensor, Tensor]],
@@ -316,21 +337,9 @@ def optimise(
     try:
         for step in bar:
             t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            loss, vec = loss_fn()
-            if not torch.isfinite(loss):
-                stopped = f"non-finite loss at step {step}: kept the parameters of step {step - 1}"
+            stopped, vals = _adam_step(step, opt, sched, params, good, loss_fn)
+            if stopped is not None:
                 break
-            loss.backward()
-            if not all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
-                stopped = f"non-finite gradient at step {step}: kept the parameters of step {step - 1}"
-                break
-            for g, p in zip(good, params):
-                g.copy_(p.detach())
-            opt.step()
-            if sched is not None:
-                sched.step()
-            vals = [float(loss.detach()), *vec.detach().tolist()]
             for n, v in zip(history, vals):
                 history[n].append(v)
             step_times.append(time.perf_counter() - t0)

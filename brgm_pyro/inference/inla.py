@@ -88,7 +88,7 @@ def _parts(model) -> _Parts:
     if len(model.likelihoods) != 1 or not isinstance(model.likelihoods[0], PixelGaussian):
         kinds = ", ".join(type(l).__name__ for l in model.likelihoods)
         raise BRGMError(f"{name} needs a Gaussian pixel likelihood alone; the model has {kinds} (build it without "
-                        "the perceptual term: phi=None, --percept off; noise='gaussian')")
+                        "the perceptual term: phi=None, --no-percept; noise='gaussian', --noise gaussian)")
     if not model.corruption.linear:
         raise BRGMError(f"{name} needs a linear corruption; {model.corruption.name!r} is not")
     if model.temperature != 1.0:

@@ -128,8 +128,9 @@ def _phases(guide, model, steps: int, hold: float) -> list[tuple[int, int, list]
     n_hold = int(round(hold * steps)) if held_sites else 0
     if n_hold == 0:
         return [(0, steps, everything)]
-    site = lambda name: name.rsplit(".", 1)[-1].removesuffix("_unconstrained")  # noqa: E731
-    free = [p for name, p in guide.named_parameters() if site(name) not in held_sites]
+    from brgm_pyro.inference.pyro_internals import param_site
+
+    free = [p for name, p in guide.named_parameters() if param_site(name) not in held_sites]
     if len(free) == len(everything):  # a guide whose parameters are not named by site: say so, never ignore
         raise BRGMError(f"run_map cannot find the guide parameters of {sorted(held_sites)} to hold them; "
                         "use hold_corruption=0")

@@ -22,7 +22,7 @@ covers every latent site of the model (w and the learned scalars), as Pyro's aut
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import pyro
 import torch
@@ -93,6 +93,15 @@ def render_samples(model: BRGMModel, draws: Union[dict, Tensor], y: Optional[Ten
     return model.predictive_images(draws, y, seed=seed)
 
 
+def _make_guide(guide: Union[str, Callable], model: BRGMModel, loc_fn, init_scale: float,
+                guide_options: Optional[dict]) -> tuple[Any, str]:
+    """(guide, its name): a registered name (:data:`GUIDES`) or a factory ``(model, init_loc_fn, init_scale)``."""
+    if callable(guide) and not isinstance(guide, str):
+        q = guide(model, loc_fn, float(init_scale))
+        return q, getattr(guide, "__name__", type(q).__name__)
+    return GUIDES.build(guide, model, loc_fn, float(init_scale), **(guide_options or {})), guide
+
+
 def run_vi(
     model: BRGMModel,
     y: Tensor,
@@ -139,12 +148,7 @@ def run_vi(
     loc_fn = init_loc_fn(initial_values(model, y, init, init_w))
     site = model.image_site
     with pyro.get_param_store().scope():
-        if callable(guide) and not isinstance(guide, str):
-            q = guide(model, loc_fn, float(init_scale))
-            guide_name = getattr(guide, "__name__", type(q).__name__)
-        else:
-            q = GUIDES.build(guide, model, loc_fn, float(init_scale), **(guide_options or {}))
-            guide_name = guide
+        q, guide_name = _make_guide(guide, model, loc_fn, init_scale, guide_options)
         q(y)  # creates the parameters
         elbo = ELBOTerms(model, q, num_particles=num_particles, entropy=True, hyperprior=hyperprior,
                          hyperprior_units=hyperprior_units)

@@ -127,9 +127,27 @@ def latent_stats(G):
     return stats
 
 
-#: every method: posterior draws need the term for honest intervals (docs/calibration.md), and MAP's
-#: image G(w*) + E[e | w*, y] is the joint MAP of the clean image (+1.0 dB on in-painting, docs/vs_reference.md)
-DISCREPANCY_DEFAULT_METHODS = frozenset({"map", "vi", "inla", "sgld", "psgld", "mala", "hmc", "nuts"})
+def method_traits(method: str, registry=None):
+    """What ``method`` can do: the :class:`~brgm_pyro.inference.traits.MethodTraits` it was registered
+    with in ``registry`` (default the library's METHODS). A registry without traits (a test's
+    stand-in) falls back to the library's entry of that name, then to no traits at all."""
+    from brgm_pyro.inference import METHODS, MethodTraits
+
+    t = registry.traits(method) if registry is not None and hasattr(registry, "traits") else None
+    if t is None and method in METHODS:
+        t = METHODS.traits(method)
+    return t if t is not None else MethodTraits()
+
+
+def task_sigma_pixel(corruption) -> Optional[float]:
+    """The pixel noise a model of ``corruption`` assumes when none is chosen, or None (the model's
+    default): a corruption that states its noise std (denoising: 0.2) gets max(that std, the
+    default 0.05), so the likelihood expects the noise the task makes (G's own misfit dominates
+    smaller noise). The one owner of this rule: every path builds through :func:`build_model`."""
+    from brgm_pyro.models.brgm import DEFAULT_SIGMA_PIXEL
+
+    sigma = getattr(corruption, "noise_sigma", None)
+    return max(float(sigma), DEFAULT_SIGMA_PIXEL) if sigma else None
 
 
 def default_discrepancy(method: str, G, noise: str) -> str:
@@ -137,23 +155,61 @@ def default_discrepancy(method: str, G, noise: str) -> str:
     fit-discrepancy``; bundled for builtin:faces64) and the noise is Gaussian, because without it the
     intervals of real images are too narrow (docs/calibration.md) and MAP discards what the data say
     about pixels G cannot draw (docs/vs_reference.md); else ``off``."""
+    return resolve_default_discrepancy(method, G, noise)[0]
+
+
+def resolve_default_discrepancy(method: str, G, noise: str, corruption=None) -> tuple[str, Optional[str]]:
+    """(``auto`` or ``off``, a console note or None): :func:`default_discrepancy`, and ``off`` with a
+    note when ``corruption`` infers parameters as a function of which it cannot state diag(A A^T)
+    (e.g. a composition with a blind part): the default must never make a run fail."""
     from brgm_pyro.models.discrepancy import discrepancy_path
 
+    # every library method declares discrepancy_default: posterior draws need the term for honest
+    # intervals (docs/calibration.md), and MAP's image G(w*) + E[e | w*, y] is the joint MAP of the
+    # clean image (+1.0 dB on in-painting, docs/vs_reference.md)
     p = discrepancy_path(G)
-    if method in DISCREPANCY_DEFAULT_METHODS and noise == "gaussian" and p is not None and p.exists():
-        return "auto"
-    return "off"
+    wanted = method_traits(method).discrepancy_default
+    if not (wanted and noise == "gaussian" and p is not None and p.exists()):
+        return "off", None
+    if corruption is not None and not states_gram(corruption, tuple(G.image_shape)):
+        return "off", (f"note: no discrepancy term (--discrepancy off): the corruption {corruption.name!r} infers "
+                       "parameters as a function of which it does not state diag(A A^T)")
+    return "auto", None
 
 
-def build_model(generator, corruption, *, phi: Any = "default", stats: Any = "cached", **kwargs):
-    """The BRGM model with the CLI's defaults: ``phi="default"`` adds the generator's own perceptual
-    network (None: no perceptual term), ``stats="cached"`` its cached latent statistics. Other
-    keyword arguments go to :func:`brgm_pyro.models.brgm.build_model` (``prior``, ``sigma_pixel``,
-    ``noise``, ``kappa``, ...). ``corruption``: a Corruption, or an :class:`Observation`."""
+def states_gram(corruption, image_shape: tuple) -> bool:
+    """Whether ``corruption`` states diag(A A^T) at its latents' starting values (what a discrepancy
+    term needs); corruptions without latents always can (the exact generic computation)."""
+    import torch
+
+    lats = corruption.latents()
+    if not lats:
+        return True
+    params = {lat.name: torch.as_tensor(float(lat.init)) for lat in lats}
+    try:
+        corruption.gram_diagonal(tuple(image_shape), params)
+    except BRGMError:
+        return False
+    return True
+
+
+def build_model(generator, corruption, *, phi: Any = "default", stats: Any = "cached", method: str = "map",
+                **kwargs):
+    """The BRGM model ``brgm reconstruct`` builds: ``phi="default"`` adds the generator's own
+    perceptual network (None: no perceptual term), ``stats="cached"`` its cached latent statistics;
+    without ``sigma_pixel`` the task's noise rule applies (:func:`task_sigma_pixel`), without
+    ``discrepancy`` the default of ``method`` (:func:`resolve_default_discrepancy`; None: off).
+    Other keyword arguments go to :func:`brgm_pyro.models.brgm.build_model` (``prior``, ``noise``,
+    ``kappa``, ...). ``corruption``: a Corruption, or an :class:`Observation`."""
     from brgm_pyro.models.brgm import build_model as _build
 
     if isinstance(corruption, Observation):
         corruption = corruption.corruption
+    if "sigma_pixel" not in kwargs and task_sigma_pixel(corruption) is not None:
+        kwargs["sigma_pixel"] = task_sigma_pixel(corruption)
+    if "discrepancy" not in kwargs:
+        d, _ = resolve_default_discrepancy(method, generator, kwargs.get("noise", "gaussian"), corruption)
+        kwargs["discrepancy"] = "auto" if d == "auto" else None
     if isinstance(phi, str):
         if phi != "default":
             raise BRGMError(f"phi must be a network, None or 'default'; got {phi!r}")
@@ -305,6 +361,6 @@ def reconstruct(model, y: Union[Observation, Any], method: str = "map", *, steps
     return fn(model, yt.to(device), steps=steps, num_samples=num_samples, seed=seed, progress=progress, **opts)
 
 
-__all__ = ["DEFAULT_GENERATOR", "default_discrepancy", "Observation", "load_generator", "load_generator_checked", "default_phi",
+__all__ = ["DEFAULT_GENERATOR", "default_discrepancy", "resolve_default_discrepancy", "states_gram", "method_traits", "task_sigma_pixel", "Observation", "load_generator", "load_generator_checked", "default_phi",
            "latent_stats", "build_model", "observe", "reconstruct", "methods_registry", "method_options",
            "resolve_device"]

@@ -18,6 +18,8 @@
   and the append. ``OUTDIR/dataset.json`` holds the settings: a rerun with other settings is refused;
 * when a process has finished its batches it rewrites ``OUTDIR/summary.json`` (counts and mean
   scores over the manifest); the last one to finish writes the complete summary.
+* Ctrl-C inside a batch's inference stops the run (exit status 130): that batch writes nothing,
+  summary.json says ``complete: false, interrupted: true``, and a rerun computes the missing images.
 """
 
 from __future__ import annotations
@@ -166,6 +168,7 @@ def prepare_outdir(out: Path, settings: dict) -> None:
         return
     if out.exists() and (not out.is_dir() or any(p for p in out.iterdir() if not p.name.startswith("."))):
         raise BRGMError(f"output {str(out)!r} exists and is not a dataset run (no {SETTINGS}); choose a new --out")
+    io.check_writable_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     io.save_json(s, {"settings": settings, "note": "brgm reconstruct dataset run; rerun the same command to resume"})
 
@@ -193,11 +196,15 @@ class DatasetRun:
     class_index: Optional[int] = None
     vgg16: Optional[str] = None
     quiet: bool = True
+    guide: Optional[str] = None
+    spec: Any = None  # the RunSpec every batch builds its model with (recorded through the fields above)
 
     def settings(self) -> dict:
         d = asdict(self)
-        for k in ("out", "device", "quiet"):  # a resume may run elsewhere, on other devices
+        for k in ("out", "device", "quiet", "spec"):  # a resume may run elsewhere, on other devices
             d.pop(k)
+        if d["guide"] is None:  # absent, as in runs written before --guide existed (they still resume)
+            d.pop("guide")
         d["task_options"] = {k: ([str(x) for x in v] if isinstance(v, list) else v)
                              for k, v in self.task_options.items()}
         return json.loads(json.dumps(d, default=str))
@@ -249,15 +256,16 @@ def run_batch(run: DatasetRun, G, k: int, task: str, items: list[Item], todo: se
         opts["mask"] = masks
     obs = core.observe([it.image for it in items], G, task, simulate=run.simulate, seed=run.seed,
                        names=[it.name for it in items], **opts)
-    kwargs = dict(run.model_kwargs)
-    if kwargs.get("discrepancy") == "default":  # as single runs: auto for posterior draws when G has a scale
-        d = core.default_discrepancy(run.method, G, kwargs.get("noise", "gaussian"))
-        kwargs["discrepancy"] = "auto" if d == "auto" else None
-    model = core.build_model(G, obs.corruption, phi=core.default_phi(G) if run.percept and obs.image_observation else None,
-                             **kwargs)
-    extra = {"num_chains": run.chains} if run.chains is not None else {}
+    # the model of a single run of these images (RunSpec.build: the same defaults on every path)
+    model = run.spec.build(G, obs, note=None if run.quiet else lambda text: print(f"batch {k}: {text}",
+                                                                                    file=sys.stderr))
+    extra = run.spec.method.runner_options()
     result = core.reconstruct(model, obs, run.method, steps=run.steps, num_samples=run.num_samples, seed=run.seed,
                               progress=not run.quiet, lr=run.lr, **extra)
+    from brgm_pyro.pipeline.records import interrupted
+
+    if interrupted(result):  # Ctrl-C inside inference: nothing of this batch is finished; stop the run
+        raise KeyboardInterrupt
     rows = []
     from brgm_pyro.pipeline.outputs import reliance_for, write_posterior_nc
 
@@ -279,12 +287,16 @@ def run_batch(run: DatasetRun, G, k: int, task: str, items: list[Item], todo: se
     return rows
 
 
-def write_summary(out: Path, total: int) -> dict:
-    """summary.json from the manifest (atomic; the last process to finish writes the full one)."""
+def write_summary(out: Path, total: int, interrupted: bool = False) -> dict:
+    """summary.json from the manifest (atomic; the last process to finish writes the full one).
+    ``interrupted``: this process was stopped by Ctrl-C (recorded, and the run is not complete)."""
     import numpy as np
 
     rows = {r["name"]: r for r in read_manifest(out)}
-    summary: dict[str, Any] = {"images": total, "finished": len(rows), "complete": len(rows) >= total}
+    summary: dict[str, Any] = {"images": total, "finished": len(rows),
+                               "complete": len(rows) >= total and not interrupted}
+    if interrupted:
+        summary["interrupted"] = True
     for key in ("psnr", "ssim"):
         vals = [r[key] for r in rows.values() if r.get(key) is not None]
         if vals:
@@ -312,53 +324,65 @@ def run_dataset(run: DatasetRun) -> dict:
     logged = {r["name"] for r in read_manifest(run.out)}
     for name in sorted((done & my_names) - logged):  # a kill between the rename and the append
         append_manifest(run.out, {"name": name, "rank": rank, "repaired": True})
+    counts = {"written": 0, "skipped": 0}
+    try:
+        _run_batches(run, mine, done, rank, counts)
+    except KeyboardInterrupt:
+        # Ctrl-C: the interrupted batch wrote nothing (run_batch), finished images stay finished; a
+        # rerun of the same command recomputes the rest (as after SIGTERM/SIGKILL under torchrun)
+        summary = write_summary(run.out, len(items), interrupted=True)
+        return {"rank": rank, "world_size": world, "batches": len(mine), **counts, "summary": summary,
+                "interrupted": True}
+    summary = write_summary(run.out, len(items))
+    return {"rank": rank, "world_size": world, "batches": len(mine), **counts, "summary": summary,
+            "interrupted": False}
+
+
+def _run_batches(run: DatasetRun, mine: list, done: set[str], rank: int, counts: dict) -> None:
+    """This process's batches in order, skipping finished images; ``counts`` is updated as it goes."""
+    from brgm_pyro.pipeline import core
+
     G = None
-    wrote = skipped = 0
     for k, task, batch in mine:
         todo = {it.name for it in batch} - done
         if not todo:
-            skipped += len(batch)
+            counts["skipped"] += len(batch)
             continue
         if G is None:  # loaded once per process, only if there is work
             G = core.load_generator(run.generator, run.device, class_index=run.class_index)
-        wrote += len(run_batch(run, G, k, task, batch, todo, rank))
-        skipped += len(batch) - len(todo)
+        counts["written"] += len(run_batch(run, G, k, task, batch, todo, rank))
+        counts["skipped"] += len(batch) - len(todo)
         if not run.quiet:
-            print(f"rank {rank}: batch {k} done ({wrote} written)", file=sys.stderr)
+            print(f"rank {rank}: batch {k} done ({counts['written']} written)", file=sys.stderr)
         delay = float(os.environ.get("BRGM_TEST_BATCH_DELAY_S") or 0)
         if delay:  # tests only: time to kill the run between two batches
             time.sleep(delay)
-    summary = write_summary(run.out, len(items))
-    return {"rank": rank, "world_size": world, "batches": len(mine), "written": wrote, "skipped": skipped,
-            "summary": summary}
 
 
-def run_dataset_cli(*, source, task, task_options, generator, method, steps, num_samples, seed, device, out,
-                    simulate, percept, lr, quiet, chains, threads, class_index, choice, batch_size, vgg16) -> int:
-    """``brgm reconstruct DIR|manifest.csv --out OUTDIR``: checks, then :func:`run_dataset`."""
-    from brgm_pyro.cli.reconstruct import check_method_options, set_threads, split_task_options
+def run_dataset_cli(*, source, spec, generator, seed, device, out, quiet, threads, class_index, batch_size,
+                    vgg16) -> int:
+    """``brgm reconstruct DIR|manifest.csv --out OUTDIR``: checks, then :func:`run_dataset`.
+    ``spec``: the run's :class:`~brgm_pyro.pipeline.run.RunSpec` (task options already split)."""
     from brgm_pyro.pipeline import core
+    from brgm_pyro.pipeline.run import set_threads
 
-    task = task or "superres"
-    t = core.get_task(task)
-    opts = t.resolve(split_task_options(task, task_options))
-    t.check(opts, simulate)
-    if opts.get("mask"):
+    if spec.task_options.get("mask"):
         raise BRGMError("a dataset run takes masks from the manifest's 'mask' column, not --mask")
-    opts.pop("mask", None)
-    choice.check()
-    core.methods_registry().get(method)
+    spec.task_options.pop("mask", None)
     set_threads(threads)
     device = init_distributed(core.resolve_device(device))
-    check_method_options(method=method, steps=steps, num_samples=num_samples, chains=chains, workers=1,
-                         device=device, lr=lr)
+    spec.check(device)
+    io.check_writable_dir(out)  # before any work: an unusable --out is one line, not a lost run
     rank, world, _ = dist_info()
-    run = DatasetRun(source=str(source), out=Path(out).expanduser().absolute(), task=task, task_options=opts,
-                     generator=generator, method=method, steps=steps, num_samples=num_samples, seed=seed,
-                     device=device, simulate=simulate, percept=percept, lr=lr, batch_size=batch_size,
-                     model_kwargs={**choice.model_kwargs(), **({"discrepancy": "default"} if choice.discrepancy is None
-                                                                else {})}, chains=chains, class_index=class_index,
-                     vgg16=str(vgg16) if vgg16 else None, quiet=quiet or rank > 0)
+    m = spec.method
+    model_kwargs = {**spec.model.model_kwargs(), **({"discrepancy": "default"} if spec.model.discrepancy is None
+                                                     else {})}
+    run = DatasetRun(source=str(source), out=Path(out).expanduser().absolute(), task=spec.task,
+                     task_options=spec.task_options, generator=generator, method=m.method, steps=m.steps,
+                     num_samples=m.num_samples, seed=seed, device=device, simulate=spec.simulate,
+                     percept=spec.percept, lr=m.lr, batch_size=batch_size, model_kwargs=model_kwargs, chains=m.chains,
+                     class_index=class_index, vgg16=str(vgg16) if vgg16 else None, quiet=quiet or rank > 0,
+                     guide=m.guide, spec=spec)
     t0 = time.perf_counter()
     try:
         res = run_dataset(run)
@@ -370,6 +394,10 @@ def run_dataset_cli(*, source, task, task_options, generator, method, steps, num
     s = res["summary"]
     print(f"rank {rank}/{world}: {res['written']} image(s) written, {res['skipped']} already finished; "
           f"{s['finished']}/{s['images']} in {run.out} ({time.perf_counter() - t0:.1f} s)")
+    if res["interrupted"]:
+        print(f"interrupted (Ctrl-C): the run is not complete; rerun the same command to compute the other "
+              f"{s['images'] - s['finished']} image(s)", file=sys.stderr)
+        return 130
     return 0
 
 

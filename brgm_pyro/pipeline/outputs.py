@@ -184,9 +184,9 @@ def convergence_report(idata, result) -> dict:
     """``brgm diagnose``'s headline numbers and warnings for a run of >= 2 MCMC chains, else {}:
     so that ``brgm reconstruct`` says at once whether its chains agree (run.json ``diagnostics``,
     and a warning line per failed check)."""
-    from brgm_pyro.inference.mcmc.runner import SAMPLERS
+    from brgm_pyro.pipeline.core import method_traits
 
-    if result.method not in SAMPLERS or int(result.extra.get("num_chains", 1)) < 2:
+    if not method_traits(result.method).mcmc or int(result.extra.get("num_chains", 1)) < 2:
         return {}
     from brgm_pyro.diagnostics import diagnose
 

@@ -35,6 +35,16 @@ CODE_GROUPS: dict[str, list[int]] = {
 }
 
 
+def broadcast(w: torch.Tensor, num_ws: int) -> torch.Tensor:
+    """(B, d) -> (B, num_ws, d): one w for every layer."""
+    return w.unsqueeze(1).expand(-1, num_ws, -1)
+
+
+def generate_from_codes(G, u: torch.Tensor) -> torch.Tensor:
+    """Images (B, 3, 64, 64) of face codes u (B, 40) through mapping and synthesis."""
+    return G.synthesis(broadcast(G.mapping(u), G.num_ws))
+
+
 @torch.no_grad()
 def code_recovery(G, n: int = 256, split: str = "test", encoder=None, batch: int = 64) -> dict:
     """R^2 per code group (module docstring) for ``G`` and for the drawings, on faces 0..n-1.
@@ -43,7 +53,6 @@ def code_recovery(G, n: int = 256, split: str = "test", encoder=None, batch: int
     """
     from brgm_pyro.data.faces import face_batch
     from brgm_pyro.models.perceptual import load_faces64_percept
-    from brgm_pyro.training.train_generator import generate_from_codes
 
     enc = encoder if encoder is not None else load_faces64_percept().encoder
     dev = next(G.parameters()).device

@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from brgm_pyro.data.faces import (FACE_LATENT_DIM, TEST_SEED, TRAIN_SEED, draw_face, face_batch,
                                   face_grid, face_latent, to_tensor)
 from brgm_pyro.errors import BRGMError
+from brgm_pyro.training.evaluate import broadcast, code_recovery, generate_from_codes  # noqa: F401
 from brgm_pyro.training.common import (Logger, atomic_torch_save, hardware_string, load_checkpoint,
                                        setup_device, write_json)
 
@@ -121,16 +122,6 @@ def discriminator_step(D, opt_d, real: torch.Tensor, fake: torch.Tensor, step: i
     loss.backward()
     opt_d.step()
     return float(loss.detach())
-
-
-def broadcast(w: torch.Tensor, num_ws: int) -> torch.Tensor:
-    """(B, d) -> (B, num_ws, d)."""
-    return w.unsqueeze(1).expand(-1, num_ws, -1)
-
-
-def generate_from_codes(G, u: torch.Tensor) -> torch.Tensor:
-    """Images (B, 3, 64, 64) of face codes u (B, 40) through mapping and synthesis."""
-    return G.synthesis(broadcast(G.mapping(u), G.num_ws))
 
 
 def train_batch(step: int, batch_size: int):
@@ -254,8 +245,6 @@ def _finish(G, out: Path, summary: dict, stats_samples: int, log) -> None:
     """The final files of a completed run: weights (with ``summary`` as metadata), latent stats, samples."""
     G.eval()
     G.cpu()
-    from brgm_pyro.training.evaluate import code_recovery
-
     summary["code_recovery_r2"] = code_recovery(G, 256)
     log("code recovery R^2 (generator / drawings) on 256 test faces: " + ", ".join(
         f"{k} {v['generator']:.2f}/{v['drawings']:.2f}" for k, v in summary["code_recovery_r2"].items()))
@@ -268,6 +257,22 @@ def _finish(G, out: Path, summary: dict, stats_samples: int, log) -> None:
         stats_path.unlink()
     compute_latent_stats(G, num_samples=stats_samples, seed=0, cache_path=stats_path)
     samples_png(G, out / "samples.png")
+
+
+def _networks(seed: int, arch_overrides: Optional[dict], dev, lr: float, adv: bool) -> tuple:
+    """(G, its Adam, D or None, its Adam or None), seeded: G from ``seed``, D from ``seed + 1``; the
+    adversarial run uses beta1 = 0 (StyleGAN2's), the L1-only run Adam's usual 0.9."""
+    torch.manual_seed(seed)
+    G = make_faces64_generator(seed=seed, **(arch_overrides or {})).to(dev)
+    G.train()
+    betas = (0.0, 0.99) if adv else (0.9, 0.99)
+    opt = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)
+    D = opt_d = None
+    if adv:
+        torch.manual_seed(seed + 1)
+        D = FaceDiscriminator(resolution=G.img_resolution).to(dev)
+        opt_d = torch.optim.Adam(D.parameters(), lr=2 * lr, betas=betas)
+    return G, opt, D, opt_d
 
 
 def train_generator(out_dir: str | Path, steps: int = 4000, seed: int = 0, batch_size: int = 32,
@@ -296,17 +301,8 @@ def train_generator(out_dir: str | Path, steps: int = 4000, seed: int = 0, batch
     out.mkdir(parents=True, exist_ok=True)
     dev = setup_device(device, threads)
     log = Logger(out, quiet)
-    torch.manual_seed(seed)
-    G = make_faces64_generator(seed=seed, **(arch_overrides or {})).to(dev)
-    G.train()
     adv = adv_weight > 0
-    betas = (0.0, 0.99) if adv else (0.9, 0.99)
-    opt = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)
-    D = opt_d = None
-    if adv:
-        torch.manual_seed(seed + 1)
-        D = FaceDiscriminator(resolution=G.img_resolution).to(dev)
-        opt_d = torch.optim.Adam(D.parameters(), lr=2 * lr, betas=betas)
+    G, opt, D, opt_d = _networks(seed, arch_overrides, dev, lr, adv)
     ck = out / "checkpoint.pt"
     data_start, init_info = _initialise(G, init, batch_size, log)
     step, elapsed, hist, evals = _resume(ck, resume, G, opt, D, opt_d, batch_size, data_start, log)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from brgm_pyro.inference.mcmc.hmc import StatsHMC, StatsNUTS
 from brgm_pyro.inference.mcmc.langevin import (Langevin, LangevinInfo, LangevinState, langevin_init,
                                                langevin_step, max_curvature)
-from brgm_pyro.inference.mcmc.runner import SAMPLERS, make_kernel, run_mcmc
+from brgm_pyro.inference.mcmc.runner import SAMPLER_TRAITS, SAMPLERS, make_kernel, run_mcmc
 
 
 def _runner(name: str):
@@ -29,7 +29,7 @@ def _register() -> None:
 
     for name in SAMPLERS:
         if name not in METHODS:
-            METHODS.register(name)(_runner(name))
+            METHODS.register(name, traits=SAMPLER_TRAITS[name])(_runner(name))
 
 
 _register()

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from pyro.infer.mcmc import HMC, NUTS
 
+from brgm_pyro.inference import pyro_internals as pi
+
 
 class _StatsMixin:
     def __init__(self, *args, inverse_mass=None, **kwargs):
@@ -45,40 +47,41 @@ class _StatsMixin:
         if self._fixed_inverse_mass is not None:
             names = tuple(sorted(self.initial_params))
             size = sum(self.initial_params[k].numel() for k in names)
-            M = self._fixed_inverse_mass.to(self._potential_energy_last)
+            M = self._fixed_inverse_mass.to(pi.potential_energy_like(self))
             if M.shape[0] != size:
                 from brgm_pyro.errors import BRGMError
 
                 raise BRGMError(f"inverse mass matrix has size {M.shape[0]}, the latents {size}")
             self.mass_matrix_adapter.inverse_mass_matrix = {names: M}
-            if self._adapter.adapt_step_size:  # re-find the initial step size for this metric
-                self._adapter.reset_step_size_adaptation(self._initial_params)
+            adapter = pi.step_size_adapter(self)
+            if adapter.adapt_step_size:  # re-find the initial step size for this metric
+                adapter.reset_step_size_adaptation(pi.initial_params(self))
 
-    def _build_tree(self, z, r, z_grads, log_slice, direction, tree_depth, energy_current):
+    def _build_tree(self, z, r, z_grads, log_slice, direction, tree_depth, energy_current):  # pi.BUILD_TREE
         self._max_depth_seen = max(getattr(self, "_max_depth_seen", -1), tree_depth)
         return super()._build_tree(z, r, z_grads, log_slice, direction, tree_depth, energy_current)
 
     def sample(self, params):
         self._wrap_potential()
-        t0, mean0, div0, g0 = self._t, self._mean_accept_prob, len(self._divergences), self.num_grad_evals
+        mean0, div0, g0 = pi.mean_accept_prob(self), pi.divergence_count(self), self.num_grad_evals
         self._max_depth_seen = -1
         out = super().sample(params)
-        n = self._t - self._warmup_steps if self._t > self._warmup_steps else self._t
+        t, warm = pi.draws_made(self), pi.warmup_steps(self)
+        n = t - warm if t > warm else t
         if n <= 1:
-            acc = self._mean_accept_prob
-        else:
-            prev = mean0 if self._t != self._warmup_steps + 1 else 0.0
-            acc = n * self._mean_accept_prob - (n - 1) * prev
-        _, pe, _ = self._fetch_from_cache()
+            acc = pi.mean_accept_prob(self)
+        else:  # Pyro resets its running mean after warm-up
+            prev = mean0 if t != warm + 1 else 0.0
+            acc = n * pi.mean_accept_prob(self) - (n - 1) * prev
+        pe = pi.cached_potential_energy(self)
         self.last_info = {
             "step_size": float(self.step_size),
             "accept_prob": float(min(max(acc, 0.0), 1.0)),
-            "diverging": len(self._divergences) > div0,
+            "diverging": pi.divergence_count(self) > div0,
             "n_steps": self.num_grad_evals - g0,
             "tree_depth": self._max_depth_seen + 1,
             "potential_energy": float(pe) if pe is not None else float("nan"),
         }
-        del t0
         return out
 
 

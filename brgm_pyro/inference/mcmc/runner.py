@@ -34,12 +34,24 @@ from brgm_pyro.inference.mcmc.langevin import DensePreconditioner, Langevin
 from brgm_pyro.inference.mcmc.laplace import DEFAULT_LAPLACE_PASSES
 from brgm_pyro.inference.result import InferenceResult
 from brgm_pyro.inference.sites import initial_values
+from brgm_pyro.inference.traits import MethodTraits
 
-SAMPLERS = ("sgld", "psgld", "mala", "hmc", "nuts")
+_LANGEVIN = MethodTraits(draws=True, chains=True, mcmc=True, langevin=True)
+#: the samplers and what each can do (registered with these traits: brgm_pyro/inference/mcmc/__init__.py)
+SAMPLER_TRAITS = {"sgld": _LANGEVIN, "psgld": _LANGEVIN, "mala": _LANGEVIN,
+                  "hmc": MethodTraits(draws=True, chains=True, mcmc=True, mass_matrix=True),
+                  "nuts": MethodTraits(draws=True, chains=True, mcmc=True, mass_matrix=True, tree_depth=True)}
+SAMPLERS = tuple(SAMPLER_TRAITS)
 DEFAULT_WARMUP = {"sgld": 200, "psgld": 200, "mala": 200, "hmc": 200, "nuts": 200}
 DEFAULT_THIN = {"sgld": 10, "psgld": 10, "mala": 5, "hmc": 1, "nuts": 1}
 LAPLACE_MASSES = ("laplace", "laplace_warmup")  # metrics that start from the Laplace covariance at the MAP
+MASS_CHOICES = (*LAPLACE_MASSES, "diag", "dense")  # every metric (option mass) of HMC/NUTS
 DEFAULT_MAX_TREE_DEPTH = 8  # the library's NUTS default (the CLI's first-try default is 5: brgm_pyro/cli/reconstruct.py)
+
+
+def _traits(method: str) -> MethodTraits:
+    """The sampler's traits (an unknown name: none, so :func:`make_kernel` refuses it)."""
+    return SAMPLER_TRAITS.get(method, MethodTraits())
 
 
 def make_kernel(method: str, model, *, step_size=None, thin: int = 1, seed: int = 0, **options):
@@ -50,7 +62,7 @@ def make_kernel(method: str, model, *, step_size=None, thin: int = 1, seed: int 
     ``target_accept_prob`` (0.8), ``max_tree_depth`` (NUTS, 8), ``num_steps`` (HMC, 10),
     ``inverse_mass`` (a fixed (D, D) or (D,) inverse mass matrix)).
     """
-    if method in ("sgld", "psgld", "mala"):
+    if _traits(method).langevin:
         kw = dict(step_size="auto" if step_size is None else step_size, thin=thin, seed=seed,
                   metropolis=(method == "mala"),
                   preconditioner="rmsprop" if method == "psgld" else "identity")
@@ -59,17 +71,18 @@ def make_kernel(method: str, model, *, step_size=None, thin: int = 1, seed: int 
             return Langevin(model, **kw)
         except TypeError as e:
             raise BRGMError(f"bad option for {method}: {e}") from None
-    if method in ("hmc", "nuts"):
+    if _traits(method).mass_matrix:  # Hamiltonian: HMC, or NUTS when it builds trees
+        nuts = _traits(method).tree_depth
         kw = dict(adapt_step_size=True, adapt_mass_matrix=True, full_mass=False, target_accept_prob=0.8)
-        if method == "nuts":
+        if nuts:
             kw["max_tree_depth"] = DEFAULT_MAX_TREE_DEPTH  # at most 255 gradients per draw (Pyro's 10: 1023)
         if step_size is not None:
             kw["step_size"] = float(step_size)
-        if method == "hmc":
+        if not nuts:
             kw.setdefault("num_steps", 10)
         kw.update(options)
         try:
-            return (StatsHMC if method == "hmc" else StatsNUTS)(model, **kw)
+            return (StatsNUTS if nuts else StatsHMC)(model, **kw)
         except TypeError as e:
             raise BRGMError(f"bad option for {method}: {e}") from None
     raise BRGMError(f"unknown sampler {method!r}; choose one of: {', '.join(SAMPLERS)}")
@@ -79,7 +92,7 @@ def _run_chain(model, y: Tensor, *, method: str, c: int, z0: dict, seed: int, wa
                thin: int, step_size, kopts: dict, progress: bool, remetric: Optional[dict] = None) -> dict:
     """One chain from unconstrained ``z0``: ``{"draws": site -> (S, ...) cpu, "infos", "grad_evals", "seconds",
     "metric"}``. ``remetric``: the warm-up metric's settings (``mass="laplace_warmup"``, :mod:`.remetric`)."""
-    langevin = method in ("sgld", "psgld", "mala")
+    langevin = _traits(method).langevin
     pyro.set_rng_seed(seed)
     t_pre, pre = time.perf_counter(), None
     if remetric is not None:  # parts 1-2 of the warm-up in the MAP's metric, then the chain's own
@@ -261,14 +274,14 @@ def _remetric_settings(method, mass, lat_map, warmup, kopts, laplace_rows, curva
     takes ``metric_points`` out of the kernel options."""
     from brgm_pyro.inference.mcmc.remetric import DEFAULT_METRIC_POINTS, warmup_split
 
-    if mass not in ("diag", "dense", *LAPLACE_MASSES):
+    if mass not in MASS_CHOICES:
         raise BRGMError(f"mass must be 'diag', 'dense', 'laplace' or 'laplace_warmup'; got {mass!r}")
     points = kopts.pop("metric_points", None)
     if mass != "laplace_warmup":
         if points is not None:
             raise BRGMError("metric_points is an option of mass='laplace_warmup'")
         return None
-    if method not in ("hmc", "nuts") or lat_map is None:
+    if not _traits(method).mass_matrix or lat_map is None:
         raise BRGMError("mass='laplace_warmup' is for HMC/NUTS started from a MAP (init='laplace' or 'map')")
     points = DEFAULT_METRIC_POINTS if points is None else int(points)
     if points < 1:
@@ -280,7 +293,7 @@ def _remetric_settings(method, mass, lat_map, warmup, kopts, laplace_rows, curva
 def _metric(model, y, method, mass, init, init_given, lat_map, z0, supports, kopts, laplace_rows,
             curvature, seed) -> tuple[dict, Optional[str], float, int]:
     """Laplace covariance where asked: sets the inverse mass / preconditioner, may redraw the starts."""
-    langevin = method in ("sgld", "psgld", "mala")
+    langevin = _traits(method).langevin
     want = ((mass in LAPLACE_MASSES and not langevin) or (langevin and kopts.get("preconditioner") == "laplace")
             or (init == "laplace" and not init_given))
     if not want:
@@ -311,7 +324,7 @@ def _announce(model, y: Tensor, method: str, z_start: dict, kopts: dict, thin: i
     from brgm_pyro.inference.mcmc.estimate import (SAMPLER_OVERHEAD, budget_line, gradients_per_draw, mcmc_budget,
                                                    time_gradient)
 
-    depth = kopts.get("max_tree_depth", DEFAULT_MAX_TREE_DEPTH) if method == "nuts" else None
+    depth = kopts.get("max_tree_depth", DEFAULT_MAX_TREE_DEPTH) if _traits(method).tree_depth else None
     threads = torch.get_num_threads()
     try:
         if workers > 1:
@@ -438,7 +451,7 @@ def run_mcmc(
     given = init_w if init_w is not None else (init if isinstance(init, (Tensor, dict)) else None)
     start, lat_map, t_map, map_grads = _initial_points(model, y, given if given is not None else init, num_chains,
                                                        seed, map_steps, progress, map_w)
-    langevin = method in ("sgld", "psgld", "mala")
+    langevin = _traits(method).langevin
     mass = mass or ("laplace" if (lat_map is not None and not langevin) else "diag")
     laplace_rows = laplace_rows or DEFAULT_LAPLACE_PASSES
     remetric = _remetric_settings(method, mass, lat_map, warmup, kopts, laplace_rows, curvature)
@@ -478,7 +491,7 @@ def run_mcmc(
 def _kernel_record(method: str, step_size, mass: Optional[str], kopts: dict) -> dict:
     """The kernel's settings as run.json / the posterior's attrs record them (scalars only)."""
     return {"method": method, "step_size": step_size, "mass": mass,
-            **({"max_tree_depth": DEFAULT_MAX_TREE_DEPTH} if method == "nuts" else {}),
+            **({"max_tree_depth": DEFAULT_MAX_TREE_DEPTH} if _traits(method).tree_depth else {}),
             **{k: v for k, v in kopts.items() if isinstance(v, (int, float, str, bool))}}
 
 

@@ -101,7 +101,8 @@ class Corruption(nn.Module):
             raise BRGMError(f"the corruption {self.name!r} is not linear: {what} is not defined")
         if self.latents() and params is not None:
             raise BRGMError(f"the corruption {self.name!r} has inferred parameters and does not state {what} "
-                            "as a function of them")
+                            "as a function of them; drop the discrepancy term (--discrepancy off, or "
+                            "discrepancy=None in build_model) or fix the parameters")
 
     def _probed_row_norms(self, tag: tuple, in_shape, params, dtype, device, post) -> Tensor:
         """||post(A^T u_i)||^2 for every unit vector u_i of the observation: (*obs_shape), in chunks of

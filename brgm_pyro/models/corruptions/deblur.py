@@ -117,7 +117,8 @@ class Blur(Corruption):
     Args:
         kernel: ``"gauss"``, ``"motion"`` or an array (1-D separable or 2-D, sum 1).
         sigma: Gaussian std in input pixels (a number or a ScalarLatent); default 2.
-        length, angle: motion blur length (pixels) and direction (degrees).
+        length: motion blur length in pixels (--kernel motion).
+        angle: motion blur direction in degrees, counter-clockwise from the +x axis (--kernel motion).
         padding: boundary handling, one of :data:`PADDINGS`.
         noise_sigma: std of the Gaussian noise :meth:`simulate` adds ([-1, 1] units), or None.
 
@@ -250,6 +251,39 @@ class Blur(Corruption):
         out.index_add_(-1, iw.to(y.device), rows)
         return out.reshape(*lead, c, h, w)
 
+    def gram_diagonal(self, in_shape, params=None, dtype=torch.float32, device=None) -> Tensor:
+        """diag(A A^T), (*width, C, H, W): for a latent Gaussian width the outer product of the row
+        norms^2 of the two 1-D convolution matrices, built from the width's value in ``params``
+        (differentiable in it: blind deblurring with a discrepancy term); else the exact generic
+        computation (kept for fixed kernels, whose numbers must not move)."""
+        if self.width_latent is None:
+            return super().gram_diagonal(in_shape, params, dtype, device)
+        c = in_shape[0]
+        mh, mw = self._latent_mats(in_shape, params, dtype, device, "diag(A A^T)")
+        g = mh.pow(2).sum(-1)[..., :, None] * mw.pow(2).sum(-1)[..., None, :]  # (*width, H, W)
+        return g.unsqueeze(-3).expand(*g.shape[:-2], c, *g.shape[-2:])
+
+    def smoothed_gram_diagonal(self, in_shape, smoother, params=None, dtype=torch.float32, device=None) -> Tensor:
+        """diag(A R A^T) for a latent Gaussian width and a stationary R (coloured discrepancy): the
+        separable closed form of :meth:`SuperResolution.smoothed_gram_diagonal`; else the generic one."""
+        if self.width_latent is None:
+            return super().smoothed_gram_diagonal(in_shape, smoother, params, dtype, device)
+        from brgm_pyro.models.corruptions.superres import _row_autocorrelation
+
+        c, h, w = in_shape
+        mh, mw = self._latent_mats(in_shape, params, dtype, device, "diag(A R A^T)")
+        C = smoother.lag_covariance(h, w, dtype=dtype, device=device)  # (2h - 1, 2w - 1)
+        g = _row_autocorrelation(mh) @ C @ _row_autocorrelation(mw).transpose(-1, -2)  # (*width, H, W)
+        return g.unsqueeze(-3).expand(*g.shape[:-2], c, *g.shape[-2:])
+
+    def _latent_mats(self, in_shape, params, dtype, device, what: str) -> tuple[Tensor, Tensor]:
+        """(Mh (*width, H, H), Mw (*width, W, W)) of the latent width's value in ``params``."""
+        if params is None:
+            raise BRGMError(f"this deblurring infers its kernel width: {what} needs its value")
+        like = torch.zeros((), dtype=dtype, device=device)
+        mh, mw = self._gauss_mats(in_shape[-2], in_shape[-1], params, like)
+        return mh[..., 0, :, :], mw[..., 0, :, :]  # drop the channel axis _gauss_mats adds
+
     def kernel2d(self) -> Tensor:
         """The 2-D kernel (kh, kw) (the outer product of the taps for a fixed Gaussian)."""
         if self._k2d is not None:
@@ -284,7 +318,14 @@ def _user_kernel(kernel) -> Tensor:
 def blind_deblur(guess: float = DEFAULT_BLUR_SIGMA, spread: float = 0.5, per_image: bool = False,
                  padding: str = "reflect") -> Blur:
     """Gaussian deblurring with an unknown width, inferred as the latent ``kernel_width``
-    (LogNormal(log guess, spread) prior, input pixels; as :func:`blind_superres`)."""
+    (LogNormal(log guess, spread) prior, input pixels; as :func:`blind_superres`).
+
+    Args:
+        guess: prior median of the blur width (Gaussian std, input pixels).
+        spread: std of the log of the width under its prior (0.5: 95 % between guess/2.7 and guess*2.7).
+        per_image: infer one blur width per image instead of one shared by the batch.
+        padding: blur boundary handling: reflect | replicate | circular | zero.
+    """
     from brgm_pyro.models.corruptions.superres import blur_width_latent
 
     return Blur("gauss", sigma=blur_width_latent(1, guess, spread, per_image), padding=padding)

@@ -220,5 +220,12 @@ def blur_width_latent(factor: int, guess: Optional[float] = None, spread: float 
 def blind_superres(factor: int, guess: Optional[float] = None, spread: float = 0.5,
                    per_image: bool = False) -> SuperResolution:
     """Super-resolution (or, with factor 1, deblurring) with a Gaussian kernel of unknown width,
-    inferred as the latent ``kernel_width`` (:func:`blur_width_latent`)."""
+    inferred as the latent ``kernel_width`` (:func:`blur_width_latent`).
+
+    Args:
+        factor: super-resolution factor; must divide the generator resolution.
+        guess: prior median of the kernel width (Gaussian std, input pixels; default factor/2).
+        spread: std of the log of the width under its prior (0.5: 95 % between guess/2.7 and guess*2.7).
+        per_image: infer one kernel width per image instead of one shared by the batch.
+    """
     return SuperResolution(factor, "gauss", gauss_sigma=blur_width_latent(factor, guess, spread, per_image))

@@ -530,3 +530,25 @@ class StyleGAN2Generator(Generator):
         extra = "".join(f", {k}={c[k]!r}" for k in ("architecture", "c_dim") if k in c)
         return (f"res={c['img_resolution']}, channels={c['img_channels']}, w_dim={c['w_dim']}, "
                 f"num_ws={self.num_ws}, noise_mode={self._noise_mode!r}{extra}")
+def check_state_dict(state: "dict[str, Tensor]", G: "StyleGAN2Generator") -> None:
+    """Error naming unknown, missing or mis-shaped tensors of ``state`` (our names) for ``G``."""
+    expected = G.state_dict()
+    unknown = sorted(k for k in state if k not in expected)
+    missing = sorted(k for k in expected if k not in state)
+    if unknown or missing:
+        parts = []
+        if unknown:
+            parts.append(f"unknown tensors {_few(unknown)}")
+        if missing:
+            parts.append(f"missing tensors {_few(missing)}")
+        raise BRGMError("the weights do not match a StyleGAN2 of this configuration: " + "; ".join(parts))
+    for k, v in expected.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise BRGMError(f"tensor {k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}")
+
+
+def _few(names, n: int = 6) -> str:
+    shown = ", ".join(names[:n])
+    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
+
+

@@ -7,7 +7,7 @@ through NVIDIA's ``legacy.py``, their PyTorch code too) saves ``pickle.dump((G, 
 (source text that NVIDIA's ``__setstate__`` execs; never run here), 'build_func_name', 'variables'
 (a list of (TF variable name, numpy array))}``. The restricted unpickler of
 :mod:`~brgm_pyro.models.generators.nvidia_pickle` turns each into a
-:class:`~brgm_pyro.models.generators.nvidia_pickle.TFNetworkRecord` and each numpy array into raw
+:class:`~brgm_pyro.models.generators.safe_pickle.TFNetworkRecord` and each numpy array into raw
 numbers (numeric dtypes only).
 
 The generator ``Gs`` (NVIDIA's moving average, their ``G_ema``) is ``G_main`` with the components
@@ -42,7 +42,8 @@ import torch
 from torch import Tensor
 
 from brgm_pyro.errors import BRGMError
-from brgm_pyro.models.generators.nvidia_pickle import NDArrayRecord, TFNetworkRecord, check_state_dict
+from brgm_pyro.models.generators.safe_pickle import NDArrayRecord, TFNetworkRecord
+from brgm_pyro.models.generators.stylegan2 import check_state_dict
 from brgm_pyro.models.generators.stylegan2 import StyleGAN2Generator
 
 # Static arguments by repository: each is a parameter of that repository's build functions.
