@@ -32,7 +32,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(bash|python)[ \t]*\n(.*?)^```", re.S | re.M)
-MARK = re.compile(r"#\s*illustrative:\s*(\S.*)$")
+MARK = re.compile(r"#.*?\billustrative:\s*(\S.*)$")
 BLOCK_MARK = re.compile(r"<!--\s*illustrative:\s*(.+?)\s*-->\s*$")
 
 
@@ -230,13 +230,34 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
+# Documented commands that fail today for a bug fixed elsewhere: (doc, part of the command) -> why.
+# Strict: such a command must still fail here; once it passes, remove its entry.
+KNOWN_FAILURES = {
+    ("docs/corruptions.md", "--task deblur_blind --guess 2 --method vi"):
+        "fixed in code on branch i26: deblur_blind with the default discrepancy term",
+}
+
+
+def _known(block: Block, cmd: str):
+    return next((why for (doc, part), why in KNOWN_FAILURES.items() if doc == block.doc and part in cmd), None)
+
+
 @pytest.mark.parametrize("block", [b for b in BLOCKS if b.lang == "bash"], ids=lambda b: b.id)
 def test_bash_block(block: Block, workdir: Path):
     if block.illustrative:
         pytest.skip(f"illustrative: {block.illustrative}")
     outs: dict[str, str] = {}
+    known = []
     for n, (cmd, reason) in enumerate(block_commands(block.text)):
-        print(check_command(cmd, reason, workdir, n, outs))
+        why = _known(block, cmd)
+        if why is None:
+            print(check_command(cmd, reason, workdir, n, outs))
+            continue
+        with pytest.raises(AssertionError, match="documented command failed"):
+            check_command(cmd, reason, workdir, n, outs)  # passes: drop its KNOWN_FAILURES entry
+        known.append(why)
+    if known:
+        pytest.xfail("; ".join(known))
 
 
 @pytest.mark.parametrize("block", [b for b in BLOCKS if b.lang == "python"], ids=lambda b: b.id)
