@@ -6,7 +6,7 @@
 # mutmut 2.x rewrites the source in place, so the run works on a copy of the tree under
 # $MUT_DIR (default /tmp/brgm-mutation); each module runs only the tests that cover it, with one
 # torch thread, under a wall-clock cap of $MUT_CAP seconds per module (default 1200). Results:
-# `cd $MUT_DIR && mutmut results` and `mutmut show ID`. Scores are recorded in docs/testing.md.
+# `cd $MUT_DIR/<module> && mutmut results` and `mutmut show ID`. Scores are recorded in docs/testing.md.
 set -eu
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 MUT_DIR=${MUT_DIR:-/tmp/brgm-mutation}
@@ -20,8 +20,10 @@ declare -A TESTS=(
 mods=("$@"); [ ${#mods[@]} -eq 0 ] && mods=(brgm_pyro/models/density.py)
 for mod in "${mods[@]}"; do
   dir=$MUT_DIR/$(basename "$mod" .py)
-  rm -rf "$dir"; mkdir -p "$dir"
-  (cd "$REPO" && git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$dir")
+  if [ "${MUT_RESUME:-0}" != 1 ] || [ ! -d "$dir" ]; then  # MUT_RESUME=1: go on with the untested mutants
+    rm -rf "$dir"; mkdir -p "$dir"
+    (cd "$REPO" && git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$dir")
+  fi
   cd "$dir"
   echo "== $mod: $(date -u +%H:%M:%S), tests: ${TESTS[$mod]}"
   timeout "$MUT_CAP" mutmut run --paths-to-mutate "$mod" --tests-dir tests --no-progress --simple-output \

@@ -127,12 +127,17 @@ def smallest(args: list[str], tmp: Path, n: int) -> list[str]:
     cmd = args[0]
     a = list(args)
     if cmd == "reconstruct":
+        method = a[a.index("--method") + 1] if "--method" in a else "map"
+        dataset = (tmp / a[1]).is_dir() or a[1].endswith(".csv")
         a = _set(a, "--steps", "2")
         a = _set(a, "--num-samples", "2")
-        a = _set(a, "--chains", "2", only_if_present=True)
+        if method in ("sgld", "psgld", "mala", "hmc", "nuts"):
+            a = _set(a, "--chains", "2")
         a = _set(a, "--workers", "1", only_if_present=True)
-        a = _set(a, "--max-tree-depth", "2", only_if_present=True)
-        a = _set(a, "--reliance-draws", "4")
+        if method == "nuts" and not dataset:
+            a = _set(a, "--max-tree-depth", "2")
+        if not dataset:  # a dataset run takes the default number of prior draws
+            a = _set(a, "--reliance-draws", "4")
         a = _set(a, "--threads", "1")
         a = _set(a, "-q", None)
     elif cmd == "demo":
