@@ -230,8 +230,12 @@ BLOCKS = doc_blocks()
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
+    """The inputs, and the budgets no option reaches made small: the MAP that starts MCMC and the
+    Gauss-Newton passes of its Laplace metric."""
     make_inputs(tmp_path)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("brgm_pyro.inference.map.DEFAULT_MAP_STEPS", 3)
+    monkeypatch.setattr("brgm_pyro.inference.mcmc.runner.DEFAULT_LAPLACE_PASSES", 16)
     return tmp_path
 
 
