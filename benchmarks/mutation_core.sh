@@ -24,10 +24,13 @@ for mod in "${mods[@]}"; do
     rm -rf "$dir"; mkdir -p "$dir"
     (cd "$REPO" && git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$dir")
   fi
+  cp "$REPO/$mod" "$dir/$mod"  # a run cut by the cap may leave its last mutant on disk
+  cp "$REPO"/tests/*.py "$dir/tests/"
   cd "$dir"
   echo "== $mod: $(date -u +%H:%M:%S), tests: ${TESTS[$mod]}"
   timeout "$MUT_CAP" mutmut run --paths-to-mutate "$mod" --tests-dir tests --no-progress --simple-output \
      --runner "python -m pytest -x -q -p no:cacheprovider ${TESTS[$mod]}" || echo "(mutmut exit $?)"
+  cp "$REPO/$mod" "$dir/$mod"
   mutmut results || true
   cd "$REPO"
 done
