@@ -19,8 +19,9 @@ the weights by ``brgm fit-discrepancy``, fitted on validation faces 64-79), and 
 * ``nuts`` / ``mala`` (``--mcmc-faces`` faces, one at a time): from a MAP with the Laplace metric,
   2 chains x (50 warm-up + 100 draws), NUTS at ``brgm reconstruct``'s max tree depth 5.
 
-The perceptual likelihood is off here (it changes none of the coverages to 3 decimals and triples
-the cost: issue #13's measurement). An exact sampler's 90 % interval from S draws covers about
+The perceptual likelihood is off here, unlike ``brgm reconstruct``'s default (it triples the cost;
+and it narrows the intervals: issue #31), so the figures are
+those of ``brgm reconstruct --method vi --no-percept``. An exact sampler's 90 % interval from S draws covers about
 0.9 (S - 1) / (S + 1) (``reference`` in the JSON): 0.79 for 16 draws, 0.89 for 256.
 
 Part ``sbc``: simulation-based calibration (Talts et al. 2018) of NUTS and MALA on a small linear

@@ -55,7 +55,14 @@ def test_superres_map_default_mode(tmp_path):
         ("superres", 8, "box", "map", 8, GEN)
     assert run["inference"]["steps_done"] == 8 and run["inference"]["stopped"] is None
     assert run["inference"]["loss_terms"]["loss"]["last"] <= run["inference"]["loss_terms"]["loss"]["first"]
-    assert run["versions"]["torch"] == torch.__version__.split("+")[0] or run["versions"]["torch"]
+    import platform
+
+    import numpy
+    import pyro
+
+    # the running interpreter's own versions (not package metadata, which run.json reads)
+    assert (run["versions"]["torch"], run["versions"]["pyro"], run["versions"]["numpy"], run["versions"]["python"]) \
+        == (torch.__version__, pyro.__version__, numpy.__version__, platform.python_version())
     assert {"python", "torch", "pyro", "numpy", "pillow", "brgm_pyro"} <= set(run["versions"])
     assert {"load_generator_s", "inference_s", "write_s", "total_s"} <= set(run["timings_s"])
     assert run["inputs"][0]["sha256"] and run["inputs"][0]["height"] == 2
