@@ -38,6 +38,7 @@ Usage (settings chosen on validation faces 64-79; report on 0-63)::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -57,6 +58,7 @@ from brgm_pyro.models.brgm import build_model  # noqa: E402
 from brgm_pyro.models.corruptions import Inpainting, SuperResolution  # noqa: E402
 from brgm_pyro.models.discrepancy import Discrepancy, load_discrepancy  # noqa: E402
 from brgm_pyro.models.generators.loading import load_generator  # noqa: E402
+from brgm_pyro.pipeline.core import default_phi  # noqa: E402
 
 NOISE = 0.05
 LEVELS = (0.5, 0.9, 0.95)
@@ -125,7 +127,7 @@ def model_for_face(model, b: int):
                        discrepancy=model.discrepancy)
 
 
-def evaluate(args, G, term, task, kind, disc, method, ids, logf) -> dict:
+def evaluate(args, G, term, task, kind, disc, method, ids, logf, phi=None) -> dict:
     f, masks = corruption(task, ids)
     x = truths(G, kind, ids, term)
     gen = torch.Generator().manual_seed(args.seed)
@@ -134,7 +136,7 @@ def evaluate(args, G, term, task, kind, disc, method, ids, logf) -> dict:
     t0 = time.perf_counter()
     for s in range(0, len(ids), args.batch):
         fb = f if masks is None else Inpainting(masks[s:s + args.batch])
-        model = build_model(G, fb, sigma_pixel=NOISE, discrepancy=term if disc else None)
+        model = build_model(G, fb, sigma_pixel=NOISE, discrepancy=term if disc else None, phi=phi)
         samples.append(run_method(method, model, y[s:s + args.batch], args.draws, args.seed).cpu())
     S = min(s.shape[0] for s in samples)
     draws = torch.cat([s[:S] for s in samples], dim=1)
@@ -147,7 +149,9 @@ def evaluate(args, G, term, task, kind, disc, method, ids, logf) -> dict:
     rep["reference"] = {f"{lev:g}": lev * (S - 1) / (S + 1) for lev in LEVELS}
     rep["seconds"] = time.perf_counter() - t0
     c90 = {k: rep[k]["0.9"]["coverage"] for k in ("all", "observed", "missing") if k in rep}
-    log(f"{task:9s} {kind:8s} disc={'on ' if disc else 'off'} {method:10s} 90% coverage "
+    rep["percept"] = phi is not None
+    log(f"{task:9s} {kind:8s} disc={'on ' if disc else 'off'} percept={'on ' if phi is not None else 'off'} "
+        f"{method:10s} 90% coverage "
         + ", ".join(f"{k} {v:.3f}" for k, v in c90.items())
         + f"  PSNR {rep['psnr_mean_db']:.2f}  ({S} draws, {rep['seconds']:.0f} s)", logf)
     return rep
@@ -170,16 +174,20 @@ def part_coverage(args, out: Path, logf: Path) -> None:
     res_path = out / "coverage.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
     log(f"coverage: faces {ids[0]}..{ids[-1]}, tau {tau:.4f}, draws {args.draws}", logf)
+    results.setdefault("_commands", [])
+    if " ".join(sys.argv) not in results["_commands"]:
+        results["_commands"].append(" ".join(["python"] + sys.argv))
     for method in args.methods.split(","):
         face_ids = ids if method.startswith("vi") else ids[:args.mcmc_faces]
-        for task in args.tasks.split(","):
-            for kind in args.truths.split(","):
-                for disc in [d == "on" for d in args.discrepancy.split(",")]:
-                    key = f"{task}/{kind}/{'disc' if disc else 'nodisc'}/{method}"
-                    if key in results:  # resumable: finished cells are kept
-                        continue
-                    results[key] = evaluate(args, G, term, task, kind, disc, method, face_ids, logf)
-                    res_path.write_text(json.dumps(results, indent=1))
+        for task, kind, disc, pc in itertools.product(args.tasks.split(","), args.truths.split(","),
+                                                      [d == "on" for d in args.discrepancy.split(",")],
+                                                      [p == "on" for p in args.percept.split(",")]):
+            key = f"{task}/{kind}/{'disc' if disc else 'nodisc'}/{method}" + ("/percept" if pc else "")
+            if key in results:  # resumable: finished cells are kept
+                continue
+            phi = default_phi(G, args.generator) if pc else None
+            results[key] = evaluate(args, G, term, task, kind, disc, method, face_ids, logf, phi=phi)
+            res_path.write_text(json.dumps(results, indent=1))
     (out / "coverage.md").write_text(coverage_markdown(results, tau))
     log(f"wrote {out / 'coverage.md'}", logf)
 
@@ -189,7 +197,10 @@ def coverage_markdown(results: dict, tau: float) -> str:
              "| task | truth | discrepancy | method | all | observed | missing | PSNR dB | draws (exact-sampler ref.) |",
              "|---|---|---|---|---:|---:|---:|---:|---:|"]
     for key, r in results.items():
-        task, kind, disc, method = key.split("/")
+        if key.startswith("_"):
+            continue
+        task, kind, disc, method = key.split("/")[:4]
+        method += " +percept" if r.get("percept") else ""
         cell = lambda reg: (f"{r[reg]['0.9']['coverage']:.3f} ({r[reg]['0.9']['width']:.3f})" if reg in r else "-")
         lines.append(f"| {task} | {kind} | {'on' if disc == 'disc' else 'off'} | {method} | {cell('all')} | "
                      f"{cell('observed')} | {cell('missing')} | {r['psnr_mean_db']:.2f} | "
@@ -207,6 +218,8 @@ def main(argv=None) -> None:
     ap.add_argument("--truths", default="model,model+e,faces")
     ap.add_argument("--methods", default="vi")
     ap.add_argument("--discrepancy", default="off,on", help="the arms to run: off, on or both")
+    ap.add_argument("--percept", default="off", help="perceptual-term arms: off (this benchmark's historical "
+                    "setting), on (brgm reconstruct's default: the generator's own network) or off,on")
     ap.add_argument("--discrepancy-file", default=None, help="the 'on' arm's discrepancy record instead of the "
                     "generator's stored one (e.g. a coloured fit from brgm fit-discrepancy --out)")
     ap.add_argument("--mcmc-faces", type=int, default=4)

@@ -32,7 +32,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Sequence
 
 import typer
 
@@ -412,12 +412,17 @@ def _write_and_report(outdir, obs, result, model, G, generator, settings, starte
 
     written = write_results(outdir, obs, result, model, vgg16=str(vgg16) if vgg16 else None, record=record,
                             timings=timings, t_start=t_start, reliance_draws=reliance_draws)
-    return report(written, result, simulate, timings)
+    from brgm_pyro.calibration_table import run_warnings
+
+    scores = written.get("scores") or {}
+    return report(written, result, simulate, timings,
+                  notes=run_warnings(G, settings, scores.get("coverage") if simulate else None))
 
 
-def report(written: dict, result, simulate: bool, timings: dict) -> int:
-    """The console lines after a run; the exit status (130 after Ctrl-C)."""
-    for w in written["warnings"]:
+def report(written: dict, result, simulate: bool, timings: dict, notes: Sequence[str] = ()) -> int:
+    """The console lines after a run; the exit status (130 after Ctrl-C). ``notes``: calibration
+    warnings (:func:`brgm_pyro.calibration_table.run_warnings`), one line each."""
+    for w in [*written["warnings"], *notes]:
         print(f"warning: {w}", file=sys.stderr)
     where = written["dir"]
     if simulate and written["scores"] is not None:
