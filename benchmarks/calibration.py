@@ -146,6 +146,7 @@ def evaluate(args, G, term, task, kind, disc, method, ids, logf, phi=None) -> di
     rep["psnr_mean_db"] = float(np.mean([psnr((mean[i] + 1) / 2, (x[i] + 1) / 2, channels_first=True)
                                          for i in range(len(ids))]))
     rep["draws"] = S
+    rep["faces"] = len(ids)
     rep["reference"] = {f"{lev:g}": lev * (S - 1) / (S + 1) for lev in LEVELS}
     rep["seconds"] = time.perf_counter() - t0
     c90 = {k: rep[k]["0.9"]["coverage"] for k in ("all", "observed", "missing") if k in rep}
@@ -190,6 +191,35 @@ def part_coverage(args, out: Path, logf: Path) -> None:
             res_path.write_text(json.dumps(results, indent=1))
     (out / "coverage.md").write_text(coverage_markdown(results, tau))
     log(f"wrote {out / 'coverage.md'}", logf)
+    if args.table:
+        n = write_table_rows(Path(args.table), results, ids, args.generator)
+        log(f"{n} rows written to the calibration table {args.table}", logf)
+
+
+def table_row(key: str, rep: dict, ids: list[int], commands: list[str]) -> dict:
+    """One row of the package's calibration table (:mod:`brgm_pyro.calibration_table`) from a result cell."""
+    task, kind, disc, method = key.split("/")[:4]
+    match = {"task": task, "method": "vi" if method.startswith("vi") else method,
+             "guide": {"vi": "normal", "vi_lowrank": "lowrank"}.get(method), "noise": "gaussian",
+             "percept": bool(rep.get("percept")), "discrepancy": disc == "disc", "prior": "brgm"}
+    if task == "superres":
+        match["factor"] = 8
+    n = rep.get("faces", len(ids))
+    return {"match": match, "truth": kind, "images": f"test faces {ids[0]}-{ids[0] + n - 1}",
+            "corruption": "bicubic x8" if task == "superres" else "free-form masks (35-50 % missing)",
+            "observation_noise": NOISE, "draws": rep["draws"], "reference": rep["reference"]["0.9"],
+            "coverage": {reg: rep[reg]["0.9"]["coverage"] for reg in ("all", "observed", "missing") if reg in rep},
+            "psnr_mean_db": rep["psnr_mean_db"], "commands": commands}
+
+
+def write_table_rows(path: Path, results: dict, ids: list[int], generator: str) -> int:
+    """Add (or replace: same match, truth and images) the rows of ``results`` in the table at ``path``."""
+    tab = json.loads(path.read_text()) if path.exists() else {"generator": generator, "level": 0.9, "rows": []}
+    new = [table_row(k, r, ids, results.get("_commands", [])) for k, r in results.items() if not k.startswith("_")]
+    same = lambda a, b: all(a[k] == b[k] for k in ("match", "truth", "images"))
+    tab["rows"] = [r for r in tab["rows"] if not any(same(r, n) for n in new)] + new
+    path.write_text(json.dumps(tab, indent=1) + "\n")
+    return len(new)
 
 
 def coverage_markdown(results: dict, tau: float) -> str:
@@ -222,6 +252,8 @@ def main(argv=None) -> None:
                     "setting), on (brgm reconstruct's default: the generator's own network) or off,on")
     ap.add_argument("--discrepancy-file", default=None, help="the 'on' arm's discrepancy record instead of the "
                     "generator's stored one (e.g. a coloured fit from brgm fit-discrepancy --out)")
+    ap.add_argument("--table", default=None, help="also write the rows into this calibration table (the package's: "
+                    "brgm_pyro/assets/faces64/generator.safetensors.calibration.json); test faces only")
     ap.add_argument("--mcmc-faces", type=int, default=4)
     ap.add_argument("--draws", type=int, default=256)
     ap.add_argument("--batch", type=int, default=16)
