@@ -246,8 +246,9 @@ def _demo_tasks(R: int, C: int, mask) -> tuple[list, int, float]:
     return tasks, factor, blur
 
 
-def _demo_task(label, key, model, y, ctx: dict, timings: dict) -> dict:
-    """MAP, VI warm-started at it, and the prior-reliance map of one task, as brgm reconstruct runs them.
+def _demo_task(label, key, model, y, ctx: dict, timings: dict, vi_model=None) -> dict:
+    """MAP, VI warm-started at it, and the prior-reliance map of one task, as brgm reconstruct runs them
+    (``vi_model``: VI's model, default ``model``; without the perceptual term by default).
 
     ``ctx``: methods, steps, seed, quiet, faces; ``ctx["prior_var"]`` caches the prior's pixel
     variances (one prior, shared by every task's reliance map)."""
@@ -262,7 +263,7 @@ def _demo_task(label, key, model, y, ctx: dict, timings: dict) -> dict:
         t0 = time.perf_counter()
         if not ctx["quiet"]:
             print(f"{label}: VI ({ctx['vi_steps']} steps, {ctx['num_samples']} samples)", file=sys.stderr)
-        r_vi = pipeline.reconstruct(model, y, "vi", steps=ctx["vi_steps"], num_samples=ctx["num_samples"],
+        r_vi = pipeline.reconstruct(vi_model or model, y, "vi", steps=ctx["vi_steps"], num_samples=ctx["num_samples"],
                                     seed=ctx["seed"], init_w=r_map.w, progress=not ctx["quiet"],
                                     runner=ctx["methods"].get("vi"))
         timings[f"{key}_vi_s"] = time.perf_counter() - t0
@@ -348,7 +349,9 @@ def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, gene
         # MAP and VI as brgm reconstruct runs them: with the generator's discrepancy term when it has one
         model = pipeline.build_model(G, corruption, phi=phi, stats=stats,
                                      discrepancy=None if disc == "off" else disc)
-        results[key] = {**_demo_task(label, key, model, y, ctx, timings), "corruption": corruption}
+        vi_model = model if pipeline.default_percept("vi") else pipeline.build_model(
+            G, corruption, phi=None, stats=stats, discrepancy=None if disc == "off" else disc)
+        results[key] = {**_demo_task(label, key, model, y, ctx, timings, vi_model), "corruption": corruption}
         r_map, r_vi = results[key]["map"], results[key]["vi"]
         if interrupted(r_map) or (r_vi is not None and interrupted(r_vi)):
             stopped_by_user = True
@@ -376,7 +379,8 @@ def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, gene
                              "mask": "rows 5/16-10/16, columns 1/4-3/4 missing (eyes and nose)",
                              "tasks": [k for _, k, _ in tasks], "deblur_sigma_px": blur, "deblur_padding": "reflect",
                              "reliance_prior_draws": DEMO_RELIANCE_PRIOR_DRAWS,
-                             "percept": phi is not None},
+                             "percept": phi is not None,
+                             "percept_vi": phi is not None and pipeline.default_percept("vi")},
                 "seed": seed,
                 "generator": {"spec": generator, "class": type(G).__name__, "resolution": R, "channels": C},
                 "models": {k: res["model"].config() for k, res in results.items()},

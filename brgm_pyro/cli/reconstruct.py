@@ -334,6 +334,7 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
     t_start = time.perf_counter()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     given = _task_options(task_options, legacy)
+    percept = _core.default_percept(method) if percept is None else bool(percept)
     inputs = list(inputs)
     choice = choice or ModelChoice()
     if len(inputs) == 1 and (Path(inputs[0]).is_dir() or Path(inputs[0]).suffix.lower() == ".csv"):
@@ -496,8 +497,10 @@ def _reconstruct(
                                               "for methods with posterior draws when a scale is stored and the "
                                               "noise is gaussian, else off. It makes the intervals cover real "
                                               "images (docs/discrepancy.md)."),
-    percept: bool = typer.Option(True, "--percept/--no-percept", help="Use the generator's perceptual network "
-                                                                      "when it has one."),
+    percept: Optional[bool] = typer.Option(None, "--percept/--no-percept", help="Use the generator's perceptual "
+                                           "network when it has one (default: with --method map only; methods with "
+                                           "draws leave it out, their intervals cover without it: "
+                                           "docs/calibration.md)."),
     lr: Optional[float] = typer.Option(None, help="Learning rate (default: the method's; MAP with --task none: "
                                                   "a constant 0.2, chosen for W+ inversion)."),
     vgg16: Optional[Path] = typer.Option(None, help="VGG16 weights file: adds LPIPS to metrics.json."),
