@@ -71,8 +71,8 @@ def guide_marginal_std(guide, site: Optional[str] = None) -> Optional[Tensor]:
     flattened, for one ``site`` or (None) all of them; None for a guide without them."""
     if hasattr(guide, "marginal_std"):  # brgm_pyro.inference.guides: per-image structured guides
         return guide.marginal_std(site)
-    if isinstance(guide, AutoGuideList):
-        parts = [guide_marginal_std(g, site) for g in guide]
+    if isinstance(guide, AutoGuideList):  # the parts that hold the site (all of them for None)
+        parts = [guide_marginal_std(g, site) for g in guide if site is None or site in g.prototype_trace.nodes]
         parts = [p for p in parts if p is not None]
         return parts[0] if site is not None and parts else (torch.cat(parts) if parts else None)
     if isinstance(guide, AutoNormal):
