@@ -206,7 +206,7 @@ def table_row(key: str, rep: dict, ids: list[int], commands: list[str]) -> dict:
              "guide": {"vi": "normal", "vi_lowrank": "lowrank"}.get(method), "noise": "gaussian",
              "percept": bool(rep.get("percept")), "discrepancy": disc == "disc", "prior": "brgm"}
     if task == "superres":
-        match["factor"] = 8
+        match.update(factor=8, kernel="bicubic")
     n = rep.get("faces", len(ids))
     return {"match": match, "truth": kind, "images": f"test faces {ids[0]}-{ids[0] + n - 1}",
             "corruption": "bicubic x8" if task == "superres" else "free-form masks (35-50 % missing)",

@@ -54,7 +54,7 @@ def run_combination(settings: dict) -> dict[str, Any]:
     """The table's ``match`` keys for a ``brgm reconstruct`` run, from run.json's ``settings``.
 
     Keys: task, method, guide (``normal``: the CLI's VI guide; None for other methods), noise,
-    percept, discrepancy (bool: any term on), prior, and the task's ``factor`` when it has one.
+    percept, discrepancy (bool: any term on), prior, and the task's ``factor`` and ``kernel`` when it has them.
     """
     choice = settings.get("model_choice") or {}
     disc = choice.get("discrepancy")
@@ -62,8 +62,9 @@ def run_combination(settings: dict) -> dict[str, Any]:
              "guide": "normal" if settings.get("method") == "vi" else None,
              "noise": choice.get("noise", "gaussian"), "percept": bool(settings.get("percept")),
              "discrepancy": disc not in (None, "off"), "prior": choice.get("prior", "brgm")}
-    if settings.get("factor") is not None:
-        combo["factor"] = settings["factor"]
+    for key in ("factor", "kernel"):  # super-resolution x8 with a box kernel is not x8 bicubic
+        if settings.get(key) is not None:
+            combo[key] = settings[key]
     return combo
 
 
@@ -91,7 +92,8 @@ def _worst(rows: list[dict]) -> Optional[tuple[float, float, dict, str]]:
 
 def describe(combo: dict) -> str:
     """A short name of a combination, e.g. ``superres x8, vi (normal guide), gaussian noise, perceptual on``."""
-    task = combo.get("task", "?") + (f" x{combo['factor']}" if combo.get("factor") else "")
+    task = combo.get("task", "?") + (f" x{combo['factor']}" if combo.get("factor") else "") \
+        + (f" ({combo['kernel']} kernel)" if combo.get("kernel") else "")
     method = combo.get("method", "?") + (f" ({combo['guide']} guide)" if combo.get("guide") else "")
     return (f"{task}, {method}, {combo.get('noise')} noise, perceptual {'on' if combo.get('percept') else 'off'}, "
             f"discrepancy {'on' if combo.get('discrepancy') else 'off'}")

@@ -28,14 +28,14 @@ def _combo(task, method, noise="gaussian", percept=True, **extra):
             "percept": percept, "discrepancy": True, "prior": "brgm", **extra}
 
 
-TABLE = {"rows": [_row("superres", "vi", {"all": 0.90}, factor=8),
-                  _row("superres", "vi", {"all": 0.87}, truth="model+e", factor=8),
+TABLE = {"rows": [_row("superres", "vi", {"all": 0.90}, factor=8, kernel="bicubic"),
+                  _row("superres", "vi", {"all": 0.87}, truth="model+e", factor=8, kernel="bicubic"),
                   _row("inpaint", "vi", {"all": 0.88, "observed": 0.91, "missing": 0.74}),
                   _row("colorize", "vi", {"all": 0.53}, truth="model+e")]}
 
 
 def test_calibrated_combination_gets_no_warning():
-    assert ct.calibration_warning(TABLE, _combo("superres", "vi", factor=8)) is None
+    assert ct.calibration_warning(TABLE, _combo("superres", "vi", factor=8, kernel="bicubic")) is None
 
 
 def test_uncalibrated_cell_warns_with_its_figure_and_reference():
@@ -51,8 +51,10 @@ def test_colorization_vi_with_student_t_noise_was_never_measured():
 
 
 def test_other_factor_or_perceptual_setting_is_another_combination():
-    assert "never been measured" in ct.calibration_warning(TABLE, _combo("superres", "vi", factor=4))
-    assert "never been measured" in ct.calibration_warning(TABLE, _combo("superres", "vi", percept=False, factor=8))
+    assert "never been measured" in ct.calibration_warning(TABLE, _combo("superres", "vi", factor=4, kernel="bicubic"))
+    assert "never been measured" in ct.calibration_warning(TABLE, _combo("superres", "vi", factor=8, kernel="box"))
+    no_percept = _combo("superres", "vi", percept=False, factor=8, kernel="bicubic")
+    assert "never been measured" in ct.calibration_warning(TABLE, no_percept)
 
 
 def test_band_edges_follow_the_reference():
@@ -87,16 +89,16 @@ def test_shipped_faces64_table_reads_and_judges():
     for r in tab["rows"]:
         assert r["commands"] and abs(r["reference"] - exact_sampler_coverage(0.9, r["draws"])) < 1e-9
     # docs/calibration.md: x8 SR with VI, discrepancy on, perceptual off: 0.933 / 0.920 (256 draws)
-    assert ct.calibration_warning(tab, _combo("superres", "vi", percept=False, factor=8)) is None
+    assert ct.calibration_warning(tab, _combo("superres", "vi", percept=False, factor=8, kernel="bicubic")) is None
     # first-try NUTS leaves the in-painting holes under-covered (0.835 / 0.816 against 0.891)
     assert "0.82 on missing pixels" in ct.calibration_warning(tab, _combo("inpaint", "nuts", percept=False))
     assert "never been measured" in ct.calibration_warning(tab, _combo("colorize", "vi", noise="studentt"))
 
 
 def test_run_combination_from_run_settings():
-    settings = {"task": "superres", "factor": 8, "method": "vi", "percept": True, "num_samples": 16,
+    settings = {"task": "superres", "factor": 8, "kernel": "bicubic", "method": "vi", "percept": True, "num_samples": 16,
                 "model_choice": {"noise": "gaussian", "discrepancy": "auto", "prior": "brgm"}}
-    assert ct.run_combination(settings) == _combo("superres", "vi", factor=8)
+    assert ct.run_combination(settings) == _combo("superres", "vi", factor=8, kernel="bicubic")
     assert ct.run_warnings(None, {**settings, "method": "map"}) == []  # no draws, no intervals
 
 
