@@ -19,9 +19,11 @@ the weights by ``brgm fit-discrepancy``, fitted on validation faces 64-79), and 
 * ``nuts`` / ``mala`` (``--mcmc-faces`` faces, one at a time): from a MAP with the Laplace metric,
   2 chains x (50 warm-up + 100 draws), NUTS at ``brgm reconstruct``'s max tree depth 5.
 
-The perceptual likelihood is off here, unlike ``brgm reconstruct``'s default (it triples the cost;
-and it narrows the intervals: issue #31), so the figures are
-those of ``brgm reconstruct --method vi --no-percept``. An exact sampler's 90 % interval from S draws covers about
+The perceptual likelihood is off by default here, as it is for ``brgm reconstruct``'s methods with
+draws (``--percept on`` or ``off,on`` adds the arm with the generator's own network: on validation
+faces it narrows the intervals to 0.79 coverage on x8 SR; docs/calibration.md). ``--table FILE``
+also writes every cell as a row of a calibration table (brgm_pyro/calibration_table.py), with the
+command. Run with ``PYTHONPATH=.`` from the repository root so that the checkout's brgm_pyro is used. An exact sampler's 90 % interval from S draws covers about
 0.9 (S - 1) / (S + 1) (``reference`` in the JSON): 0.79 for 16 draws, 0.89 for 256.
 
 Part ``sbc``: simulation-based calibration (Talts et al. 2018) of NUTS and MALA on a small linear
@@ -39,6 +41,7 @@ Usage (settings chosen on validation faces 64-79; report on 0-63)::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -58,6 +61,7 @@ from brgm_pyro.models.brgm import build_model  # noqa: E402
 from brgm_pyro.models.corruptions import Inpainting, SuperResolution  # noqa: E402
 from brgm_pyro.models.discrepancy import Discrepancy, load_discrepancy  # noqa: E402
 from brgm_pyro.models.generators.loading import load_generator  # noqa: E402
+from brgm_pyro.pipeline.core import default_phi  # noqa: E402
 
 NOISE = 0.05
 LEVELS = (0.5, 0.9, 0.95)
@@ -126,7 +130,7 @@ def model_for_face(model, b: int):
                        discrepancy=model.discrepancy)
 
 
-def evaluate(args, G, term, task, kind, disc, method, ids, logf) -> dict:
+def evaluate(args, G, term, task, kind, disc, method, ids, logf, phi=None) -> dict:
     f, masks = corruption(task, ids)
     x = truths(G, kind, ids, term)
     gen = torch.Generator().manual_seed(args.seed)
@@ -135,7 +139,7 @@ def evaluate(args, G, term, task, kind, disc, method, ids, logf) -> dict:
     t0 = time.perf_counter()
     for s in range(0, len(ids), args.batch):
         fb = f if masks is None else Inpainting(masks[s:s + args.batch])
-        model = build_model(G, fb, sigma_pixel=NOISE, discrepancy=term if disc else None)
+        model = build_model(G, fb, sigma_pixel=NOISE, discrepancy=term if disc else None, phi=phi)
         samples.append(run_method(method, model, y[s:s + args.batch], args.draws, args.seed).cpu())
     S = min(s.shape[0] for s in samples)
     draws = torch.cat([s[:S] for s in samples], dim=1)
@@ -145,10 +149,13 @@ def evaluate(args, G, term, task, kind, disc, method, ids, logf) -> dict:
     rep["psnr_mean_db"] = float(np.mean([psnr((mean[i] + 1) / 2, (x[i] + 1) / 2, channels_first=True)
                                          for i in range(len(ids))]))
     rep["draws"] = S
+    rep["faces"] = len(ids)
     rep["reference"] = {f"{lev:g}": lev * (S - 1) / (S + 1) for lev in LEVELS}
     rep["seconds"] = time.perf_counter() - t0
     c90 = {k: rep[k]["0.9"]["coverage"] for k in ("all", "observed", "missing") if k in rep}
-    log(f"{task:9s} {kind:8s} disc={'on ' if disc else 'off'} {method:10s} 90% coverage "
+    rep["percept"] = phi is not None
+    log(f"{task:9s} {kind:8s} disc={'on ' if disc else 'off'} percept={'on ' if phi is not None else 'off'} "
+        f"{method:10s} 90% coverage "
         + ", ".join(f"{k} {v:.3f}" for k, v in c90.items())
         + f"  PSNR {rep['psnr_mean_db']:.2f}  ({S} draws, {rep['seconds']:.0f} s)", logf)
     return rep
@@ -171,18 +178,51 @@ def part_coverage(args, out: Path, logf: Path) -> None:
     res_path = out / "coverage.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
     log(f"coverage: faces {ids[0]}..{ids[-1]}, tau {tau:.4f}, draws {args.draws}", logf)
+    results.setdefault("_commands", [])
+    if " ".join(sys.argv) not in results["_commands"]:
+        results["_commands"].append(" ".join(["python"] + sys.argv))
     for method in args.methods.split(","):
         face_ids = ids if method.startswith("vi") else ids[:args.mcmc_faces]
-        for task in args.tasks.split(","):
-            for kind in args.truths.split(","):
-                for disc in [d == "on" for d in args.discrepancy.split(",")]:
-                    key = f"{task}/{kind}/{'disc' if disc else 'nodisc'}/{method}"
-                    if key in results:  # resumable: finished cells are kept
-                        continue
-                    results[key] = evaluate(args, G, term, task, kind, disc, method, face_ids, logf)
-                    res_path.write_text(json.dumps(results, indent=1))
+        for task, kind, disc, pc in itertools.product(args.tasks.split(","), args.truths.split(","),
+                                                      [d == "on" for d in args.discrepancy.split(",")],
+                                                      [p == "on" for p in args.percept.split(",")]):
+            key = f"{task}/{kind}/{'disc' if disc else 'nodisc'}/{method}" + ("/percept" if pc else "")
+            if key in results:  # resumable: finished cells are kept
+                continue
+            phi = default_phi(G, args.generator) if pc else None
+            results[key] = evaluate(args, G, term, task, kind, disc, method, face_ids, logf, phi=phi)
+            res_path.write_text(json.dumps(results, indent=1))
     (out / "coverage.md").write_text(coverage_markdown(results, tau))
     log(f"wrote {out / 'coverage.md'}", logf)
+    if args.table:
+        n = write_table_rows(Path(args.table), results, ids, args.generator)
+        log(f"{n} rows written to the calibration table {args.table}", logf)
+
+
+def table_row(key: str, rep: dict, ids: list[int], commands: list[str]) -> dict:
+    """One row of the package's calibration table (:mod:`brgm_pyro.calibration_table`) from a result cell."""
+    task, kind, disc, method = key.split("/")[:4]
+    match = {"task": task, "method": "vi" if method.startswith("vi") else method,
+             "guide": {"vi": "normal", "vi_lowrank": "lowrank"}.get(method), "noise": "gaussian",
+             "percept": bool(rep.get("percept")), "discrepancy": disc == "disc", "prior": "brgm"}
+    if task == "superres":
+        match.update(factor=8, kernel="bicubic")
+    n = rep.get("faces", len(ids))
+    return {"match": match, "truth": kind, "images": f"test faces {ids[0]}-{ids[0] + n - 1}",
+            "corruption": "bicubic x8" if task == "superres" else "free-form masks (35-50 % missing)",
+            "observation_noise": NOISE, "draws": rep["draws"], "reference": rep["reference"]["0.9"],
+            "coverage": {reg: rep[reg]["0.9"]["coverage"] for reg in ("all", "observed", "missing") if reg in rep},
+            "psnr_mean_db": rep["psnr_mean_db"], "commands": commands}
+
+
+def write_table_rows(path: Path, results: dict, ids: list[int], generator: str) -> int:
+    """Add (or replace: same match, truth and images) the rows of ``results`` in the table at ``path``."""
+    tab = json.loads(path.read_text()) if path.exists() else {"generator": generator, "level": 0.9, "rows": []}
+    new = [table_row(k, r, ids, results.get("_commands", [])) for k, r in results.items() if not k.startswith("_")]
+    same = lambda a, b: all(a[k] == b[k] for k in ("match", "truth", "images"))
+    tab["rows"] = [r for r in tab["rows"] if not any(same(r, n) for n in new)] + new
+    path.write_text(json.dumps(tab, indent=1) + "\n")
+    return len(new)
 
 
 def coverage_markdown(results: dict, tau: float) -> str:
@@ -190,7 +230,10 @@ def coverage_markdown(results: dict, tau: float) -> str:
              "| task | truth | discrepancy | method | all | observed | missing | PSNR dB | draws (exact-sampler ref.) |",
              "|---|---|---|---|---:|---:|---:|---:|---:|"]
     for key, r in results.items():
-        task, kind, disc, method = key.split("/")
+        if key.startswith("_"):
+            continue
+        task, kind, disc, method = key.split("/")[:4]
+        method += " +percept" if r.get("percept") else ""
         cell = lambda reg: (f"{r[reg]['0.9']['coverage']:.3f} ({r[reg]['0.9']['width']:.3f})" if reg in r else "-")
         lines.append(f"| {task} | {kind} | {'on' if disc == 'disc' else 'off'} | {method} | {cell('all')} | "
                      f"{cell('observed')} | {cell('missing')} | {r['psnr_mean_db']:.2f} | "
@@ -208,8 +251,12 @@ def main(argv=None) -> None:
     ap.add_argument("--truths", default="model,model+e,faces")
     ap.add_argument("--methods", default="vi")
     ap.add_argument("--discrepancy", default="off,on", help="the arms to run: off, on or both")
+    ap.add_argument("--percept", default="off", help="perceptual-term arms: off (this benchmark's historical "
+                    "setting), on (brgm reconstruct's default: the generator's own network) or off,on")
     ap.add_argument("--discrepancy-file", default=None, help="the 'on' arm's discrepancy record instead of the "
                     "generator's stored one (e.g. a coloured fit from brgm fit-discrepancy --out)")
+    ap.add_argument("--table", default=None, help="also write the rows into this calibration table (the package's: "
+                    "brgm_pyro/assets/faces64/generator.safetensors.calibration.json); test faces only")
     ap.add_argument("--mcmc-faces", type=int, default=4)
     ap.add_argument("--draws", type=int, default=256)
     ap.add_argument("--batch", type=int, default=16)

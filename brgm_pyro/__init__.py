@@ -5,7 +5,7 @@ The library in five lines (see README "As a library")::
     import brgm_pyro as brgm
     G = brgm.load_generator("builtin:faces64")       # with its perceptual network and latent statistics
     obs = brgm.observe(["small.png"], G, "superres", factor=8)
-    model = brgm.build_model(G, obs.corruption)       # the same model brgm reconstruct builds
+    model = brgm.build_model(G, obs.corruption, method="vi")  # the model brgm reconstruct --method vi builds
     post = brgm.reconstruct(model, obs, "vi", num_samples=16)
 
 Names are imported lazily (``import brgm_pyro`` does not import torch).
@@ -19,7 +19,7 @@ _API = {
     # the pipeline (brgm_pyro.pipeline)
     "load_generator": "brgm_pyro.pipeline.core", "build_model": "brgm_pyro.pipeline.core",
     "observe": "brgm_pyro.pipeline.core", "reconstruct": "brgm_pyro.pipeline.core",
-    "default_phi": "brgm_pyro.pipeline.core", "latent_stats": "brgm_pyro.pipeline.core",
+    "default_phi": "brgm_pyro.pipeline.core", "default_percept": "brgm_pyro.pipeline.core", "latent_stats": "brgm_pyro.pipeline.core",
     "Observation": "brgm_pyro.pipeline.core", "score": "brgm_pyro.pipeline.outputs",
     "write_results": "brgm_pyro.pipeline.outputs", "tasks": "brgm_pyro.pipeline.tasks",
     "get_task": "brgm_pyro.pipeline.tasks", "run_dataset": "brgm_pyro.pipeline.dataset",

@@ -53,7 +53,7 @@ def test_readme_library_example_runs_as_written(tmp_path, monkeypatch):
     # the reconstruction beats the bicubic baseline on this face (x8 from 8x8)
     assert m["mean"]["reconstruction"]["psnr"] > m["mean"]["baseline_bicubic"]["psnr"]
     run = json.loads((out / "run.json").read_text())
-    assert [lk["class"] for lk in run["model"]["likelihoods"]] == ["PixelGaussian", "PerceptualGaussian"]
+    assert [lk["class"] for lk in run["model"]["likelihoods"]] == ["PixelGaussian"]  # VI: no perceptual term
 
 
 def test_library_model_is_the_cli_model():
@@ -66,6 +66,9 @@ def test_library_model_is_the_cli_model():
     assert brgm.latent_stats(G) is brgm.latent_stats(G)
     bare = brgm.build_model(G, corr, phi=None)
     assert [type(lk).__name__ for lk in bare.likelihoods] == ["PixelGaussian"]
+    for method, percept in (("map", True), ("vi", False), ("nuts", False)):  # brgm.default_percept
+        names = [type(lk).__name__ for lk in brgm.build_model(G, corr, method=method).likelihoods]
+        assert ("PerceptualGaussian" in names) is percept, method
     with pytest.raises(BRGMError, match="'default'"):
         brgm.build_model(G, corr, phi="vgg")
 

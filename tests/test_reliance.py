@@ -131,3 +131,58 @@ def test_end_to_end_vi_netcdf_and_png(tmp_path):
     assert path.is_file() and not list(tmp_path.glob(".*tmp*"))
     with pytest.raises(BRGMError, match="at least 2 posterior draws"):
         prior_reliance(model, run_map(model, y, steps=2, progress=False))
+
+
+def _joint_closed_form(model, y, tau: float, sn: float):
+    """Exact posterior of (w, e) for x = A vec(w) + b + e, e ~ N(0, tau^2 I), y = mask * x + N(0, sn^2)
+    (in-painting of one image): ((D,) mean of w, (D, D) cov of w, (P,) Var[x | y], (P,) Var[x])."""
+    G = model.generator
+    J = G.A.double()
+    P, D = J.shape
+    dist = model.prior.distribution().base_dist
+    m0 = torch.cat([dist.loc.double().reshape(-1), torch.zeros(P, dtype=torch.float64)])
+    p0 = torch.cat([dist.scale.double().reshape(-1) ** 2, torch.full((P,), tau ** 2, dtype=torch.float64)])
+    K = torch.cat([J, torch.eye(P, dtype=torch.float64)], 1)  # x - b = K z, z = (w, e)
+    keep = model.mask.expand(G.image_shape).reshape(-1)
+    H = K[keep]
+    resid = y.double().reshape(-1)[keep] - G.b.double().reshape(-1)[keep]
+    cov = torch.linalg.inv(torch.diag(1 / p0) + H.T @ H / sn ** 2)
+    mean = cov @ (m0 / p0 + H.T @ resid / sn ** 2)
+    post_var = torch.diagonal(K @ cov @ K.T)
+    prior_var = torch.diagonal(J @ torch.diag(p0[:D]) @ J.T) + tau ** 2
+    return mean[:D], cov[:D, :D], post_var, prior_var
+
+
+def test_with_the_discrepancy_term_matches_the_joint_closed_form_and_its_floor():
+    """With x = G(w) + e the map is Var[G(w) + e | y] / (Var[G(w)] + tau^2): the model's own draws of
+    e | w, y (predictive_images) are checked against the joint Gaussian posterior of (w, e). An
+    observed pixel cannot go below the floor Var[e | w, y] / Var[x] = (tau^2 sn^2 / (tau^2 + sn^2)) / Var[x]."""
+    from brgm_pyro.models.discrepancy import Discrepancy
+
+    G = LinearGenerator(num_ws=4, w_dim=8, img_channels=1, img_resolution=8, seed=2)
+    stats = compute_latent_stats(G, num_samples=2000)
+    mask = torch.ones(8, 8, dtype=torch.bool)
+    mask[2:6, 2:6] = False  # a 4x4 hole
+    tau, sn = 0.3, 0.2
+    model = BRGMModel(G, make_prior("gaussian", G, stats), Inpainting(mask), [PixelGaussian(sn)],
+                      discrepancy=Discrepancy(tau))
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        x = G(model.init_latents(1) + 0.3 * torch.randn(1, 4, 8, generator=gen)) + tau * torch.randn(1, 1, 8, 8, generator=gen)
+        y = model.corruption(x) + sn * torch.randn(1, 1, 8, 8, generator=gen) * mask
+    mean, cov, post_var, prior_var = _joint_closed_form(model, y, tau, sn)
+    n = 20000
+    w = mean + torch.randn(n, mean.numel(), generator=gen, dtype=torch.float64) @ torch.linalg.cholesky(cov).T
+    images = model.predictive_images({model.image_site: w.float().reshape(n, 1, 4, 8)}, y, seed=7)
+    rel = prior_reliance(model, _result(model, images), num_prior=20000, seed=4)
+    exact = (post_var / prior_var).reshape(1, 1, 8, 8)
+    err = (rel.prior_reliance.double() - exact).abs() / exact
+    assert float(err.max()) < 0.07, float(err.max())
+    floor = (tau ** 2 * sn ** 2 / (tau ** 2 + sn ** 2)) / prior_var.reshape(1, 1, 8, 8)
+    r = rel.prior_reliance.double()
+    assert bool((exact[..., mask] >= floor[..., mask] - 1e-9).all())  # the closed form respects its floor
+    assert float(r[..., mask].min()) > 0.9 * float(floor[..., mask].min())
+    # the hole leans on the prior (here 0.49: G's 32 latents tie it to the observed ring), the observed
+    # pixels on the data (0.09, beside their floor 0.08)
+    assert float(r[..., ~mask].mean()) > 3 * float(r[..., mask].mean())
+    assert float(r[..., mask].mean()) < 1.5 * float(floor[..., mask].mean())

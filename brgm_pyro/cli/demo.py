@@ -247,8 +247,9 @@ def _demo_tasks(R: int, C: int, mask) -> tuple[list, int, float]:
     return tasks, factor, blur
 
 
-def _demo_task(label, key, model, y, ctx: dict, timings: dict) -> dict:
-    """MAP, VI warm-started at it, and the prior-reliance map of one task, as brgm reconstruct runs them.
+def _demo_task(label, key, model, y, ctx: dict, timings: dict, vi_model=None) -> dict:
+    """MAP, VI warm-started at it, and the prior-reliance map of one task, as brgm reconstruct runs them
+    (``vi_model``: VI's model, default ``model``; without the perceptual term by default).
 
     ``ctx``: methods, steps, seed, quiet, faces; ``ctx["prior_var"]`` caches the prior's pixel
     variances (one prior, shared by every task's reliance map)."""
@@ -263,7 +264,7 @@ def _demo_task(label, key, model, y, ctx: dict, timings: dict) -> dict:
         t0 = time.perf_counter()
         if not ctx["quiet"]:
             print(f"{label}: VI ({ctx['vi_steps']} steps, {ctx['num_samples']} samples)", file=sys.stderr)
-        r_vi = pipeline.reconstruct(model, y, "vi", steps=ctx["vi_steps"], num_samples=ctx["num_samples"],
+        r_vi = pipeline.reconstruct(vi_model or model, y, "vi", steps=ctx["vi_steps"], num_samples=ctx["num_samples"],
                                     seed=ctx["seed"], init_w=r_map.w, progress=not ctx["quiet"],
                                     runner=ctx["methods"].get("vi"))
         timings[f"{key}_vi_s"] = time.perf_counter() - t0
@@ -324,7 +325,10 @@ def _run_tasks(G, tasks: list, x, phi, stats, ctx: dict, timings: dict) -> tuple
         # MAP and VI on the model brgm reconstruct builds (the library's defaults: the generator's
         # discrepancy term when it has one, the task's pixel noise)
         model = pipeline.build_model(G, corruption, phi=phi, stats=stats, method="map")
-        results[key] = {**_demo_task(label, key, model, y, ctx, timings), "corruption": corruption}
+        # VI's model as brgm reconstruct --method vi builds it: no perceptual term for methods with draws
+        vi_phi = phi if pipeline.default_percept("vi") else None
+        vi_model = pipeline.build_model(G, corruption, phi=vi_phi, stats=stats, method="vi")
+        results[key] = {**_demo_task(label, key, model, y, ctx, timings, vi_model), "corruption": corruption}
         r_map, r_vi = results[key]["map"], results[key]["vi"]
         if interrupted(r_map) or (r_vi is not None and interrupted(r_vi)):
             return results, True
@@ -384,7 +388,8 @@ def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, gene
                              "mask": "rows 5/16-10/16, columns 1/4-3/4 missing (eyes and nose)",
                              "tasks": [k for _, k, _ in tasks], "deblur_sigma_px": blur, "deblur_padding": "reflect",
                              "reliance_prior_draws": DEMO_RELIANCE_PRIOR_DRAWS,
-                             "percept": phi is not None},
+                             "percept": phi is not None,
+                             "percept_vi": phi is not None and pipeline.default_percept("vi")},
                 "seed": seed,
                 "generator": {"spec": generator, "class": type(G).__name__, "resolution": R, "channels": C},
                 "models": {k: res["model"].config() for k, res in results.items()},

@@ -32,7 +32,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Sequence
 
 import typer
 
@@ -149,7 +149,7 @@ def _load_model(generator, device, class_index, spec: RunSpec, inputs, seed, tim
     obs = _core.observe(inputs, G, spec.task, simulate=spec.simulate, seed=seed, **spec.task_options)
     timings["load_inputs_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    phi = default_phi(G, generator) if spec.percept and obs.image_observation else None
+    phi = default_phi(G, generator) if spec.use_percept() and obs.image_observation else None
     model = spec.build(G, obs, phi=phi, note=lambda text: print(text, file=sys.stderr))
     if spec.model.discrepancy is None:  # run.json records what the default resolved to
         spec.model.discrepancy = spec.default_discrepancy(G, obs.corruption)[0]
@@ -280,7 +280,7 @@ def _settings(spec: RunSpec, inputs, generator, methods: MethodChoice, *, steps_
                 "num_samples": methods.num_samples, "chains": methods.chains, "seed": seed,
                 "device": device, "threads": threads, "workers": methods.workers, "out": str(out),
                 "simulate": spec.simulate, "sigma_pixel": choice.sigma_pixel, "model_choice": asdict(choice),
-                "percept": bool(spec.percept and phi is not None), "lr": methods.lr,
+                "percept": bool(spec.use_percept() and phi is not None), "lr": methods.lr,
                 "optimiser": {k: v for k, v in result.extra.items() if k in ("lr", "lr_decay", "lr_rampdown")}
                 or None, "vgg16": str(vgg16) if vgg16 else None, "reliance_draws": reliance_draws}
     if methods.guide is not None:
@@ -300,12 +300,17 @@ def _write_and_report(outdir, obs, result, model, G, generator, settings, starte
 
     written = write_results(outdir, obs, result, model, vgg16=str(vgg16) if vgg16 else None, record=record,
                             timings=timings, t_start=t_start, reliance_draws=reliance_draws)
-    return report(written, result, simulate, timings)
+    from brgm_pyro.calibration_table import run_warnings
+
+    scores = written.get("scores") or {}
+    return report(written, result, simulate, timings,
+                  notes=run_warnings(G, settings, scores.get("coverage") if simulate else None))
 
 
-def report(written: dict, result, simulate: bool, timings: dict) -> int:
-    """The console lines after a run; the exit status (130 after Ctrl-C)."""
-    for w in written["warnings"]:
+def report(written: dict, result, simulate: bool, timings: dict, notes: Sequence[str] = ()) -> int:
+    """The console lines after a run; the exit status (130 after Ctrl-C). ``notes``: calibration
+    warnings (:func:`brgm_pyro.calibration_table.run_warnings`), one line each."""
+    for w in [*written["warnings"], *notes]:
         print(f"warning: {w}", file=sys.stderr)
     where = written["dir"]
     if simulate and written["scores"] is not None:
@@ -396,11 +401,13 @@ def _reconstruct(
     discrepancy: Optional[str] = typer.Option(None, help="What G cannot draw, x = G(w) + e, e ~ N(0, tau^2): auto "
                                               "(the scale brgm fit-discrepancy stored beside the weights; bundled "
                                               "for builtin:faces64), off, or tau in [-1, 1] units. Default: auto "
-                                              "for methods with posterior draws when a scale is stored and the "
-                                              "noise is gaussian, else off. It makes the intervals cover real "
+                                              "for every method when a scale is stored and the noise is gaussian, "
+                                              "else off. It makes the intervals cover real "
                                               "images (docs/discrepancy.md)."),
-    percept: bool = typer.Option(True, "--percept/--no-percept", metavar="", help="Use the generator's perceptual network "
-                                                                      "when it has one."),
+    percept: Optional[bool] = typer.Option(None, "--percept/--no-percept", metavar="",
+                                           help="Use the generator's perceptual network when it has one (default: "
+                                           "on for methods without draws (map), off for methods with draws: their "
+                                           "intervals cover without it, docs/calibration.md)."),
     lr: Optional[float] = typer.Option(None, help="Learning rate (default: the method's; MAP with --task none: "
                                                   "a constant 0.2, chosen for W+ inversion)."),
     vgg16: Optional[Path] = typer.Option(None, help="VGG16 weights file: adds LPIPS to metrics.json."),

@@ -25,10 +25,11 @@ import time
 from typing import Callable, Optional
 
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.distributions import constraints
-from pyro.infer.autoguide import AutoContinuous, AutoNormal
+from pyro.infer.autoguide import AutoContinuous, AutoGuideList, AutoNormal
 from torch import Tensor
 
 from brgm_pyro.errors import BRGMError
@@ -70,13 +71,21 @@ def _continuous_slices(guide: AutoContinuous) -> dict[str, slice]:
 def guide_marginal_std(guide, site: Optional[str] = None) -> Optional[Tensor]:
     """sigma_v: the marginal standard deviations of a Gaussian guide in unconstrained coordinates,
     flattened, for one ``site`` or (None) all of them; None for a guide without them."""
+    if hasattr(guide, "marginal_std"):  # brgm_pyro.inference.guides: per-image structured guides
+        return guide.marginal_std(site)
+    if isinstance(guide, AutoGuideList):  # the parts that hold the site (all of them for None)
+        parts = [guide_marginal_std(g, site) for g in guide if site is None or site in g.prototype_trace.nodes]
+        parts = [p for p in parts if p is not None]
+        return parts[0] if site is not None and parts else (torch.cat(parts) if parts else None)
     if isinstance(guide, AutoNormal):
         if site is not None:
             return pyro_internals.autonormal_scale(guide, site).reshape(-1)
         return _autonormal_scales(guide)
     if isinstance(guide, AutoContinuous):
         post = guide.get_posterior()
-        if hasattr(post, "scale_tril"):
+        if isinstance(post, dist.LowRankMultivariateNormal):  # its scale_tril is a dense D x D Cholesky
+            sd = post.variance.sqrt()
+        elif hasattr(post, "scale_tril"):
             sd = post.scale_tril.pow(2).sum(-1).sqrt()
         elif hasattr(post, "variance"):
             try:
@@ -91,6 +100,11 @@ def guide_marginal_std(guide, site: Optional[str] = None) -> Optional[Tensor]:
 
 def analytic_entropy(guide) -> Optional[Tensor]:
     """H[q] of the guide's unconstrained Gaussian in closed form; None when there is none."""
+    if hasattr(guide, "analytic_entropy"):
+        return guide.analytic_entropy()
+    if isinstance(guide, AutoGuideList):
+        parts = [analytic_entropy(g) for g in guide]
+        return None if any(h is None for h in parts) else sum(parts)
     if isinstance(guide, AutoNormal):
         scales = _autonormal_scales(guide)
         return scales.log().sum() + 0.5 * scales.numel() * (1.0 + math.log(2 * math.pi))

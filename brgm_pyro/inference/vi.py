@@ -15,7 +15,8 @@ By default s is sigma_v measured in units of the prior std of the same coordinat
 Set ``hyperprior=None`` for the plain ELBO (the true variational optimum).
 
 Guides: ``"normal"`` (AutoNormal), ``"diagonal"`` (AutoDiagonalNormal), ``"lowrank"``
-(AutoLowRankMultivariateNormal), ``"mvn"`` (AutoMultivariateNormal), or any callable
+(per image: low-rank plus diagonal over w, the images independent; :mod:`brgm_pyro.inference.guides`),
+``"lowrank_joint"`` (Pyro's AutoLowRankMultivariateNormal over the whole batch), ``"mvn"`` (AutoMultivariateNormal), or any callable
 ``factory(model, init_loc_fn, init_scale) -> guide`` (register more in ``GUIDES``). Every guide
 covers every latent site of the model (w and the learned scalars), as Pyro's autoguides do.
 """
@@ -32,6 +33,7 @@ from torch import Tensor
 
 from brgm_pyro.errors import BRGMError
 from brgm_pyro.inference.engine import ELBOTerms, _particles, guide_marginal_std, optimise, save_checkpoint
+from brgm_pyro.inference.guides import images_lowrank_guide
 from brgm_pyro.inference.result import InferenceResult
 from brgm_pyro.inference.sites import init_loc_fn, initial_values
 from brgm_pyro.models.brgm import BRGMModel
@@ -58,6 +60,16 @@ def _diagonal(model, init_loc_fn, init_scale, **kw):
 
 @GUIDES.register("lowrank")
 def _lowrank(model, init_loc_fn, init_scale, rank: int = 10, **kw):
+    """Per image: low-rank (``rank``) plus diagonal over w; images independent (inference/guides.py)."""
+    if kw:
+        raise BRGMError(f"the lowrank guide takes rank only; got {sorted(kw)}")
+    return images_lowrank_guide(model, init_loc_fn, init_scale, rank=rank)
+
+
+@GUIDES.register("lowrank_joint")
+def _lowrank_joint(model, init_loc_fn, init_scale, rank: int = 10, **kw):
+    """Pyro's AutoLowRankMultivariateNormal: one low-rank factor over every latent of the batch
+    (couples the images; its cost grows faster than the batch)."""
     return AutoLowRankMultivariateNormal(model, init_loc_fn=init_loc_fn, init_scale=init_scale, rank=rank, **kw)
 
 

@@ -380,7 +380,7 @@ def run_dataset_cli(*, source, spec, generator, seed, device, out, quiet, thread
     run = DatasetRun(source=str(source), out=Path(out).expanduser().absolute(), task=spec.task,
                      task_options=spec.task_options, generator=generator, method=m.method, steps=m.steps,
                      num_samples=m.num_samples, seed=seed, device=device, simulate=spec.simulate,
-                     percept=spec.percept, lr=m.lr, batch_size=batch_size, model_kwargs=model_kwargs, chains=m.chains,
+                     percept=spec.use_percept(), lr=m.lr, batch_size=batch_size, model_kwargs=model_kwargs, chains=m.chains,
                      class_index=class_index, vgg16=str(vgg16) if vgg16 else None, quiet=quiet or rank > 0,
                      guide=m.guide, spec=spec)
     t0 = time.perf_counter()

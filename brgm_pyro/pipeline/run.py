@@ -259,8 +259,12 @@ class RunSpec:
     task_options: dict = field(default_factory=dict)
     model: ModelChoice = field(default_factory=ModelChoice)
     method: MethodChoice = field(default_factory=MethodChoice)
-    percept: bool = True
+    percept: Optional[bool] = None  # None: the method's default (core.default_percept)
     simulate: bool = False
+
+    def use_percept(self) -> bool:
+        """Whether this run's likelihood has the perceptual term: ``percept``, or the method's default."""
+        return core.default_percept(self.method.method) if self.percept is None else bool(self.percept)
 
     def check(self, device: str = "cpu", registry=None) -> None:
         t = get_task(self.task)
@@ -276,15 +280,17 @@ class RunSpec:
     def build(self, G, obs, *, phi: Any = "default", note: Optional[Callable[[str], None]] = None):
         """The model of this run on ``obs`` (an :class:`~brgm_pyro.pipeline.core.Observation`):
         :func:`~brgm_pyro.pipeline.core.build_model` with this method's defaults. ``phi``: "default"
-        (G's own network) or a network; none without ``percept`` or for a non-image observation.
+        (G's own network) or a network; none unless :meth:`use_percept`, or for a non-image observation.
         ``note(text)`` receives the console note when the default discrepancy is off for a reason."""
         kw = self.model.model_kwargs()
         if "discrepancy" not in kw and note is not None:
             _, why = self.default_discrepancy(G, obs.corruption)
             if why:
                 note(why)
-        if not self.percept or not obs.image_observation:
+        if not self.use_percept() or not obs.image_observation:
             phi = None
+        elif isinstance(phi, str) and phi == "default":
+            phi = core.default_phi(G)  # asked for explicitly: not the method's default again
         return core.build_model(G, obs.corruption, phi=phi, method=self.method.method, **kw)
 
 
