@@ -169,10 +169,11 @@ def test_bad_method_options_are_one_line(tmp_path):
 
 
 def test_inla_error_names_an_option_that_exists(tmp_path):
+    # INLA has draws, so the perceptual term is off by default; asked for explicitly it is refused
     img = _face(tmp_path / "face.png")
     res = runner.invoke(app, ["reconstruct", str(img), "--simulate", "--generator", GEN, "--method", "inla",
-                              "--sigma-pixel", "auto", "--task", "superres", "--factor", "4", "-q", "--threads", "1",
-                              "--out", str(tmp_path / "o")])
+                              "--percept", "--sigma-pixel", "auto", "--task", "superres", "--factor", "4", "-q",
+                              "--threads", "1", "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "--no-percept" in res.stderr and "--percept off" not in res.stderr, res.stderr
 
 
