@@ -15,6 +15,9 @@ values (the same ``log_density_terms`` behind MCMC's checks and ArviZ's ``sample
 
 The model and the guide run once per step (traces are replayed, never re-run; for MAP only the
 model runs), so the per-step cost is one generator forward and backward plus Pyro's bookkeeping.
+When P particles do not fit the model's memory budget together, the model's part of the ELBO (a
+sum over particles) is evaluated and differentiated a chunk of particles at a time, with the
+same value and gradient (:mod:`brgm_pyro.memory`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pyro.infer.autoguide import AutoContinuous, AutoNormal
 from torch import Tensor
 
 from brgm_pyro.errors import BRGMError
+from brgm_pyro.memory import chunked_grad, items_per_chunk, surrogate
 from brgm_pyro.models.brgm import BRGMModel
 from brgm_pyro.models.density import log_density_terms, trace_terms
 
@@ -155,6 +159,8 @@ class ELBOTerms:
             raise BRGMError("hyperprior_units must be 'prior' or 'absolute'")
         self.hyperprior_units = hyperprior_units
         self._ref_scale: Optional[Tensor] = None
+        #: particles per generator pass: None follows the model's memory budget (brgm_pyro.memory)
+        self.chunk: Optional[int] = None
 
     def _reference_scale(self, y: Tensor, n: int) -> Tensor | float:
         """The prior's reference std of every guide coordinate of w (flattened like sigma_v), or 1."""
@@ -198,9 +204,14 @@ class ELBOTerms:
         with pyro.validation_enabled(self._first):
             self._first = False
             g_tr = poutine.trace(self._g).get_trace(y)
-            m_tr = poutine.trace(poutine.replay(self._m, trace=g_tr)).get_trace(y)
-        P = self.num_particles
-        terms: dict[str, Tensor] = {k: -v / P for k, v in trace_terms(m_tr, self.site_terms).items()}
+            P = self.num_particles
+            chunk = self.chunk if self.chunk is not None else items_per_chunk(self.model, P, y.shape[0])
+            carry = None
+            if chunk >= P:  # one batch: replay the model under the guide's trace
+                m_tr = poutine.trace(poutine.replay(self._m, trace=g_tr)).get_trace(y)
+                terms: dict[str, Tensor] = {k: -v / P for k, v in trace_terms(m_tr, self.site_terms).items()}
+            else:
+                terms, carry = self._chunked_terms(g_tr, y, chunk)
         if self.entropy:
             terms[ENTROPY] = -self._entropy(g_tr)
         if self.hyperprior is not None:
@@ -214,7 +225,25 @@ class ELBOTerms:
             logp = (alpha * math.log(beta) - math.lgamma(alpha) - (alpha + 1) * s.log() - beta / s).sum()
             terms[HYPERPRIOR] = -logp
         vec = torch.stack([torch.as_tensor(terms[n]) for n in self.names])
-        return vec.sum(), vec
+        return (vec.sum() if carry is None else vec.sum() + carry), vec
+
+    def _chunked_terms(self, g_tr, y: Tensor, chunk: int) -> tuple[dict[str, Tensor], Tensor]:
+        """The particle-average terms computed ``chunk`` particles at a time (:mod:`brgm_pyro.memory`).
+
+        The log joint of P particles is a sum over them: its gradient with respect to the guide's
+        draws (P, B, ...) is accumulated chunk by chunk (one chunk's generator graph at a time), then
+        carried on to the guide's parameters by the returned zero-valued surrogate. Returns the
+        terms (detached, as losses) and that surrogate, to be added to the loss."""
+        P = self.num_particles
+        values = {name: g_tr.nodes[name]["value"] for name in self.model.latent_sites()}
+        order = [n for n in self.names if n in self.site_terms.values()]
+
+        def fn(part: dict[str, Tensor]) -> Tensor:
+            t = log_density_terms(self.model, y, part)  # term -> (c,)
+            return torch.stack([-t[n].sum() / P if n in t else torch.zeros((), device=y.device) for n in order])
+
+        total, grads = chunked_grad(fn, values, chunk)
+        return dict(zip(order, total)), surrogate(values, grads)
 
 
 class LogJointTerms:
