@@ -188,3 +188,33 @@ def test_streamed_moments_equal_the_stacked_ones():
     # float32 renders at batch 7 and 50 differ in the last bits; the sums themselves are float64
     torch.testing.assert_close(mean, want_m, rtol=0, atol=1e-6)
     torch.testing.assert_close(var, want_v, rtol=1e-4, atol=1e-8)
+
+
+def test_cli_max_memory_gives_the_same_files(tmp_path, monkeypatch):
+    """`brgm reconstruct --max-memory 1KB` (every particle and draw alone through G) writes the same
+    reconstruction and samples as the default budget; a bad size is one line, exit 2."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from brgm_pyro.cli import app
+
+    monkeypatch.setenv("BRGM_CACHE_DIR", str(tmp_path / "cache"))
+    Image.fromarray((np.random.default_rng(0).random((2, 2, 3)) * 255).astype(np.uint8)).save(tmp_path / "low.png")
+    runner = CliRunner()
+    outs = []
+    for extra in ([], ["--max-memory", "1KB"]):
+        out = tmp_path / f"res{len(outs)}"
+        res = runner.invoke(app, ["reconstruct", "--generator", "builtin:conv16", "-q", str(tmp_path / "low.png"),
+                                  "--method", "vi", "--steps", "3", "--num-samples", "3", "--out", str(out), *extra])
+        assert res.exit_code == 0, res.output
+        outs.append(out)
+    for name in ["reconstruction.png", "samples/sample_000.png", "samples/sample_002.png"]:
+        a, b = (np.asarray(Image.open(o / name)) for o in outs)
+        assert np.array_equal(a, b), name
+    assert json.loads((outs[1] / "run.json").read_text())["settings"]["max_memory"] == "1KB"
+    bad = runner.invoke(app, ["reconstruct", "--generator", "builtin:conv16", str(tmp_path / "low.png"),
+                              "--max-memory", "lots", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "memory size" in bad.output

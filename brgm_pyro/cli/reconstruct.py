@@ -39,6 +39,7 @@ import typer
 from brgm_pyro import io
 from brgm_pyro.cli.app import app, user_errors
 from brgm_pyro.errors import BRGMError
+from brgm_pyro.memory import parse_size
 from brgm_pyro.pipeline import core as _core
 from brgm_pyro.pipeline.records import interrupted, latent_lines, machine_info, package_versions
 from brgm_pyro.pipeline.tasks import get_task, merged_options, number_or_auto
@@ -325,7 +326,7 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
                     lr, vgg16, overwrite, quiet, chains=None, threads=None, workers=1, class_index=None,
                     choice: Optional[ModelChoice] = None, task_options: Optional[dict] = None,
                     batch_size: int = 8, reliance_draws: Optional[int] = None, max_tree_depth: Optional[int] = None,
-                    mass: Optional[str] = None, **legacy) -> int:
+                    mass: Optional[str] = None, max_memory: Optional[str] = None, **legacy) -> int:
     """The command's body (also called with keyword arguments by tests and scripts).
 
     ``task_options``: the task's options by name (``factor``, ``kernel``, ``mask``, ...); the old
@@ -341,6 +342,8 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
 
         if reliance_draws is not None:
             raise BRGMError("--reliance-draws is for single runs; dataset runs use the default 512 prior draws")
+        if max_memory is not None:
+            raise BRGMError("--max-memory is for single runs; dataset runs use the device's default budget")
         if max_tree_depth is not None or mass is not None:
             raise BRGMError("--max-tree-depth and --mass are for single runs; dataset runs use the library's NUTS "
                             "defaults")
@@ -365,6 +368,7 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
     steps_given = steps
     steps, kernel_defaults = mcmc_cli_defaults(method, steps, max_tree_depth, mass)
     _check_outputs_options(reliance_draws, vgg16, simulate)
+    budget = None if max_memory is None else parse_size(max_memory)  # a bad size: one line, before any work
     outdir = io.OutputDir(out, overwrite=overwrite)  # refuses a bad --out now, before any work
     for p in inputs:  # file problems before the (slower) generator
         io.read_image(p, what="input image")
@@ -373,6 +377,7 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
     timings: dict[str, float] = {}
     G, obs, model, phi = _load_model(generator, device, class_index, method, choice, inputs, t, opts, simulate,
                                      seed, percept, timings)
+    model.max_memory = budget  # batches through G follow it (brgm_pyro.memory; None: the device's default)
 
     # 3. inference (Ctrl-C inside stops the optimiser and returns what exists)
     extra: dict[str, Any] = dict(kernel_defaults)
@@ -392,6 +397,7 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
                 "max_tree_depth": kernel_defaults.get("max_tree_depth"), "mass": mass, "num_samples": num_samples,
                 "chains": chains, "seed": seed,
                 "device": device, "threads": threads, "workers": workers, "out": str(out), "simulate": simulate,
+                "max_memory": max_memory,
                 "sigma_pixel": choice.sigma_pixel, "model_choice": asdict(choice),
                 "percept": bool(percept and phi is not None), "lr": lr,
                 "optimiser": {k: v for k, v in result.extra.items() if k in ("lr", "lr_decay", "lr_rampdown")}
@@ -502,6 +508,10 @@ def _reconstruct(
     reliance_draws: Optional[int] = typer.Option(None, help="Prior draws (renders of G) behind reliance.png, the "
                                                  "prior-reliance map written with posterior draws (default 512; 0: "
                                                  "none)."),
+    max_memory: Optional[str] = typer.Option(None, help="Memory budget for batches through the generator, e.g. "
+                                             "8GB: VI particles and rendered draws go through G in chunks that "
+                                             "fit it, with the same results (default: 70% of the device's free "
+                                             "memory; docs/memory.md)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     **task_options,
 ) -> None:
@@ -513,7 +523,7 @@ def _reconstruct(
                    simulate=simulate, percept=percept, lr=lr, vgg16=vgg16, overwrite=overwrite, quiet=quiet,
                    threads=threads, class_index=class_index, choice=choice, task_options=task_options,
                    batch_size=batch_size, reliance_draws=reliance_draws, max_tree_depth=max_tree_depth,
-                   mass=mass)
+                   mass=mass, max_memory=max_memory)
     if code:
         raise typer.Exit(code)
 
