@@ -309,6 +309,7 @@ def optimise(
     lr_rampdown: float = 0.0,
     checkpoint: Optional[Callable[[int], None]] = None,
     checkpoint_every: int = 100,
+    after: Optional[Callable[[float], tuple[float, str]]] = None,
 ) -> dict:
     """Adam on ``params_fn()`` minimising ``loss_fn()``, with NaN safety and Ctrl-C handling.
 
@@ -318,6 +319,9 @@ def optimise(
     projector's ramp-down: a long exploratory phase, a short settling one).
 
     ``checkpoint(step)`` is called every ``checkpoint_every`` steps to save progress of long runs.
+    ``after(first_step_s) -> (seconds, what)``: the work that follows the steps (rendering draws);
+    with ``progress``, when the first step says the run will take over a minute, a line states the
+    estimate (:func:`estimate_line`) before the rest runs.
     Stops early (keeping the last finite parameters) when the loss or a gradient is not finite,
     when ``callback`` returns False, or on KeyboardInterrupt. Returns history, timing, ``stopped``.
     """
@@ -363,6 +367,10 @@ def optimise(
             for n, v in zip(history, vals):
                 history[n].append(v)
             step_times.append(time.perf_counter() - t0)
+            if step == 0 and progress:
+                line = estimate_line(desc, steps, step_times[0], after)
+                if line:
+                    bar.write(line, file=sys.stderr)
             if progress and (step % 10 == 0 or step == steps - 1):
                 bar.set_postfix({n[:6]: f"{v:.4g}" for n, v in zip(history, vals)}, refresh=False)
             if checkpoint is not None and (step + 1) % checkpoint_every == 0:
@@ -382,6 +390,24 @@ def optimise(
     per = sorted(step_times)[len(step_times) // 2] if step_times else float("nan")
     return {"history": history, "timing": {"total_s": total, "per_step_s": per, "steps": len(step_times)},
             "stopped": stopped}
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else (f"{seconds / 60:.1f} min" if seconds < 5400 else
+                                                     f"{seconds / 3600:.1f} h")
+
+
+def estimate_line(desc: str, steps: int, first_step_s: float, after=None, threshold_s: float = 60.0
+                  ) -> Optional[str]:
+    """``"<desc>: about 9.1 min (30 steps x 16 s, then ~40 s rendering 8 draws)"`` when the steps
+    plus ``after(first_step_s)`` exceed ``threshold_s``, else None. The first step is the slowest
+    (Pyro's checks run once), so the estimate errs long."""
+    extra, what = after(first_step_s) if after is not None else (0.0, "")
+    total = steps * first_step_s + extra
+    if total <= threshold_s:
+        return None
+    tail = f", then ~{_duration(extra)} {what}" if extra > 0 and what else ""
+    return f"{desc}: about {_duration(total)} ({steps} steps x {first_step_s:.2g} s{tail})"
 
 
 def save_checkpoint(path, tensors: dict[str, Tensor], meta: Optional[dict] = None) -> None:

@@ -93,6 +93,15 @@ def render_samples(model: BRGMModel, draws: Union[dict, Tensor], y: Optional[Ten
     return model.predictive_images(draws, y, seed=seed)
 
 
+def _writing_estimate(step_s: float, particles: int, num_samples: int) -> tuple[float, str]:
+    """Seconds to render ``num_samples`` draws after the fit: a forward of G is about a third of a
+    forward + backward, and a step is ``particles`` of those (plus the reliance map's prior draws the
+    first time a generator is used: cached after that, brgm_pyro.reliance)."""
+    render = step_s / max(1, particles) / 3
+    return num_samples * render, (f"rendering {num_samples} draws; the first run of a generator adds "
+                                  f"~{512 * render / 60:.0f} min for the reliance map's prior variance")
+
+
 def run_vi(
     model: BRGMModel,
     y: Tensor,
@@ -162,7 +171,8 @@ def run_vi(
             ckpt = lambda step: save_checkpoint(checkpoint_path, snapshot(), {"step": step, "method": "vi"})
         out = optimise(lambda: list(q.parameters()), lambda: elbo(y), elbo.names, steps=steps, lr=lr,
                        lr_decay=lr_decay, desc=f"VI ({guide_name})", progress=progress, callback=callback,
-                       checkpoint=ckpt, checkpoint_every=checkpoint_every)
+                       checkpoint=ckpt, checkpoint_every=checkpoint_every,
+                       after=lambda t: _writing_estimate(t, num_particles, num_samples))
         with torch.no_grad():
             latents = {k: v.detach().clone() for k, v in q.median(y).items()}
             snap = {k: v.detach().clone() for k, v in snapshot().items()}
