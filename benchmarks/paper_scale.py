@@ -6,7 +6,7 @@
 
 The generator is built with our own code (``StyleGAN2Generator``: 1024 px, w_dim 512, channel_base
 32768, channel_max 512, 18 x 512 W+, random weights from ``--seed``; ``--precision fp16`` adds
-NVIDIA's ``num_fp16_res=4, conv_clamp=256``, which changes the arithmetic on CUDA only) and saved
+NVIDIA's ``num_fp16_res=4, conv_clamp=256``: fp16 arithmetic on CUDA only, the clamp on any device) and saved
 once as a .safetensors file, so every run loads it as a user's file would be loaded.
 
 Each (task, method) runs in a fresh process (so its peak memory is its own, read with ``os.wait4``)
@@ -15,7 +15,9 @@ weights frozen, as BRGM's methods need; median of ``--ref-repeats``) and then ru
 reconstruct`` in-process through the CLI's own argument parsing (``--simulate`` on a seeded smooth
 1024 x 1024 image: x16 super-resolution observes 64 x 64, in-painting the default mask; ``--steps``
 steps, 2 posterior draws, 1 chain, no reliance map unless ``--reliance-draws``). Reported per run:
-the median step time over the reference forward + backward (per particle for VI), peak RSS (and
+the median step time over the reference forward + backward (per particle for VI), in wall seconds
+and in this process's CPU seconds (steps after the first: it also pays one-time checks; with one
+thread the CPU figure is the work done, whatever else the machine runs), peak RSS (and
 CUDA max allocated), the RSS peak of the reference alone, and the time to the first result
 (command start to run.json written). Results go to ``<out>/paper_scale.json`` and a Markdown table
 is printed. On a shared machine use ``--threads 1`` (default) and read the ratios: both parts of a
@@ -74,16 +76,18 @@ def reference_step(gpath: Path, device: str, repeats: int) -> dict:
     G = load_generator(str(gpath), device).requires_grad_(False)
     g = torch.Generator().manual_seed(0)
     w = G.mapping(torch.randn(1, G.z_dim, generator=g).to(device)).unsqueeze(1).repeat(1, G.num_ws, 1)
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
         wv = w.detach().clone().requires_grad_(True)
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         G(wv).square().mean().backward()
         _sync(device)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     del G
-    return {"ref_fwd_bwd_s": sorted(times)[len(times) // 2], "ref_times_s": times}
+    return {"ref_fwd_bwd_s": sorted(times)[len(times) // 2], "ref_times_s": times,
+            "ref_fwd_bwd_cpu_s": sorted(cpu)[len(cpu) // 2], "ref_cpu_s": cpu}
 
 
 def _sync(device: str) -> None:
@@ -153,6 +157,7 @@ def child(a) -> None:
     run = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
     timing = _find(run, "timing") or {}
     rec["per_step_s"] = timing.get("per_step_s")
+    rec["per_step_cpu_s"] = timing.get("per_step_cpu_s")
     rec["timings_s"] = run.get("timings_s")
     rec["time_to_result_s"] = (run.get("timings_s") or {}).get("total_s")
     if a.device.startswith("cuda"):
@@ -175,9 +180,11 @@ def run_child(a, task: str, method: str, gpath: Path, img: Path) -> dict:
                                                                       "error": f"exit {p.returncode}"}
     rec["peak_rss_gib"] = usage.ru_maxrss / 2 ** 20
     rec["process_s"] = time.perf_counter() - t0
+    k = a.num_particles if method == "vi" else 1
     if rec.get("per_step_s") and rec.get("ref_fwd_bwd_s"):
-        per = rec["per_step_s"] / (a.num_particles if method == "vi" else 1)
-        rec["step_over_ref"] = per / rec["ref_fwd_bwd_s"]
+        rec["step_over_ref"] = rec["per_step_s"] / k / rec["ref_fwd_bwd_s"]
+    if rec.get("per_step_cpu_s") and rec.get("ref_fwd_bwd_cpu_s") and not a.device.startswith("cuda"):
+        rec["cpu_step_over_ref"] = rec["per_step_cpu_s"] / k / rec["ref_fwd_bwd_cpu_s"]
     return rec
 
 
@@ -186,13 +193,17 @@ PASS_ON = ("steps", "num_samples", "device", "out", "max_memory", "threads", "re
 
 
 def table(rows: list) -> str:
-    head = ("| task | method | precision | per step (s) | G fwd+bwd (s) | ratio (per particle) | peak RSS (GiB) "
-            "| G fwd+bwd alone peak RSS (GiB) | first result (s) | ok |")
-    lines = [head, "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    """Markdown: wall and CPU seconds per step against G's forward + backward, peaks, first result."""
+    head = ("| task | method | precision | per step, wall (s) | G fwd+bwd, wall (s) | ratio, wall | per step, CPU (s) "
+            "| G fwd+bwd, CPU (s) | ratio, CPU | peak RSS (GiB) | G fwd+bwd alone, peak RSS (GiB) "
+            "| first result (s) | ok |")
+    lines = [head, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     f = lambda v, p=2: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
     for r in rows:
-        lines.append(f"| {r['task']} | {r['method']} | {r.get('precision')} | {f(r.get('per_step_s'))} | "
-                     f"{f(r.get('ref_fwd_bwd_s'))} | {f(r.get('step_over_ref'), 3)} | {f(r.get('peak_rss_gib'))} | "
+        lines.append(f"| {r['task']} | {r['method']} | {r.get('precision')} | {f(r.get('per_step_s'), 1)} | "
+                     f"{f(r.get('ref_fwd_bwd_s'), 1)} | {f(r.get('step_over_ref'), 3)} | "
+                     f"{f(r.get('per_step_cpu_s'), 1)} | {f(r.get('ref_fwd_bwd_cpu_s'), 1)} | "
+                     f"{f(r.get('cpu_step_over_ref'), 3)} | {f(r.get('peak_rss_gib'))} | "
                      f"{f(r.get('ref_peak_rss_gib'))} | {f(r.get('time_to_result_s'), 0)} | "
                      f"{'yes' if r.get('ok') else r.get('error', 'no')} |")
     return "\n".join(lines)
