@@ -253,3 +253,13 @@ def test_mcmc_workers_follow_the_budget():
     model.max_memory = HUGE
     assert _workers_in_budget(model, 4, 1, progress=False) == 4
     assert _workers_in_budget(model, 1, 1, progress=False) == 1
+
+
+def test_time_estimate_line_only_for_runs_over_a_minute():
+    from brgm_pyro.inference.engine import estimate_line
+    from brgm_pyro.inference.vi import _writing_estimate
+
+    assert estimate_line("MAP", 30, 1.0) is None  # 30 s
+    line = estimate_line("VI (normal)", 300, 64.0, lambda t: _writing_estimate(t, 4, 16))
+    assert line.startswith("VI (normal): about 5.4 h (300 steps x 64 s, then ~85 s rendering 16 draws")
+    assert "reliance map" in line
