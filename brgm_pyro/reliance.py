@@ -20,7 +20,9 @@ super-resolution, deblurring, compressed sensing and the correlations a generato
 missing pixel next to observed ones is partly decided by the data). See docs/corruptions.md.
 
 Estimators: the posterior variance from the S draws a method returns (unbiased sample variance);
-the prior variance from ``num_prior`` seeded prior draws of w rendered by G. A prior with factors
+the prior variance from ``num_prior`` seeded prior draws of w rendered by G, once per generator and
+prior setting: it is cached beside the weights (or in the user cache for builtins), so later runs
+render nothing for it. A prior with factors
 (the BRGM colinearity term) is sampled from its base distribution and the draws are weighted by
 exp(sum of factors) (self-normalised importance sampling; the effective sample size is reported).
 Outside the linear-Gaussian case r can exceed 1 (a posterior wider than the prior in a pixel,
@@ -115,20 +117,90 @@ def sample_prior_latents(prior, num: int, seed: int = 0) -> tuple[Tensor, Option
     return w, torch.softmax(logw.double(), 0)
 
 
-def prior_image_moments(model, num: int = DEFAULT_PRIOR_DRAWS, seed: int = 0, chunk: int = 64
-                        ) -> tuple[Tensor, Tensor, float]:
-    """Prior mean and variance of every pixel of x = G(w) (+ e, with the model's discrepancy term),
-    w ~ the model's prior: ((C, H, W), (C, H, W), ESS). The discrepancy adds tau^2 to the variance."""
-    w, wt = sample_prior_latents(model.prior, num, seed)
+def _moments(model, w: Tensor, wt: Optional[Tensor], chunk: Optional[int], progress: bool) -> tuple[Tensor, Tensor]:
+    """Weighted mean and variance of G(w) over the draws w (num, L, d), float64 (C, H, W), streamed:
+    ``chunk`` renders at a time (default: the memory budget's), never all images at once. Unweighted
+    draws get the unbiased variance. Sums are shifted by the first render (no cancellation)."""
+    from tqdm.auto import tqdm
+
+    from brgm_pyro.memory import chunk_ranges, items_per_chunk
+
+    num = w.shape[0]
+    chunk = chunk or items_per_chunk(model, num, 1, grad=False)
+    unbiased = wt is None
+    wt = torch.full((num,), 1.0 / num, dtype=torch.float64) if wt is None else wt
+    s1 = s2 = shift = None
     with torch.no_grad():
-        x = torch.cat([model.render(w[i:i + chunk]) for i in range(0, num, chunk)]).double()
+        for sl in tqdm(list(chunk_ranges(num, chunk)), desc="prior pixel variance (once per generator)",
+                       disable=not progress, leave=False):
+            x = model.render(w[sl]).double()
+            shift = x[0].clone() if shift is None else shift
+            d = x - shift
+            c = wt[sl].to(d)[:, None, None, None]
+            s1 = (c * d).sum(0) if s1 is None else s1 + (c * d).sum(0)
+            s2 = (c * d * d).sum(0) if s2 is None else s2 + (c * d * d).sum(0)
+    var = (s2 - s1 * s1).clamp_min(0.0)
+    if num > 1 and unbiased:
+        var = var * num / (num - 1)
+    return shift + s1, var
+
+
+def prior_image_moments(model, num: int = DEFAULT_PRIOR_DRAWS, seed: int = 0, chunk: Optional[int] = None,
+                        cache: bool = False, progress: bool = False) -> tuple[Tensor, Tensor, float]:
+    """Prior mean and variance of every pixel of x = G(w) (+ e, with the model's discrepancy term),
+    w ~ the model's prior: ((C, H, W), (C, H, W), ESS). The discrepancy adds tau^2 to the variance.
+
+    ``cache``: read the moments of G(w) from the per-generator cache (and write them there the first
+    time, :mod:`brgm_pyro.models.generators.cache`), keyed by G's weights, the prior draws (so every
+    prior setting) and their weights; a cached call renders nothing. ``progress``: a bar while
+    rendering."""
+    w, wt = sample_prior_latents(model.prior, num, seed)
     extra = 0.0 if getattr(model, "discrepancy", None) is None else model.discrepancy.tau ** 2
-    if wt is None:
-        return x.mean(0), x.var(0) + extra, float(num)
-    wt = wt.to(x.device)[:, None, None, None]
-    mean = (wt * x).sum(0)
-    var = (wt * (x - mean) ** 2).sum(0)
-    return mean, var + extra, float(1.0 / (wt ** 2).sum())
+    ess = float(num) if wt is None else float(1.0 / (wt ** 2).sum())
+    path = None
+    if cache:
+        from brgm_pyro.models.generators.cache import cache_key, per_generator_path
+
+        path = per_generator_path(model.generator, "prior_pixel_moments",
+                                  cache_key(model.generator, [w, wt], "prior_pixel_moments/1", num, seed))
+        got = _read_moments(path, model.generator.image_shape)
+        if got is not None:
+            dev = model.generator.device()
+            return got[0].to(dev), got[1].to(dev) + extra, ess
+    mean, var = _moments(model, w.to(model.generator.device()), wt, chunk, progress)
+    if path is not None:
+        _write_moments(path, mean, var, num, seed)
+    return mean, var + extra, ess
+
+
+def _read_moments(path, shape: tuple) -> Optional[tuple[Tensor, Tensor]]:
+    """(mean, var) float64 from a cache file, or None when it is missing, unreadable or another shape."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        from safetensors.torch import load_file
+
+        t = load_file(str(path))
+        if tuple(t["var"].shape) != tuple(shape):
+            return None
+        return t["mean"].double(), t["var"].double()
+    except Exception:  # a corrupt cache is recomputed, never fatal
+        return None
+
+
+def _write_moments(path, mean: Tensor, var: Tensor, num: int, seed: int) -> None:
+    """Store (mean, var) as float64 atomically; a read-only place only loses the cache."""
+    from safetensors.torch import save_file
+
+    from brgm_pyro.io import atomic_path
+
+    try:
+        with atomic_path(path) as tmp:
+            save_file({"mean": mean.detach().cpu().double().contiguous(), "var": var.detach().cpu().double().contiguous()},
+                      tmp, metadata={"num_prior_draws": str(num), "seed": str(seed),
+                                     "what": "per-pixel mean and variance of G(w), w ~ prior (brgm_pyro.reliance)"})
+    except OSError:
+        pass
 
 
 def reliance_from_draws(post_images: Tensor, prior_var: Tensor, num_prior: int = 0,
@@ -145,15 +217,21 @@ def reliance_from_draws(post_images: Tensor, prior_var: Tensor, num_prior: int =
                        float(prior_ess))
 
 
-def prior_reliance(model, result, num_prior: int = DEFAULT_PRIOR_DRAWS, seed: int = 0) -> RelianceMap:
+def prior_reliance(model, result, num_prior: int = DEFAULT_PRIOR_DRAWS, seed: int = 0, cache: bool = False,
+                   progress: bool = False) -> RelianceMap:
     """The prior-reliance map of an :class:`~brgm_pyro.inference.InferenceResult` with draws.
 
     Args:
         model: the BRGMModel the result came from. result: its ``samples`` (S, B, C, H, W) are used.
         num_prior: prior draws for the denominator (512: ~6 % relative error of a variance).
         seed: seed of the prior draws.
+        cache: take the prior variance from the per-generator cache (made the first time; then the
+            map costs no generator pass: the posterior draws are already rendered).
+        progress: a bar while the prior draws are rendered (the first time).
     """
-    _, var, ess = prior_image_moments(model, num_prior, seed)
+    if result.samples is None or result.samples.ndim != 5 or result.samples.shape[0] < 2:
+        return reliance_from_draws(result.samples, torch.zeros(()))  # its one-line error, before any render
+    _, var, ess = prior_image_moments(model, num_prior, seed, cache=cache, progress=progress)
     return reliance_from_draws(result.samples, var, num_prior, ess)
 
 

@@ -39,6 +39,7 @@ import typer
 from brgm_pyro import io
 from brgm_pyro.cli.app import app, user_errors
 from brgm_pyro.errors import BRGMError
+from brgm_pyro.memory import parse_size
 from brgm_pyro.pipeline import core as _core
 from brgm_pyro.pipeline.core import method_traits
 from brgm_pyro.pipeline.records import interrupted, latent_lines, machine_info, package_versions
@@ -189,7 +190,8 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
                     lr, vgg16, overwrite, quiet, chains=None, threads=None, workers=1, class_index=None,
                     choice: Optional[ModelChoice] = None, task_options: Optional[dict] = None,
                     batch_size: int = 8, reliance_draws: Optional[int] = None, max_tree_depth: Optional[int] = None,
-                    mass: Optional[str] = None, guide: Optional[str] = None, **legacy) -> int:
+                    mass: Optional[str] = None, guide: Optional[str] = None, max_memory: Optional[str] = None,
+                    **legacy) -> int:
     """The command's body (also called with keyword arguments by tests and scripts).
 
     ``task_options``: the task's options by name (``factor``, ``kernel``, ``mask``, ...); the old
@@ -203,6 +205,8 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
     methods = MethodChoice(method, steps=steps, num_samples=num_samples, chains=chains, workers=workers, lr=lr,
                            guide=guide, mass=mass, max_tree_depth=max_tree_depth)
     if len(inputs) == 1 and (Path(inputs[0]).is_dir() or Path(inputs[0]).suffix.lower() == ".csv"):
+        if max_memory is not None:
+            raise BRGMError("--max-memory is for single runs; dataset runs use the device's default budget")
         return _dataset(inputs, task, given, dict(model=choice, percept=percept, simulate=simulate), reliance_draws,
                         methods, generator=generator, seed=seed, device=device, out=out, quiet=quiet,
                         threads=threads, class_index=class_index, batch_size=batch_size, vgg16=vgg16)
@@ -213,6 +217,7 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
     runner = methods_registry().get(method)
     steps, kernel_defaults = mcmc_cli_defaults(method, steps, max_tree_depth, mass)
     _check_outputs_options(reliance_draws, vgg16, simulate)
+    budget = None if max_memory is None else parse_size(max_memory)  # a bad size: one line, before any work
     outdir = io.OutputDir(out, overwrite=overwrite)  # refuses a bad --out now, before any work
     for p in inputs:  # file problems before the (slower) generator
         io.read_image(p, what="input image")
@@ -220,6 +225,7 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
     # 2. generator, observation, model
     timings: dict[str, float] = {}
     G, obs, model, phi = _load_model(generator, device, class_index, spec, inputs, seed, timings)
+    model.max_memory = budget  # batches through G follow it (brgm_pyro.memory; None: the device's default)
 
     # 3. inference (Ctrl-C inside stops the optimiser and returns what exists)
     extra: dict[str, Any] = {**methods.runner_options(), **kernel_defaults}
@@ -234,6 +240,7 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
     settings = _settings(spec, inputs, generator, methods, steps_given=methods.steps, result=result,
                          kernel_defaults=kernel_defaults, seed=seed, device=device, threads=threads, out=out,
                          phi=phi, vgg16=vgg16, reliance_draws=reliance_draws)
+    settings["max_memory"] = max_memory
     return _write_and_report(outdir, obs, result, model, G, generator, settings, started, seed, device, vgg16,
                              timings, t_start, reliance_draws, simulate)
 
@@ -417,6 +424,10 @@ def _reconstruct(
     reliance_draws: Optional[int] = typer.Option(None, help="Prior draws (renders of G) behind reliance.png, the "
                                                  "prior-reliance map written with posterior draws (default 512; 0: "
                                                  "none)."),
+    max_memory: Optional[str] = typer.Option(None, help="Memory budget for batches through the generator, e.g. "
+                                             "8GB: VI particles and rendered draws go through G in chunks that "
+                                             "fit it, with the same results (default: 70% of the device's free "
+                                             "memory; docs/memory.md)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress bar."),
     **task_options,
 ) -> None:
@@ -429,7 +440,7 @@ def _reconstruct(
                    simulate=simulate, percept=percept, lr=lr, vgg16=vgg16, overwrite=overwrite, quiet=quiet,
                    threads=threads, class_index=class_index, choice=choice, task_options=task_options,
                    batch_size=batch_size, reliance_draws=reliance_draws, max_tree_depth=max_tree_depth,
-                   mass=mass)
+                   mass=mass, max_memory=max_memory)
     if code:
         raise typer.Exit(code)
 

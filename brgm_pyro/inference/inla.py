@@ -172,9 +172,13 @@ class Linearisation:
     """
 
     def __init__(self, model, parts: _Parts, y: Tensor, w_c: Tensor, theta0: Optional[Tensor],
-                 chunk: int = 32, progress: bool = False, max_gib: float = 2.0) -> None:
+                 chunk: Optional[int] = None, progress: bool = False, max_gib: float = 2.0) -> None:
         self.model, self.parts, self.y = model, parts, y
         B, D = w_c.shape[0], w_c[0].numel()
+        if chunk is None:  # k tangents / cotangents per pass cost about k images of G: the memory budget's
+            from brgm_pyro.memory import items_per_chunk
+
+            chunk = min(32, items_per_chunk(model, 32, B, grad=not parts.in_corruption))
         self.B, self.D = B, D
         prior = model.prior
         self.mu = prior.init_value().to(y).expand(B, *w_c.shape[1:]).reshape(B, D).double()
@@ -494,7 +498,7 @@ def run_inla(
     lr_decay: float = 0.1,
     grid_points: int = GRID_POINTS,
     zooms: int = 3,
-    chunk: int = 32,
+    chunk: Optional[int] = None,
     max_jacobian_gib: float = 2.0,
     restarts: int = 0,
 ) -> InferenceResult:
@@ -512,7 +516,8 @@ def run_inla(
             then a new Jacobian).
         grid_points, zooms: the grid over theta's unconstrained coordinate (the prior's central
             99.98 %, then ``zooms`` times onto mean +- 6 sd of the current grid density).
-        chunk: Jacobian rows/columns per pass. max_jacobian_gib: refuse larger Jacobians.
+        chunk: Jacobian rows/columns per pass (default: up to 32, fewer when the model's memory
+            budget asks, :mod:`brgm_pyro.memory`). max_jacobian_gib: refuse larger Jacobians.
         restarts: extra starting points of the first conditional MAP (each component's own
             starting-point draws, seeded by ``seed``); per image the fit with the highest log joint
             is kept (:func:`best_of_starts`). For in-painting, where Adam can stop in a basin whose

@@ -105,7 +105,8 @@ def run_map(
             o = optimise(lambda: params, lambda: elbo(y), elbo.names, steps=n, lr=lr, lr_decay=lr_decay,
                          lr_rampdown=lr_rampdown, desc="MAP" if offset == 0 else "MAP (all latents)",
                          progress=progress, callback=_shifted(callback, offset),
-                         checkpoint=_shifted(ckpt, offset), checkpoint_every=checkpoint_every)
+                         checkpoint=_shifted(ckpt, offset), checkpoint_every=checkpoint_every,
+                         after=lambda t: (t / 3, "rendering the image"))  # a forward: ~1/3 of a step
             out = o if out is None else _joined(out, o)
             if o["stopped"]:
                 break

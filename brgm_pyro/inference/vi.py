@@ -114,6 +114,15 @@ def _make_guide(guide: Union[str, Callable], model: BRGMModel, loc_fn, init_scal
     return GUIDES.build(guide, model, loc_fn, float(init_scale), **(guide_options or {})), guide
 
 
+def _writing_estimate(step_s: float, particles: int, num_samples: int) -> tuple[float, str]:
+    """Seconds to render ``num_samples`` draws after the fit: a forward of G is about a third of a
+    forward + backward, and a step is ``particles`` of those (plus the reliance map's prior draws the
+    first time a generator is used: cached after that, brgm_pyro.reliance)."""
+    render = step_s / max(1, particles) / 3
+    return num_samples * render, (f"rendering {num_samples} draws; the first run of a generator adds "
+                                  f"~{512 * render / 60:.0f} min for the reliance map's prior variance")
+
+
 def run_vi(
     model: BRGMModel,
     y: Tensor,
@@ -178,7 +187,8 @@ def run_vi(
             ckpt = lambda step: save_checkpoint(checkpoint_path, snapshot(), {"step": step, "method": "vi"})
         out = optimise(lambda: list(q.parameters()), lambda: elbo(y), elbo.names, steps=steps, lr=lr,
                        lr_decay=lr_decay, desc=f"VI ({guide_name})", progress=progress, callback=callback,
-                       checkpoint=ckpt, checkpoint_every=checkpoint_every)
+                       checkpoint=ckpt, checkpoint_every=checkpoint_every,
+                       after=lambda t: _writing_estimate(t, num_particles, num_samples))
         with torch.no_grad():
             latents = {k: v.detach().clone() for k, v in q.median(y).items()}
             snap = {k: v.detach().clone() for k, v in snapshot().items()}

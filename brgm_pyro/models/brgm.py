@@ -74,6 +74,9 @@ class BRGMModel:
     per-image ones inside it.
     """
 
+    #: memory budget in bytes for batches through G (None: the device's default), :mod:`brgm_pyro.memory`
+    max_memory: Optional[int] = None
+
     def __init__(self, generator: Generator, prior: Prior, corruption: Corruption,
                  likelihoods: Sequence[Likelihood], temperature: float = 1.0,
                  discrepancy: Optional[Discrepancy] = None) -> None:
@@ -170,22 +173,30 @@ class BRGMModel:
         part = plate_layout(self, draws, 1)
         return {lat.name: part[lat.name] for lat in self.scalar_latents}
 
-    def predictive_images(self, draws: dict[str, Tensor], y: Tensor, seed: int = 0, chunk: int = 16) -> Tensor:
+    def predictive_images(self, draws: dict[str, Tensor], y: Tensor, seed: int = 0,
+                          chunk: Optional[int] = None) -> Tensor:
         """Images of posterior draws: (S, B, C, H, W) from ``draws`` (site -> (S, *value shape)).
 
         G(w) for every draw, plus a draw of e from p(e | w, y) when the model has a discrepancy
         term (:mod:`brgm_pyro.models.discrepancy`); rendered ``chunk`` draws at a time without
-        gradients.
+        gradients (default: as many as the memory budget allows, :mod:`brgm_pyro.memory`).
         """
+        from brgm_pyro.memory import items_per_chunk
+
         w = draws[self.image_site]
+        if chunk is None:
+            chunk = items_per_chunk(self, w.shape[0], w[0].numel() // self.generator.w_dim // self.generator.num_ws,
+                                    grad=False)
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
         out = []
         with torch.no_grad():
             for s in range(0, w.shape[0], chunk):
                 x = self.render(w[s:s + chunk])
-                if self.discrepancy is not None:
-                    params = self._draw_params({k: v[s:s + chunk] for k, v in draws.items()})
-                    x = self.discrepancy.draw(x, y, self._noise_std(params), params or None, self.mask, gen)
+                if self.discrepancy is not None:  # one draw at a time: e's random numbers do not depend on chunk
+                    for i in range(x.shape[0]):
+                        params = self._draw_params({k: v[s + i:s + i + 1] for k, v in draws.items()})
+                        x[i:i + 1] = self.discrepancy.draw(x[i:i + 1], y, self._noise_std(params), params or None,
+                                                           self.mask, gen)
                 out.append(x)
         return torch.cat(out)
 

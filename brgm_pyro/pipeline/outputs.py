@@ -18,8 +18,9 @@ def reliance_for(model, result, prior_draws: Optional[int] = None):
     else None; (map or None, warning line or None): a prior that cannot be sampled only warns.
 
     ``prior_draws``: generator renders behind the prior variances (default 512; 0: no map). They
-    cost 512 forward passes of G: seconds for the bundled 64x64 generator, minutes for a 1024x1024
-    StyleGAN2 on a CPU (``brgm reconstruct --reliance-draws``)."""
+    cost 512 forward passes of G (seconds for the bundled 64x64 generator, an hour or more for a
+    1024x1024 StyleGAN2 on a CPU) the first time only: the variances are cached per generator and
+    prior setting (:func:`brgm_pyro.reliance.prior_image_moments`, ``--reliance-draws``)."""
     from brgm_pyro.reliance import DEFAULT_PRIOR_DRAWS, prior_reliance
 
     prior_draws = DEFAULT_PRIOR_DRAWS if prior_draws is None else int(prior_draws)
@@ -28,7 +29,8 @@ def reliance_for(model, result, prior_draws: Optional[int] = None):
     from brgm_pyro.errors import BRGMError
 
     try:
-        return prior_reliance(model, result, num_prior=prior_draws), None
+        # the prior's pixel variance is per generator: cached beside its weights (a bar the first time)
+        return prior_reliance(model, result, num_prior=prior_draws, cache=True, progress=sys.stderr.isatty()), None
     except BRGMError as e:
         return None, f"reliance.png not written: {e}"
 

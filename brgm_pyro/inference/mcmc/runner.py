@@ -342,6 +342,23 @@ def _announce(model, y: Tensor, method: str, z_start: dict, kopts: dict, thin: i
     return budget
 
 
+def _workers_in_budget(model, workers: int, batch: int, progress: bool) -> int:
+    """At most as many worker processes as the model's memory budget holds: each has its own copy of
+    G's weights and one chain's forward + backward at ``batch`` images (:mod:`brgm_pyro.memory`).
+    One chain alone always runs (its G passes are at batch ``batch`` already)."""
+    if workers <= 1:
+        return workers
+    from brgm_pyro.memory import GRAD_SAFETY, budget_of, footprint, in_use
+
+    weights = sum(t.numel() * t.element_size() for t in model.generator.state_dict().values())
+    per_worker = footprint(model.generator)[0] * GRAD_SAFETY * batch + weights
+    free = budget_of(model) - in_use(model.generator.device())
+    fit = int(max(1, min(workers, free // per_worker)))
+    if fit < workers and progress:
+        print(f"memory budget: {fit} MCMC worker(s) at a time instead of {workers}", file=sys.stderr, flush=True)
+    return fit
+
+
 def _check_args(method, num_samples, num_chains, workers, y, thin_arg, options) -> int:
     if method not in SAMPLERS:
         raise BRGMError(f"unknown sampler {method!r}; choose one of: {', '.join(SAMPLERS)}")
@@ -464,7 +481,7 @@ def run_mcmc(
     jobs = [dict(method=method, c=c, z0={k: v[c] for k, v in z0.items()}, seed=seed + 1000 * c, warmup=warmup,
                  num_samples=num_samples, thin=thin, step_size=step_size, kopts=kopts, progress=progress,
                  remetric=remetric) for c in range(num_chains)]
-    workers = max(1, min(int(workers), num_chains))
+    workers = _workers_in_budget(model, max(1, min(int(workers), num_chains)), y.shape[0], progress)
     t_est = time.perf_counter()
     budget = _announce(model, y, method, {k: v[0] for k, v in z0.items()}, kopts, thin, num_chains, warmup,
                        num_samples, workers, threads_per_worker, progress)
