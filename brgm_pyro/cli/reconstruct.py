@@ -222,6 +222,17 @@ def mcmc_cli_defaults(method: str, steps: Optional[int], max_tree_depth: Optiona
     return (CLI_NUTS_WARMUP if steps is None else steps), {"max_tree_depth": depth, **extra}
 
 
+def smc_cli_options(method: str, particles: Optional[int], workers: int) -> dict:
+    """``--particles`` (SMC's N) as the runner's option; one-line errors where it does not apply."""
+    if particles is not None and method != "smc":
+        raise BRGMError(f"--particles is the SMC population size; --method {method} has none (drop it)")
+    if method == "smc" and workers != 1:
+        raise BRGMError("--workers is for MCMC chains; SMC evaluates its particles as one batch (drop it)")
+    if particles is not None and particles < 2:
+        raise BRGMError(f"--particles must be at least 2, got {particles}")
+    return {} if particles is None else {"num_particles": int(particles)}
+
+
 def check_method_options(*, method: str, steps, num_samples: int, chains, workers: int, device: str, lr) -> None:
     """One-line errors for inference options that make no sense together."""
     if lr is not None and method not in ("map", "vi", "inla"):
@@ -325,7 +336,7 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
                     lr, vgg16, overwrite, quiet, chains=None, threads=None, workers=1, class_index=None,
                     choice: Optional[ModelChoice] = None, task_options: Optional[dict] = None,
                     batch_size: int = 8, reliance_draws: Optional[int] = None, max_tree_depth: Optional[int] = None,
-                    mass: Optional[str] = None, **legacy) -> int:
+                    mass: Optional[str] = None, particles: Optional[int] = None, **legacy) -> int:
     """The command's body (also called with keyword arguments by tests and scripts).
 
     ``task_options``: the task's options by name (``factor``, ``kernel``, ``mask``, ...); the old
@@ -341,6 +352,8 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
 
         if reliance_draws is not None:
             raise BRGMError("--reliance-draws is for single runs; dataset runs use the default 512 prior draws")
+        if particles is not None:
+            raise BRGMError("--particles is for single runs; dataset runs do not take SMC options yet")
         if max_tree_depth is not None or mass is not None:
             raise BRGMError("--max-tree-depth and --mass are for single runs; dataset runs use the library's NUTS "
                             "defaults")
@@ -364,6 +377,7 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
                          device=device, lr=lr)
     steps_given = steps
     steps, kernel_defaults = mcmc_cli_defaults(method, steps, max_tree_depth, mass)
+    smc_options = smc_cli_options(method, particles, workers)
     _check_outputs_options(reliance_draws, vgg16, simulate)
     outdir = io.OutputDir(out, overwrite=overwrite)  # refuses a bad --out now, before any work
     for p in inputs:  # file problems before the (slower) generator
@@ -375,7 +389,7 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
                                      seed, percept, timings)
 
     # 3. inference (Ctrl-C inside stops the optimiser and returns what exists)
-    extra: dict[str, Any] = dict(kernel_defaults)
+    extra: dict[str, Any] = {**kernel_defaults, **smc_options}
     if chains is not None:
         extra["num_chains"] = chains
     if workers != 1:
@@ -390,7 +404,7 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
                 **t.settings(opts), "masks": [str(m) for m in opts.get("mask", [])], "generator": generator,
                 "method": method, "steps": steps_given, "warmup": result.extra.get("warmup"),
                 "max_tree_depth": kernel_defaults.get("max_tree_depth"), "mass": mass, "num_samples": num_samples,
-                "chains": chains, "seed": seed,
+                "chains": chains, "seed": seed, "particles": particles,
                 "device": device, "threads": threads, "workers": workers, "out": str(out), "simulate": simulate,
                 "sigma_pixel": choice.sigma_pixel, "model_choice": asdict(choice),
                 "percept": bool(percept and phi is not None), "lr": lr,
@@ -452,7 +466,7 @@ def _reconstruct(
     generator: str = typer.Option(DEFAULT_GENERATOR, help="builtin:NAME or a .pkl/.safetensors generator file."),
     class_index: Optional[int] = typer.Option(None, "--class", help="Class K of a conditional generator "
                                               "(required for those): mapping and latent statistics of class K."),
-    method: str = typer.Option("map", help="Inference method: map | vi | inla | sgld | psgld | mala | hmc | nuts "
+    method: str = typer.Option("map", help="Inference method: map | vi | inla | sgld | psgld | mala | hmc | nuts | smc "
                                            "(inla: a learned noise level or kernel width integrated on a grid, "
                                            "with --no-percept; docs/latent_sites.md)."),
     steps: Optional[int] = typer.Option(None, help="Optimisation steps (MAP, VI) or warm-up draws per chain (MCMC) "
@@ -467,6 +481,8 @@ def _reconstruct(
                                        "Laplace precision of 8 of its warm-up draws; for posteriors whose "
                                        "curvature moves, e.g. in-painting) | diag | dense (Pyro's adaptation); "
                                        "docs/mcmc.md."),
+    particles: Optional[int] = typer.Option(None, help="SMC: particles per run (default 256); --chains: independent "
+                                            "runs (default 4), whose spread is the log evidence's standard error."),
     workers: int = typer.Option(1, help="Run this many MCMC chains at once, in separate CPU processes "
                                         "(MCMC methods on the CPU only; same draws as one at a time)."),
     seed: int = typer.Option(0, help="Random seed."),
@@ -513,7 +529,7 @@ def _reconstruct(
                    simulate=simulate, percept=percept, lr=lr, vgg16=vgg16, overwrite=overwrite, quiet=quiet,
                    threads=threads, class_index=class_index, choice=choice, task_options=task_options,
                    batch_size=batch_size, reliance_draws=reliance_draws, max_tree_depth=max_tree_depth,
-                   mass=mass)
+                   mass=mass, particles=particles)
     if code:
         raise typer.Exit(code)
 

@@ -129,7 +129,7 @@ def latent_stats(G):
 
 #: every method: posterior draws need the term for honest intervals (docs/calibration.md), and MAP's
 #: image G(w*) + E[e | w*, y] is the joint MAP of the clean image (+1.0 dB on in-painting, docs/vs_reference.md)
-DISCREPANCY_DEFAULT_METHODS = frozenset({"map", "vi", "inla", "sgld", "psgld", "mala", "hmc", "nuts"})
+DISCREPANCY_DEFAULT_METHODS = frozenset({"map", "vi", "inla", "sgld", "psgld", "mala", "hmc", "nuts", "smc"})
 
 
 def default_discrepancy(method: str, G, noise: str) -> str:
