@@ -99,6 +99,20 @@ def _stage_table(infos: list) -> dict[str, list]:
     return {k: [getattr(i, k) for i in infos] for k in keys}
 
 
+def _warnings(log_z: list[float], stages: list[dict], num: int) -> list[str]:
+    """Signs that the runs are not to be trusted: their evidence estimates disagree by more than
+    1 nat (sd), or a run ended with (nearly) one distinct ancestor's worth of ESS."""
+    out = []
+    if len(log_z) > 1 and float(np.std(log_z, ddof=1)) > 1.0:
+        out.append(f"smc: the runs' log evidence estimates disagree (sd {np.std(log_z, ddof=1):.3g} nats between "
+                   f"{len(log_z)} runs): the standard error is not reliable; use more particles or moves")
+    low = [r for r, s in enumerate(stages) if s["ess"] and min(s["ess"]) < 0.05 * num]
+    if low:
+        out.append(f"smc: runs {low} had an ESS below 5 % of the particles at some stage (weight degeneracy); "
+                   "use a higher cess (smaller temperature steps) or more particles")
+    return out
+
+
 def _draws_of(target: SMCTarget, state: SMCState, num: int) -> tuple[dict[str, Tensor], np.ndarray]:
     """``num`` equally weighted draws (systematic resample) and the log weights they carried."""
     idx = systematic_resample(state.log_w, num)
@@ -164,7 +178,7 @@ def _collect(model, y: Tensor, target: SMCTarget, runs: list, settings: dict, st
     grads = sum(sum(s["grad_evals"]) for s in stages) + len(runs) * settings["num_particles"]
     S = next(iter(draws.values())).shape[0] // len(runs)
     extra = {**settings, "num_chains": len(runs), "num_draws": S, "log_evidence": est, "log_evidence_se": se,
-             "log_evidence_runs": log_z, "stages": stages, "grad_evals": grads,
+             "log_evidence_runs": log_z, "warnings": _warnings(log_z, stages, settings["num_particles"]), "stages": stages, "grad_evals": grads,
              "num_stages": [len(s["beta"]) for s in stages],
              "sample_stats": {"log_weight": np.stack([r["log_w"] for r in runs])},
              "kernel_settings": {k: v for k, v in settings.items() if v is not None}}

@@ -122,10 +122,10 @@ def _adapt(eps: float, acc: Tensor, kernel: str) -> float:
     return eps * math.exp(2.0 * (float(acc.mean()) - KERNELS[kernel]))
 
 
-def mutate(target, p: Particles, log_w: Tensor, beta: float, eps: float, *, kernel: str, num_steps: int,
+def mutate(target, p: Particles, var: Tensor, beta: float, eps: float, *, kernel: str, num_steps: int,
            num_leapfrog: int) -> tuple[Particles, float, float]:
-    """``num_steps`` moves of every particle at ``beta``: (particles, step size, mean acceptance)."""
-    var = particle_variance(p.z, log_w)
+    """``num_steps`` moves of every particle at ``beta`` in the metric ``var`` (D,): (particles, step
+    size, mean acceptance)."""
     accs = []
     for _ in range(num_steps):
         p, acc = _move(target, p, beta, eps, var, kernel, num_leapfrog)
@@ -134,11 +134,10 @@ def mutate(target, p: Particles, log_w: Tensor, beta: float, eps: float, *, kern
     return p, eps, sum(accs) / max(len(accs), 1)
 
 
-def mutate_waste_free(target, p: Particles, log_w: Tensor, beta: float, eps: float, *, kernel: str,
+def mutate_waste_free(target, p: Particles, log_w: Tensor, var: Tensor, beta: float, eps: float, *, kernel: str,
                       chain_length: int, num_leapfrog: int) -> tuple[Particles, float, float]:
     """Waste-free moves: M = N / P resampled starts, chains of P - 1 steps, every state kept."""
     N = p.z.shape[0]
-    var = particle_variance(p.z, log_w)
     q = p.take(systematic_resample(log_w, N // chain_length))
     states, accs = [q], []
     for _ in range(chain_length - 1):
@@ -167,8 +166,10 @@ def smc_step(target, state: SMCState, *, cess: float = 0.5, resample_ess: float 
     e = ess(log_w)
     N = p.z.shape[0]
     per_move = 1 if kernel == "mala" else num_leapfrog
+    # the metric from the weighted particles before resampling: the same distribution, more distinct points
+    var = particle_variance(p.z, log_w)
     if waste_free:
-        p, eps, acc = mutate_waste_free(target, p, log_w, beta, state.step_size, kernel=kernel,
+        p, eps, acc = mutate_waste_free(target, p, log_w, var, beta, state.step_size, kernel=kernel,
                                         chain_length=waste_free, num_leapfrog=num_leapfrog)
         log_w = torch.full_like(log_w, -math.log(N))
         resampled, grads = True, (N // waste_free) * (waste_free - 1) * per_move
@@ -177,7 +178,7 @@ def smc_step(target, state: SMCState, *, cess: float = 0.5, resample_ess: float 
         if resampled:
             p = p.take(systematic_resample(log_w))
             log_w = torch.full_like(log_w, -math.log(N))
-        p, eps, acc = mutate(target, p, log_w, beta, state.step_size, kernel=kernel, num_steps=num_steps,
+        p, eps, acc = mutate(target, p, var, beta, state.step_size, kernel=kernel, num_steps=num_steps,
                              num_leapfrog=num_leapfrog)
         grads = N * num_steps * per_move
     new = SMCState(p, log_w, beta, state.log_evidence + float(log_inc), eps)

@@ -14,8 +14,18 @@ from typing import Sequence, Union
 import pyro.distributions as dist
 import torch
 from torch import Tensor
+from torch.distributions import constraints
 
 from brgm_pyro.models.priors.base import Prior
+
+
+class _RealMixture(dist.MixtureSameFamily):
+    """A mixture of Gaussians on R^(L x d): its support stated as such, so that samplers can map it
+    (torch's MixtureSameFamilyConstraint has no bijection registered)."""
+
+    @property
+    def support(self):
+        return constraints.independent(constraints.real, 2)
 
 
 class GaussianMixturePrior(Prior):
@@ -44,7 +54,7 @@ class GaussianMixturePrior(Prior):
     def distribution(self):
         if self._dist is None:
             comp = dist.Normal(self.locs, self.sigma.expand(self.locs.shape)).to_event(2)
-            self._dist = dist.MixtureSameFamily(dist.Categorical(probs=self.weights), comp)
+            self._dist = _RealMixture(dist.Categorical(probs=self.weights), comp)
         return self._dist
 
     def init_value(self) -> Tensor:
