@@ -205,3 +205,43 @@ def test_bad_options_are_one_line_errors(kw, match):
     model, y = _problem()
     with pytest.raises(BRGMError, match=match):
         run_smc(model, y, progress=False, **kw)
+
+
+def test_model_comparison_rows():
+    from brgm_pyro.inference.smc.compare import compare_evidence, format_comparison
+
+    rows = compare_evidence({"a": (-10.0, 0.1), "b": (-10.0 - math.log(3.0), 0.2), "c": (-30.0, None)})
+    assert [r["model"] for r in rows] == ["a", "b", "c"]
+    assert rows[0]["prob"] == pytest.approx(0.75, abs=1e-6) and rows[1]["prob"] == pytest.approx(0.25, abs=1e-6)
+    assert rows[1]["delta"] == pytest.approx(-math.log(3.0)) and rows[1]["delta_se"] == pytest.approx(math.hypot(0.1, 0.2))
+    lo, hi = rows[1]["prob_range"]
+    assert lo < 0.25 < hi and rows[2]["prob_range"] is None and rows[2]["delta_se"] is None
+    assert "P(m|y)" in format_comparison(rows)
+    with pytest.raises(BRGMError, match="finite"):
+        compare_evidence({"a": (float("nan"), None), "b": (0.0, None)})
+
+
+def test_cli_reconstruct_smc_writes_the_evidence(tmp_path):
+    import json
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from brgm_pyro.cli import app
+
+    img = (np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "x.png")
+    out = tmp_path / "res"
+    res = CliRunner().invoke(app, ["reconstruct", "--generator", "builtin:conv16", "-q", str(tmp_path / "x.png"),
+                                   "--simulate", "--method", "smc", "--particles", "8", "--chains", "2", "--steps",
+                                   "1", "--num-samples", "4", "--no-percept", "--out", str(out)])
+    assert res.exit_code == 0, (res.output, res.exception)
+    run = json.loads((out / "run.json").read_text())
+    assert run["settings"]["particles"] == 8 and len(run["inference"]["log_evidence_runs"]) == 2
+    assert math.isfinite(run["inference"]["log_evidence"]) and run["inference"]["log_evidence_se"] is not None
+    assert run["inference"]["smc_stages"][0]["beta"][-1] == 1.0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["log_evidence"] == run["inference"]["log_evidence"]
+    bad = CliRunner().invoke(app, ["reconstruct", "--generator", "builtin:conv16", "-q", str(tmp_path / "x.png"),
+                                   "--simulate", "--method", "nuts", "--particles", "8", "--out", str(tmp_path / "b")])
+    assert bad.exit_code != 0 and "--particles" in (bad.output + str(bad.stderr))
