@@ -62,7 +62,7 @@ def _one_run(target: SMCTarget, *, num: int, seed: int, max_stages: int, progres
     infos, stopped = [], None
     tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
     bar = tqdm(total=1000, desc=desc, disable=not progress, leave=False, dynamic_ncols=True,
-               mininterval=0.1 if tty else 5.0, bar_format="{l_bar}{bar}| beta {postfix}")
+               mininterval=0.1 if tty else 5.0, bar_format="{l_bar}{bar}| {postfix}")
     try:
         while state.beta < 1.0:
             if len(infos) >= max_stages:
@@ -74,7 +74,7 @@ def _one_run(target: SMCTarget, *, num: int, seed: int, max_stages: int, progres
                 raise BRGMError(f"SMC: the log evidence became non-finite at stage {len(infos)} "
                                 f"(beta={info.beta:.4g}); check the model's likelihood")
             bar.update(int(round(1000 * info.beta)) - bar.n)
-            bar.set_postfix_str(f"{info.beta:.4f} ESS {info.ess:.0f} acc {info.acceptance:.2f} "
+            bar.set_postfix_str(f"beta {info.beta:.4f} ESS {info.ess:.0f} acc {info.acceptance:.2f} "
                                 f"eps {info.step_size:.2g} stage {len(infos)}", refresh=False)
     except KeyboardInterrupt:
         stopped = f"interrupted (Ctrl-C) at beta={state.beta:.4g}"
