@@ -469,7 +469,7 @@ def _reconstruct(
     method: str = typer.Option("map", help="Inference method: map | vi | inla | sgld | psgld | mala | hmc | nuts | smc "
                                            "(inla: a learned noise level or kernel width integrated on a grid, "
                                            "with --no-percept; docs/latent_sites.md)."),
-    steps: Optional[int] = typer.Option(None, help="Optimisation steps (MAP, VI) or warm-up draws per chain (MCMC) "
+    steps: Optional[int] = typer.Option(None, help="Optimisation steps (MAP, VI), warm-up draws per chain (MCMC) or moves per stage (SMC) "
                                                    f"(default: the method's; NUTS here: {CLI_NUTS_WARMUP})."),
     num_samples: int = typer.Option(16, help="Posterior samples to draw (per chain for MCMC methods)."),
     chains: Optional[int] = typer.Option(None, help="MCMC chains (MCMC methods only; default: the method's)."),
