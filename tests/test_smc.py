@@ -236,6 +236,7 @@ def test_cli_reconstruct_smc_writes_the_evidence(tmp_path):
                                    "--simulate", "--method", "smc", "--particles", "8", "--chains", "2", "--steps",
                                    "1", "--num-samples", "4", "--no-percept", "--out", str(out)])
     assert res.exit_code == 0, (res.output, res.exception)
+    assert "log evidence" in res.output
     run = json.loads((out / "run.json").read_text())
     assert run["settings"]["particles"] == 8 and len(run["inference"]["log_evidence_runs"]) == 2
     assert math.isfinite(run["inference"]["log_evidence"]) and run["inference"]["log_evidence_se"] is not None

@@ -450,6 +450,10 @@ def report(written: dict, result, simulate: bool, timings: dict) -> int:
         print(f"warning: inference stopped early: {result.stopped}", file=sys.stderr)
     for line in latent_lines(result):
         print(line)
+    if result.extra.get("log_evidence") is not None:  # SMC
+        se = result.extra.get("log_evidence_se")
+        print(f"log evidence {result.extra['log_evidence']:.3f}" + ("" if se is None else f" +- {se:.3f} (SE from "
+              f"{len(result.extra['log_evidence_runs'])} runs)"))
     print(f"results written to {where} ({timings['total_s']:.1f} s)")
     return 0
 
