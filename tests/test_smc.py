@@ -166,6 +166,26 @@ def test_evidence_picks_the_true_noise_model(truth):
     assert right >= 9
 
 
+@pytest.mark.parametrize("truth", ["blur", "none"])
+def test_evidence_says_whether_a_blur_is_present(truth):
+    from brgm_pyro.models.corruptions import Blur
+
+    G = LinearGenerator(num_ws=2, w_dim=3, img_channels=1, img_resolution=8, scale=2.0, seed=0)
+    models = {"blur": build_model(G, Blur("gauss", sigma=1.0), prior="gaussian", sigma_pixel=0.2),
+              "none": build_model(G, Identity(), prior="gaussian", sigma_pixel=0.2)}
+    right = 0
+    for seed in range(10):
+        g = torch.Generator().manual_seed(200 + seed)
+        w = models[truth].prior.draw_init(1, g)
+        with torch.no_grad():
+            x = models[truth].predict(w)
+        y = x + 0.2 * torch.randn(x.shape, generator=g)
+        ev = {k: run_smc(m, y, num_particles=100, num_chains=2, num_samples=10, steps=3, seed=seed,
+                         progress=False).extra["log_evidence"] for k, m in models.items()}
+        right += max(ev, key=ev.get) == truth
+    assert right >= 9
+
+
 # --- building blocks and bad input ------------------------------------------------------------------
 
 def test_systematic_resampling_keeps_counts_within_one_of_n_w():
