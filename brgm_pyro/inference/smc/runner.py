@@ -84,14 +84,21 @@ def _one_run(target: SMCTarget, *, num: int, seed: int, max_stages: int, progres
 
 
 def pool_log_evidence(log_z: list[float]) -> tuple[float, Optional[float]]:
-    """(log mean_r Z_r, its standard error by the delta method from the runs' spread; None for one run)."""
+    """(log mean_r Z_r, its standard error from the runs' spread; None for one run).
+
+    The SE is the larger of two estimates that agree to first order when the runs agree: the delta
+    method's sd_r(Z_r) / (sqrt(R) mean_r Z_r), and sd_r(log Z_r) / sqrt(R). When the runs disagree by
+    many nats the first saturates near 1 (one run dominates the mean) and would understate the
+    uncertainty; the second then says how far apart they are.
+    """
     a = np.asarray(log_z, dtype=float)
     m = a.max()
     z = np.exp(a - m)
     est = float(m + np.log(z.mean()))
     if a.size < 2:
         return est, None
-    return est, float(z.std(ddof=1) / (math.sqrt(a.size) * z.mean()))
+    delta = z.std(ddof=1) / (math.sqrt(a.size) * z.mean())
+    return est, float(max(delta, a.std(ddof=1) / math.sqrt(a.size)))
 
 
 def _stage_table(infos: list) -> dict[str, list]:
@@ -153,10 +160,12 @@ def run_smc(model, y: Tensor, *, steps: Optional[int] = None, num_samples: int =
                    waste_free=waste_free)
     runs, stopped = [], None
     for r in range(num_chains):
+        t_run = time.perf_counter()
         state, infos, why = _one_run(target, num=num_particles, seed=seed + 1000 * r, max_stages=max_stages,
                                      progress=progress, desc=f"smc run {r + 1}/{num_chains}", step_kw=step_kw)
         draws, logw = _draws_of(target, state, num_samples)
-        runs.append({"state": state, "infos": infos, "draws": draws, "log_w": logw, "seconds": time.perf_counter() - t0})
+        runs.append({"state": state, "infos": infos, "draws": draws, "log_w": logw,
+                     "seconds": time.perf_counter() - t_run})
         if why is not None:
             stopped = f"run {r}: {why}"
             break
