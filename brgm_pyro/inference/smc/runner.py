@@ -62,7 +62,7 @@ def _one_run(target: SMCTarget, *, num: int, seed: int, max_stages: int, progres
     infos, stopped = [], None
     tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
     bar = tqdm(total=1000, desc=desc, disable=not progress, leave=False, dynamic_ncols=True,
-               mininterval=0.1 if tty else 5.0, bar_format="{l_bar}{bar}| {postfix}")
+               mininterval=0.1 if tty else 5.0, bar_format="{l_bar}{bar}|{postfix}")
     try:
         while state.beta < 1.0:
             if len(infos) >= max_stages:
