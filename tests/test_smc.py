@@ -220,7 +220,7 @@ def test_runs_are_reproducible_and_records_complete():
 
 @pytest.mark.parametrize("kw,match", [({"num_particles": 1}, "particles"), ({"kernel": "nuts"}, "kernel"),
                                       ({"cess": 1.5}, "cess"), ({"waste_free": 7}, "waste_free"),
-                                      ({"steps": 0}, "move")])
+                                      ({"steps": 0}, "move"), ({"workers": 2}, "workers")])
 def test_bad_options_are_one_line_errors(kw, match):
     model, y = _problem()
     with pytest.raises(BRGMError, match=match):

@@ -130,7 +130,8 @@ def _draws_of(target: SMCTarget, state: SMCState, num: int) -> tuple[dict[str, T
 def run_smc(model, y: Tensor, *, steps: Optional[int] = None, num_samples: int = 200, seed: int = 0,
             progress: bool = True, num_particles: int = DEFAULT_PARTICLES, num_chains: int = DEFAULT_RUNS,
             kernel: str = "mala", cess: float = 0.5, resample_ess: float = 0.5, waste_free: Optional[int] = None,
-            num_leapfrog: int = 8, max_stages: int = 2000, chunk: Optional[int] = None) -> InferenceResult:
+            num_leapfrog: int = 8, max_stages: int = 2000, chunk: Optional[int] = None,
+            workers: int = 1) -> InferenceResult:
     """Adaptive tempered SMC from the prior to the posterior, with the log evidence (module docstring).
 
     Args:
@@ -145,6 +146,7 @@ def run_smc(model, y: Tensor, *, steps: Optional[int] = None, num_samples: int =
         resample_ess: resample when ESS < resample_ess N.
         waste_free: chain length P for waste-free SMC (N / P chains a stage, every state kept).
         max_stages: stop (and say so in ``stopped``) after this many temperatures.
+        workers: accepted for the chains' common interface; only 1 (the particles are one batch already).
     Returns:
         :class:`InferenceResult` with ``draws`` site -> (R S, ...), ``samples`` their images, and in
         ``extra``: ``log_evidence``, ``log_evidence_se``, ``log_evidence_runs``, ``stages`` (one table
@@ -152,6 +154,8 @@ def run_smc(model, y: Tensor, *, steps: Optional[int] = None, num_samples: int =
         ``sample_stats`` (``log_weight`` (R, S)).
     """
     moves = DEFAULT_MOVES if steps is None else int(steps)
+    if workers != 1:
+        raise BRGMError("SMC evaluates its particles as one batch and its runs one after another: workers must be 1")
     _check(num_particles, num_chains, num_samples, kernel, cess, resample_ess, waste_free, moves)
     model.check_observation(y)
     t0 = time.perf_counter()
