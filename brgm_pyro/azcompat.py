@@ -81,6 +81,17 @@ def add_group(idata, name: str, ds) -> Any:
     return idata
 
 
+def replace_group(idata, name: str, ds) -> Any:
+    """Replace the existing group ``name`` by the ``xarray.Dataset`` ``ds`` (in place; also returned)."""
+    if is_v1():
+        import xarray as xr
+
+        idata[name] = xr.DataTree(ds)
+    else:
+        setattr(idata, name, ds)
+    return idata
+
+
 def update_attrs(idata, attrs: dict) -> None:
     """Put ``attrs`` on every group."""
     for g in group_names(idata):

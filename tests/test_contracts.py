@@ -175,6 +175,8 @@ def _budget(name: str) -> dict:
         return {"steps": 4, "num_samples": 4}
     if name == "inla":
         return {"steps": 4, "num_samples": 4, "refine_steps": 3}
+    if name == "smc":
+        return {"steps": 2, "num_samples": 4, "num_chains": 2, "num_particles": 16}
     return {"steps": 4, "num_samples": 4, "num_chains": 2, "map_steps": 5}
 
 

@@ -42,3 +42,14 @@ def test_eval_faces64_runs_every_task(tmp_path):
     assert {"bicubic", "pixel", "+percept"} <= set(res["tasks"]["sr8"])
     assert res["tasks"]["inversion"]["pixel"]["n"] == 2
     assert (out / "examples.png").is_file() and (out / "results.md").is_file()
+
+
+def test_smc_examples_run(tmp_path):
+    _run(["examples/compare_models.py", "--generator", "builtin:conv16", "--particles", "8", "--runs", "2",
+          "--moves", "1", "--threads", "1", "--out", str(tmp_path / "cm")])
+    rows = json.loads((tmp_path / "cm" / "results.json").read_text())["rows"]
+    assert len(rows) == 3 and abs(sum(r["prob"] for r in rows) - 1.0) < 1e-9
+    _run(["examples/smc_faces64.py", "--particles", "4", "--moves", "1", "--runs", "2", "--max-stages", "3",
+          "--out", str(tmp_path / "f64")])
+    res = json.loads((tmp_path / "f64" / "results.json").read_text())
+    assert len(res["log_evidence_runs"]) == 2 and (tmp_path / "f64" / "posterior.nc").is_file()

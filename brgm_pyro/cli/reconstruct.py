@@ -99,6 +99,19 @@ def check_method_options(*, method: str, steps, num_samples: int, chains, worker
                  guide=guide).check(device, methods_registry())
 
 
+def particle_options(method: str, particles: Optional[int], workers: int) -> dict:
+    """``--particles`` (a population method's N, e.g. SMC's) as the runner's option; one-line errors
+    where the method's traits say it has no population."""
+    moves_particles = method_traits(method, methods_registry()).particles
+    if particles is not None and not moves_particles:
+        raise BRGMError(f"--particles is the population size of SMC; --method {method} has none (drop it)")
+    if moves_particles and workers != 1:
+        raise BRGMError(f"--workers is for MCMC chains; --method {method} moves its particles as one batch (drop it)")
+    if particles is not None and particles < 2:
+        raise BRGMError(f"--particles must be at least 2, got {particles}")
+    return {} if particles is None else {"num_particles": int(particles)}
+
+
 def split_task_options(task: str, given: dict) -> dict:
     """The chosen task's options from the CLI's merged ones; an option of another task is an error."""
     mine = {}
@@ -191,7 +204,7 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
                     choice: Optional[ModelChoice] = None, task_options: Optional[dict] = None,
                     batch_size: int = 8, reliance_draws: Optional[int] = None, max_tree_depth: Optional[int] = None,
                     mass: Optional[str] = None, guide: Optional[str] = None, max_memory: Optional[str] = None,
-                    **legacy) -> int:
+                    particles: Optional[int] = None, **legacy) -> int:
     """The command's body (also called with keyword arguments by tests and scripts).
 
     ``task_options``: the task's options by name (``factor``, ``kernel``, ``mask``, ...); the old
@@ -205,6 +218,8 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
     methods = MethodChoice(method, steps=steps, num_samples=num_samples, chains=chains, workers=workers, lr=lr,
                            guide=guide, mass=mass, max_tree_depth=max_tree_depth)
     if len(inputs) == 1 and (Path(inputs[0]).is_dir() or Path(inputs[0]).suffix.lower() == ".csv"):
+        if particles is not None:
+            raise BRGMError("--particles is for single runs; dataset runs do not take SMC options yet")
         if max_memory is not None:
             raise BRGMError("--max-memory is for single runs; dataset runs use the device's default budget")
         return _dataset(inputs, task, given, dict(model=choice, percept=percept, simulate=simulate), reliance_draws,
@@ -216,6 +231,7 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
     spec = _single_spec(task, inputs, given, simulate, percept, choice, methods, device)
     runner = methods_registry().get(method)
     steps, kernel_defaults = mcmc_cli_defaults(method, steps, max_tree_depth, mass)
+    smc_options = particle_options(method, particles, workers)
     _check_outputs_options(reliance_draws, vgg16, simulate)
     budget = None if max_memory is None else parse_size(max_memory)  # a bad size: one line, before any work
     outdir = io.OutputDir(out, overwrite=overwrite)  # refuses a bad --out now, before any work
@@ -228,7 +244,7 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
     model.max_memory = budget  # batches through G follow it (brgm_pyro.memory; None: the device's default)
 
     # 3. inference (Ctrl-C inside stops the optimiser and returns what exists)
-    extra: dict[str, Any] = {**methods.runner_options(), **kernel_defaults}
+    extra: dict[str, Any] = {**methods.runner_options(), **kernel_defaults, **smc_options}
     if not quiet and method_traits(method, methods_registry()).draws:
         _announce_writing(model, obs, methods, reliance_draws)
     t0 = time.perf_counter()
@@ -241,6 +257,7 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
                          kernel_defaults=kernel_defaults, seed=seed, device=device, threads=threads, out=out,
                          phi=phi, vgg16=vgg16, reliance_draws=reliance_draws)
     settings["max_memory"] = max_memory
+    settings["particles"] = particles
     return _write_and_report(outdir, obs, result, model, G, generator, settings, started, seed, device, vgg16,
                              timings, t_start, reliance_draws, simulate)
 
@@ -336,6 +353,10 @@ def report(written: dict, result, simulate: bool, timings: dict, notes: Sequence
         print(f"warning: inference stopped early: {result.stopped}", file=sys.stderr)
     for line in latent_lines(result):
         print(line)
+    if result.extra.get("log_evidence") is not None:  # SMC
+        se = result.extra.get("log_evidence_se")
+        print(f"log evidence {result.extra['log_evidence']:.3f}" + ("" if se is None else f" +- {se:.3f} (SE from "
+              f"{len(result.extra['log_evidence_runs'])} runs)"))
     print(f"results written to {where} ({timings['total_s']:.1f} s)")
     return 0
 
@@ -375,7 +396,8 @@ def _reconstruct(
     guide: Optional[str] = typer.Option(None, help=f"Variational family of --method vi: {' | '.join(_guides())} "
                                                    "(default normal: independent normals per coordinate; "
                                                    "docs/latent_sites.md)."),
-    steps: Optional[int] = typer.Option(None, help="Optimisation steps (MAP, VI) or warm-up draws per chain (MCMC) "
+    steps: Optional[int] = typer.Option(None, help="Optimisation steps (MAP, VI), warm-up draws per chain (MCMC) "
+                                                   "or moves per stage (SMC) "
                                                    f"(default: the method's; NUTS here: {CLI_NUTS_WARMUP})."),
     num_samples: int = typer.Option(16, help="Posterior samples to draw (per chain for MCMC methods)."),
     chains: Optional[int] = typer.Option(None, help="MCMC chains (MCMC methods only; default: the method's)."),
@@ -387,6 +409,8 @@ def _reconstruct(
                                        "Laplace precision of 8 of its warm-up draws; for posteriors whose "
                                        "curvature moves, e.g. in-painting) | diag | dense (Pyro's adaptation); "
                                        "docs/mcmc.md."),
+    particles: Optional[int] = typer.Option(None, help="SMC: particles per run (default 256); --chains: independent "
+                                            "runs (default 4), whose spread is the log evidence's standard error."),
     workers: int = typer.Option(1, help="Run this many MCMC chains at once, in separate CPU processes "
                                         "(MCMC methods on the CPU only; same draws as one at a time)."),
     seed: int = typer.Option(0, help="Random seed."),
@@ -440,7 +464,7 @@ def _reconstruct(
                    simulate=simulate, percept=percept, lr=lr, vgg16=vgg16, overwrite=overwrite, quiet=quiet,
                    threads=threads, class_index=class_index, choice=choice, task_options=task_options,
                    batch_size=batch_size, reliance_draws=reliance_draws, max_tree_depth=max_tree_depth,
-                   mass=mass, max_memory=max_memory)
+                   mass=mass, max_memory=max_memory, particles=particles)
     if code:
         raise typer.Exit(code)
 

@@ -38,7 +38,8 @@ from brgm_pyro.errors import BRGMError
 from brgm_pyro.models.density import log_density_terms, plate_layout, scalar_params
 
 STAT_NAMES = {"accept_prob": "acceptance_rate", "step_size": "step_size", "diverging": "diverging",
-              "tree_depth": "tree_depth", "n_steps": "n_steps"}
+              "tree_depth": "tree_depth", "n_steps": "n_steps", "log_weight": "log_weight"}
+SMC_STAGE_STATS = ("beta", "log_increment", "ess", "resampled", "acceptance", "step_size")
 
 
 def _np(x: Tensor) -> np.ndarray:
@@ -192,14 +193,20 @@ def to_inference_data(result, model, y: Tensor):
              "stopped": str(result.stopped)}
     attrs["latent_sites"] = _jsonable(list(model.latent_sites()))
     attrs["image_site"] = model.image_site
-    for k in ("grad_evals", "divergences", "warmup", "thin", "init", "seed", "kernel"):
+    for k in ("grad_evals", "divergences", "warmup", "thin", "init", "seed", "kernel", "log_evidence_runs",
+              "kernel_settings"):
         if k in result.extra:
             attrs[k] = _jsonable(result.extra[k])
+    for k in ("log_evidence", "log_evidence_se"):
+        if k in result.extra:
+            attrs[k] = float("nan") if result.extra[k] is None else float(result.extra[k])
     idata = azcompat.from_dict({"posterior": posterior, "sample_stats": sample_stats, "log_likelihood": log_lik},
                                coords=coords, dims=dims)
     azcompat.update_attrs(idata, attrs)
     import xarray as xr
 
+    if "stages" in result.extra:
+        _add_stage_stats(idata, result.extra["stages"])
     cvars = {k: ((tuple(f"mask_dim_{i}" for i in range(v.ndim)) if k == "mask" else ()), v)
              for k, v in const.items()}
     azcompat.add_group(idata, "constant_data", xr.Dataset(cvars, attrs=dict(attrs)))
@@ -214,6 +221,23 @@ def to_inference_data(result, model, y: Tensor):
                 for k, v in result.history.items()}
         azcompat.add_group(idata, "optimization", xr.Dataset(hist, coords={"step": np.arange(n)}))
     return idata
+
+
+def _add_stage_stats(idata, stages: list[dict]) -> None:
+    """SMC: each run's (= chain's) stage table into ``sample_stats`` as ``smc_<name>`` (chain, smc_stage),
+    padded with NaN (False for ``resampled``) where a run took fewer stages."""
+    from brgm_pyro import azcompat
+
+    K = max(len(s["beta"]) for s in stages)
+    ds = azcompat.group(idata, "sample_stats")
+    new = {}
+    for name in SMC_STAGE_STATS:
+        fill = False if name == "resampled" else np.nan
+        a = np.full((len(stages), K), fill, dtype=bool if name == "resampled" else float)
+        for c, s in enumerate(stages):
+            a[c, :len(s[name])] = s[name]
+        new[f"smc_{name}"] = (("chain", "smc_stage"), a)
+    azcompat.replace_group(idata, "sample_stats", ds.assign(new).assign_coords(smc_stage=np.arange(K)))
 
 
 def write_inference_data(idata, path: str | os.PathLike, compress: bool = False) -> Path:

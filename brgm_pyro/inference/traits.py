@@ -24,6 +24,7 @@ class MethodTraits:
     mcmc: it is a Markov chain (``--steps`` are warm-up draws; R-hat/ESS diagnostics for >= 2 chains).
     langevin: a Langevin kernel (the MCMC runner's thinning, preconditioner and start options).
     discrepancy_default: the discrepancy term defaults to ``auto`` when the generator stores a scale.
+    particles: it moves a population of particles through G as one batch (``--particles``; no ``--workers``).
     """
 
     draws: bool = False
@@ -35,6 +36,7 @@ class MethodTraits:
     mcmc: bool = False
     langevin: bool = False
     discrepancy_default: bool = True
+    particles: bool = False
 
     def names(self) -> list[str]:
         """The fields that are True (for the help and run.json)."""
@@ -45,5 +47,7 @@ class MethodTraits:
 MAP_TRAITS = MethodTraits(learning_rate=True)
 VI_TRAITS = MethodTraits(draws=True, learning_rate=True, guide=True)
 INLA_TRAITS = MethodTraits(draws=True, learning_rate=True)
+#: independent SMC runs are its chains (R-hat across runs); not a Markov chain (no warm-up, no tree depth)
+SMC_TRAITS = MethodTraits(draws=True, chains=True, particles=True)
 
-__all__ = ["MethodTraits", "MAP_TRAITS", "VI_TRAITS", "INLA_TRAITS"]
+__all__ = ["MethodTraits", "MAP_TRAITS", "VI_TRAITS", "INLA_TRAITS", "SMC_TRAITS"]

@@ -82,11 +82,13 @@ def scalar_params(model, latents: dict) -> dict:
     return {lat.name: latents[lat.name] for lat in model.scalar_latents}
 
 
-def log_density_terms(model, y: Tensor, latents: dict) -> dict[str, Tensor]:
+def log_density_terms(model, y: Tensor, latents: dict,
+                      site_terms: Optional[dict[str, str]] = None) -> dict[str, Tensor]:
     """log p by term for fixed latent values: term -> (S,) with one leading sample dim, () without.
 
     ``latents``: site -> value in natural or plate layout, with 0 or 1 leading sample dims
-    (flatten more first). Every latent site of the model must be given.
+    (flatten more first). Every latent site of the model must be given. ``site_terms``: site ->
+    term grouping (default :meth:`BRGMModel.site_terms`; SMC splits reference and tempered sites).
     """
     missing = [k for k in model.latent_sites() if k not in latents]
     if missing:
@@ -108,7 +110,7 @@ def log_density_terms(model, y: Tensor, latents: dict) -> dict[str, Tensor]:
 
     with poutine.block(hide_types=["param"]):
         tr = poutine.trace(fn).get_trace(y)
-    return trace_terms(tr, model.site_terms(), keep_dims=nd)
+    return trace_terms(tr, site_terms or model.site_terms(), keep_dims=nd)
 
 
 __all__ = ["trace_terms", "log_density_terms", "plate_layout", "natural_layout", "scalar_params", "sample_ndim"]

@@ -188,7 +188,7 @@ def convergence_report(idata, result) -> dict:
     and a warning line per failed check)."""
     from brgm_pyro.pipeline.core import method_traits
 
-    if not method_traits(result.method).mcmc or int(result.extra.get("num_chains", 1)) < 2:
+    if not method_traits(result.method).chains or int(result.extra.get("num_chains", 1)) < 2:
         return {}
     from brgm_pyro.diagnostics import diagnose
 
@@ -219,7 +219,7 @@ def write_results(out, obs, result, model, *, overwrite: bool = False, vgg16: Op
     import time
 
     t0 = time.perf_counter()
-    from brgm_pyro.pipeline.records import inference_record, machine_info, package_versions
+    from brgm_pyro.pipeline.records import evidence_record, inference_record, machine_info, package_versions
 
     outdir = out if isinstance(out, io.OutputDir) else io.OutputDir(out, overwrite=overwrite)
     B = obs.y.shape[0]
@@ -243,7 +243,8 @@ def write_results(out, obs, result, model, *, overwrite: bool = False, vgg16: Op
                 written["scores"] = score(obs, result, vgg16)
                 io.save_json(od.path("metrics.json"), {
                     "reference": "the clean input, centre-cropped and resized to the generator",
-                    "range": METRICS_RANGE, "task": obs.task.name, "method": result.method, **written["scores"]})
+                    "range": METRICS_RANGE, "task": obs.task.name, "method": result.method, **written["scores"],
+                    **{k: v for k, v in evidence_record(result).items() if k != "smc_stages"}})
             run = {"command": "reconstruct", "argv": sys.argv, **(record or {}),
                    "inputs": obs.inputs, "masks": obs.mask_infos,
                    "layout": "one sub-directory per input (file stem)" if split else "files in DIR",

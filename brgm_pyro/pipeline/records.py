@@ -66,10 +66,24 @@ def interrupted(result) -> bool:
 
 def inference_record(result) -> dict:
     """run.json's ``inference`` entry."""
-    return {"method": result.method, "stopped": result.stopped, "steps_done": result.timing.get("steps"),
-            "timing": result.timing, "loss_terms": history_summary(result.history),
-            "num_samples": None if result.samples is None else int(result.samples.shape[0])}
+    rec = {"method": result.method, "stopped": result.stopped, "steps_done": result.timing.get("steps"),
+           "timing": result.timing, "loss_terms": history_summary(result.history),
+           "num_samples": None if result.samples is None else int(result.samples.shape[0])}
+    rec.update(evidence_record(result))
+    return rec
+
+
+def evidence_record(result) -> dict:
+    """The log evidence of a method that estimates it (SMC): ``log_evidence``, its standard error
+    (from independent runs; None with one run), each run's estimate and the temperature ladders; {} else."""
+    ex = result.extra
+    if "log_evidence" not in ex:
+        return {}
+    out = {k: ex[k] for k in ("log_evidence", "log_evidence_se", "log_evidence_runs") if k in ex}
+    if "stages" in ex:
+        out["smc_stages"] = [{k: s[k] for k in ("beta", "acceptance", "ess", "resampled")} for s in ex["stages"]]
+    return out
 
 
 __all__ = ["package_versions", "machine_info", "history_summary", "latent_lines", "interrupted",
-           "inference_record"]
+           "inference_record", "evidence_record"]

@@ -10,6 +10,7 @@ from brgm_pyro.models.priors.base import Factor, Prior, ProductPrior, pairwise_c
 from brgm_pyro.models.priors.colinearity import ColinearityFactor
 from brgm_pyro.models.priors.gaussian import GaussianPrior, StandardNormalPrior
 from brgm_pyro.models.priors.geocross import GeocrossFactor
+from brgm_pyro.models.priors.mixture import GaussianMixturePrior, two_mode_prior
 from brgm_pyro.models.priors.studentt import StudentTPrior, fit_student_df
 from brgm_pyro.models.priors.rls import make_flow_prior, make_rls_prior
 from brgm_pyro.registry import Registry
@@ -64,6 +65,13 @@ def flat_prior(generator, stats, **_) -> Prior:
     return GaussianPrior(stats.mu, 1e3, generator.num_ws, generator.w_dim)
 
 
+@PRIORS.register("gaussian_mixture")
+def gaussian_mixture_prior(generator, stats, separation: float = 3.0, weight: float = 0.5, **_) -> Prior:
+    """Two Gaussian modes 2 ``separation`` prior std apart, weights (``weight``, 1 - ``weight``): a
+    multimodal test prior (closed-form posterior with a linear G; tests/test_smc.py)."""
+    return two_mode_prior(generator, stats, separation, weight)
+
+
 # The normalizing-flow prior of seed 004 (RLS): the Bayesian form and RLS's weighted terms (see rls.py).
 PRIORS.register("flow")(make_flow_prior)
 PRIORS.register("rls")(make_rls_prior)
@@ -88,4 +96,4 @@ def make_prior(name: str, generator, stats, **options) -> Prior:
 
 
 __all__ = ["Prior", "Factor", "ProductPrior", "GaussianPrior", "StandardNormalPrior", "ColinearityFactor",
-           "GeocrossFactor", "StudentTPrior", "PRIORS", "make_prior", "pairwise_cosines", "DEFAULT_KAPPA"]
+           "GeocrossFactor", "StudentTPrior", "GaussianMixturePrior", "PRIORS", "make_prior", "pairwise_cosines", "DEFAULT_KAPPA"]
