@@ -66,6 +66,19 @@ def demo_mask(resolution: int) -> np.ndarray:
     return m
 
 
+def _key(fid) -> str:
+    """metrics.json's name of a demo image: ``test_face_K`` for a face index, the name itself otherwise."""
+    return f"test_face_{fid}" if isinstance(fid, (int, np.integer)) else str(fid)
+
+
+def demo_fashion(n: int) -> tuple[list[str], np.ndarray]:
+    """Names and (B, 32, 32, 1) in [0, 1] of Fashion-MNIST test images 0..n-1 (the shipped subset)."""
+    from brgm_pyro.data.fashion_mnist import shipped_subset
+
+    x, _, idx = shipped_subset("test")
+    return [f"fashion_test_{int(i)}" for i in idx[:n]], x[:n, :, :, None].astype(np.float32) / 255.0
+
+
 def demo_faces(indices, resolution: int, channels: int) -> np.ndarray:
     """The demo's test faces as (B, R, R, C) in [0, 1]."""
     from brgm_pyro.data.faces import face_image_uint8
@@ -99,12 +112,15 @@ def demo(
     threads: int = typer.Option(1, help="CPU threads for torch. One is fastest for the small bundled networks "
                                         "and immune to oversubscription."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    real_data: bool = typer.Option(True, "--real-data/--no-real-data",
+                                   help="With the default generator, also run builtin:fashion32 on Fashion-MNIST "
+                                        "test photographs (summary_fashion32.png; docs/real_data.md)."),
 ) -> None:
     """Run x8 super-resolution, in-painting, colorization and deblurring with MAP and VI on bundled test
     faces; write summary.png (with the prior-reliance row) and metrics.json."""
     code = guarded(run_demo, out=out, faces=faces, steps=steps, map_steps=map_steps, vi_steps=vi_steps,
                    num_samples=num_samples, quick=quick, generator=generator, seed=seed, device=device,
-                   overwrite=overwrite, quiet=quiet, threads=threads)
+                   overwrite=overwrite, quiet=quiet, threads=threads, real_data=real_data)
     if code:
         raise typer.Exit(code)
 
@@ -117,7 +133,7 @@ def _coverage(r, truth: np.ndarray, corruption, face_ids: list) -> Optional[dict
     per = [image_coverage(r.samples, truth, corruption, b) for b in range(len(face_ids))]
     if not per or per[0] is None:
         return None
-    return {**pooled_coverage(per, r.samples.shape[0]), "faces": dict(zip((f"test_face_{f}" for f in face_ids), per))}
+    return {**pooled_coverage(per, r.samples.shape[0]), "faces": dict(zip((_key(f) for f in face_ids), per))}
 
 
 def _score_task(key: str, res: dict, face_ids: list, truth, mask, R: int, C: int) -> dict:
@@ -137,7 +153,7 @@ def _score_task(key: str, res: dict, face_ids: list, truth, mask, R: int, C: int
             if key == "inpaint":
                 comp = figures.composite(io.from_model(y[b]), rec, mask)
                 entry = {"reconstruction": entry, "composite": metrics.image_metrics(comp, truth[b])}
-            per_face[f"test_face_{fid}"] = entry
+            per_face[_key(fid)] = entry
         if key == "inpaint":
             mean = {k: metrics.summarize([v[k] for v in per_face.values()]) for k in ("reconstruction",
                                                                                     "composite")}
@@ -150,17 +166,17 @@ def _score_task(key: str, res: dict, face_ids: list, truth, mask, R: int, C: int
             task_scores[mname]["coverage"] = cov
         if mname == "vi" and res["reliance"] is not None:
             s = res["reliance"].summary()
-            task_scores[mname]["mean_prior_reliance"] = dict(zip((f"test_face_{f}" for f in face_ids),
+            task_scores[mname]["mean_prior_reliance"] = dict(zip((_key(f) for f in face_ids),
                                                                  s["mean_prior_reliance"]))
             task_scores[mname]["reliance"] = {k: s[k] for k in ("num_posterior_draws", "num_prior_draws",
                                                                 "prior_ess")}
     if key == "superres":
         up = bicubic_upsample(y, R)
-        base = {f"test_face_{fid}": metrics.image_metrics(io.from_model(up[b]), truth[b])
+        base = {_key(fid): metrics.image_metrics(io.from_model(up[b]), truth[b])
                 for b, fid in enumerate(face_ids)}
         task_scores["baseline_bicubic"] = {"faces": base, "mean": metrics.summarize(list(base.values()))}
     if key == "colorize":  # the baseline anyone could do: the gray image as RGB
-        base = {f"test_face_{fid}": metrics.image_metrics(np.repeat(io.from_model(y[b].cpu()), C, -1), truth[b])
+        base = {_key(fid): metrics.image_metrics(np.repeat(io.from_model(y[b].cpu()), C, -1), truth[b])
                 for b, fid in enumerate(face_ids)}
         task_scores["baseline_gray"] = {"faces": base, "mean": metrics.summarize(list(base.values()))}
     return task_scores
@@ -174,7 +190,7 @@ def _task_columns(key: str, res: dict, task_scores: dict, face_ids: list, truth,
     columns: list[dict] = []
     r_map, r_vi = res["map"], res["vi"]
     for b, fid in enumerate(face_ids):
-        col = {"title": f"{res['label']}\ntest face {fid}", "truth": truth[b],
+        col = {"title": f"{res['label']}\n{_key(fid).replace('_', ' ')}", "truth": truth[b],
                "observation": figures.observation_display(io.from_model(y[b].cpu()), R,
                                                           mask if key == "inpaint" else None),
                "MAP": io.from_model(r_map.mean_image()[b])}
@@ -187,7 +203,7 @@ def _task_columns(key: str, res: dict, task_scores: dict, face_ids: list, truth,
             col["_reliance"] = res["reliance"].channel_mean()[b].detach().cpu().numpy()
         col.setdefault("notes", {})
         for row, mname in (("MAP", "map"), ("posterior mean", "vi")):
-            entry = task_scores.get(mname, {}).get("faces", {}).get(f"test_face_{fid}")
+            entry = task_scores.get(mname, {}).get("faces", {}).get(_key(fid))
             if entry is not None:
                 psnr = entry["reconstruction"]["psnr"] if key == "inpaint" else entry["psnr"]
                 col["notes"][row] = f"{psnr:.1f} dB"
@@ -236,7 +252,8 @@ def _demo_tasks(R: int, C: int, mask) -> tuple[list, int, float]:
 
     from brgm_pyro.models.corruptions import make_corruption
 
-    factor = DEMO_FACTOR if R % DEMO_FACTOR == 0 and R // DEMO_FACTOR >= 2 else 2
+    # x8 on 64x64 and larger; smaller generators keep an 8x8 observation (x4 at 32x32), at least x2
+    factor = DEMO_FACTOR if R >= 64 else max(2, R // 8)
     superres_factor_check(R, factor)
     tasks = [(f"x{factor} super-resolution", "superres", make_corruption("superres", factor=factor, kernel="box")),
              ("in-painting", "inpaint", make_corruption("inpaint", mask=torch.from_numpy(mask)))]
@@ -335,73 +352,105 @@ def _run_tasks(G, tasks: list, x, phi, stats, ctx: dict, timings: dict) -> tuple
     return results, False
 
 
-def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, generator, seed, device, overwrite,
-             quiet, threads=1) -> int:
+REAL_GENERATOR = "builtin:fashion32"  # the real-photograph generator shown beside faces64
+
+
+def _demo_part(generator: str, device: str, n: int, ctx: dict, timings: dict) -> dict:
+    """One generator's part of the demo: its test images, the tasks (MAP and VI as brgm reconstruct
+    runs them), scores and the summary figure's columns."""
     import torch
 
+    t0 = time.perf_counter()
+    G = pipeline.load_generator(generator, device)
+    phi = pipeline.default_phi(G)  # the CLI's and the library's default perceptual network
+    R, C = G.img_resolution, G.img_channels
+    if generator == REAL_GENERATOR:
+        ids, truth = demo_fashion(n)
+    else:
+        ids = list(DEMO_FACES[:n])
+        truth = demo_faces(ids, R, C)  # (B, R, R, C) in [0, 1]
+    x = torch.stack([io.to_model(a) for a in truth]).to(device)
+    mask = demo_mask(R)
+    tasks, factor, blur = _demo_tasks(R, C, mask)
+    stats = pipeline.latent_stats(G)  # cached beside the bundled weights
+    timings["setup_s"] = time.perf_counter() - t0
+    results, stopped = _run_tasks(G, tasks, x, phi, stats, ctx, timings)
+    t0 = time.perf_counter()
+    scores, columns = _scores_and_columns(results, ids, truth, mask, R, C)
+    timings["scores_s"] = time.perf_counter() - t0
+    return dict(G=G, phi=phi, R=R, C=C, ids=ids, tasks=tasks, factor=factor, blur=blur, results=results,
+                stopped=stopped, scores=scores, columns=columns, generator=generator,
+                disc=pipeline.default_discrepancy("map", G, "gaussian"))
+
+
+def _part_record(part: dict) -> dict:
+    """run.json's record of one part: settings, models, inference records."""
+    res = part["results"]
+    return {"generator": {"spec": part["generator"], "class": type(part["G"]).__name__, "resolution": part["R"],
+                          "channels": part["C"]},
+            "images": [_key(i) for i in part["ids"]], "factor": part["factor"], "deblur_sigma_px": part["blur"],
+            "tasks": [k for _, k, _ in part["tasks"]], "percept": part["phi"] is not None,
+            "percept_vi": part["phi"] is not None and pipeline.default_percept("vi"),
+            "models": {k: r["model"].config() for k, r in res.items()},
+            "discrepancy": part["disc"],  # MAP's and VI's model add the discrepancy term (docs/discrepancy.md)
+            "inference": {k: {m: ({"stopped": r[m].stopped, "timing": r[m].timing,
+                                   "loss_terms": history_summary(r[m].history)} if r[m] is not None else None)
+                              for m in ("map", "vi")} for k, r in res.items()}}
+
+
+def _write_demo(od, parts: list[dict], settings: dict, started: str, timings: dict, device: str) -> None:
     from brgm_pyro import figures
 
+    main = parts[0]
+    title = (f"BRGM demo: {{}}, MAP {settings['map_steps']} steps, VI {settings['vi_steps']} steps "
+             f"({settings['num_samples']} samples), seed {settings['seed']}")
+    metrics = {**DEMO_METRICS_NOTES, "faces": [_key(i) for i in main["ids"]], "tasks": main["scores"]}
+    for k, part in enumerate(parts):
+        name = "summary.png" if k == 0 else f"summary_{part['generator'].split(':')[-1]}.png"
+        figures.summary_figure(od.path(name), part["columns"], title=title.format(part["generator"]),
+                               rows=(*figures.SUMMARY_ROWS, "prior reliance"))
+        if k:
+            metrics[part["generator"].split(":")[-1]] = {"images": [_key(i) for i in part["ids"]],
+                                                        "tasks": part["scores"]}
+    io.save_json(od.path("metrics.json"), metrics)
+    io.save_json(od.path("run.json"), {
+        "command": "demo", "argv": sys.argv, "started_utc": started, "settings": settings, "seed": settings["seed"],
+        **_part_record(main), "parts": [_part_record(p) for p in parts[1:]],
+        "timings_s": timings, "versions": package_versions(), "machine": machine_info(device)})
+
+
+def run_demo(*, out, faces, steps, map_steps, vi_steps, num_samples, quick, generator, seed, device, overwrite,
+             quiet, threads=1, real_data: bool = True) -> int:
     t_start = time.perf_counter()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     faces, map_steps, vi_steps, num_samples = _demo_settings(faces, steps, map_steps, vi_steps, num_samples, quick)
     device = pipeline.resolve_device(device)
     set_threads(threads)
     outdir = io.OutputDir(out, overwrite=overwrite)
-    timings: dict[str, float] = {}
-
-    t0 = time.perf_counter()
-    G = pipeline.load_generator(generator, device)
-    phi = pipeline.default_phi(G)  # the CLI's and the library's default perceptual network
-    R, C = G.img_resolution, G.img_channels
-    face_ids = list(DEMO_FACES[:faces])
-    truth = demo_faces(face_ids, R, C)  # (B, R, R, C) in [0, 1]
-    x = torch.stack([io.to_model(a) for a in truth]).to(device)
-    mask = demo_mask(R)
-    tasks, factor, blur = _demo_tasks(R, C, mask)
-    stats = pipeline.latent_stats(G)  # cached beside the bundled weights
-    timings["setup_s"] = time.perf_counter() - t0
-
-    disc = pipeline.default_discrepancy("map", G, "gaussian")  # as brgm reconstruct: every method, if G has one
+    timings: dict = {}
     ctx = dict(methods=methods_registry(), map_steps=map_steps, vi_steps=vi_steps, num_samples=num_samples,
                seed=seed, quiet=quiet, faces=faces)
-    results, stopped_by_user = _run_tasks(G, tasks, x, phi, stats, ctx, timings)
-
-    t0 = time.perf_counter()
-    scores, columns = _scores_and_columns(results, face_ids, truth, mask, R, C)
-    timings["scores_s"] = time.perf_counter() - t0
-
+    parts = [_demo_part(generator, device, faces, ctx, timings)]
+    if real_data and generator == DEFAULT_GENERATOR and not parts[0]["stopped"]:
+        timings["fashion32"] = {}  # real photographs beside the cartoon faces (docs/real_data.md)
+        parts.append(_demo_part(REAL_GENERATOR, device, faces, dict(ctx, prior_var=None), timings["fashion32"]))
+    settings = {"out": str(out), "faces": faces, "face_ids_test_split": list(DEMO_FACES[:faces]),
+                "map_steps": map_steps, "vi_steps": vi_steps, "num_samples": num_samples, "quick": quick,
+                "generator": generator, "seed": seed, "device": device, "kernel": "box",
+                "mask": "rows 5/16-10/16, columns 1/4-3/4 missing (eyes and nose)", "deblur_padding": "reflect",
+                "reliance_prior_draws": DEMO_RELIANCE_PRIOR_DRAWS, "real_data": len(parts) > 1}
     with io.sigint_deferred():
         with outdir as od:
-            title = (f"BRGM demo: {generator}, MAP {map_steps} steps, VI {vi_steps} steps "
-                     f"({num_samples} samples), seed {seed}")
-            figures.summary_figure(od.path("summary.png"), columns, title=title,
-                                   rows=(*figures.SUMMARY_ROWS, "prior reliance"))
-            io.save_json(od.path("metrics.json"), {**DEMO_METRICS_NOTES, "faces": [f"test_face_{i}" for i in face_ids],
-                                                   "tasks": scores})
             timings["total_s"] = time.perf_counter() - t_start
-            io.save_json(od.path("run.json"), {
-                "command": "demo", "argv": sys.argv, "started_utc": started,
-                "settings": {"out": str(out), "faces": faces, "face_ids_test_split": face_ids,
-                             "map_steps": map_steps, "vi_steps": vi_steps, "num_samples": num_samples,
-                             "quick": quick, "generator": generator, "seed": seed, "device": device,
-                             "factor": factor, "kernel": "box",
-                             "mask": "rows 5/16-10/16, columns 1/4-3/4 missing (eyes and nose)",
-                             "tasks": [k for _, k, _ in tasks], "deblur_sigma_px": blur, "deblur_padding": "reflect",
-                             "reliance_prior_draws": DEMO_RELIANCE_PRIOR_DRAWS,
-                             "percept": phi is not None,
-                             "percept_vi": phi is not None and pipeline.default_percept("vi")},
-                "seed": seed,
-                "generator": {"spec": generator, "class": type(G).__name__, "resolution": R, "channels": C},
-                "models": {k: res["model"].config() for k, res in results.items()},
-                "discrepancy": disc,  # MAP's and VI's model add the discrepancy term (docs/discrepancy.md)
-                "inference": {k: {m: ({"stopped": res[m].stopped, "timing": res[m].timing,
-                                       "loss_terms": history_summary(res[m].history)} if res[m] is not None else None)
-                                  for m in ("map", "vi")} for k, res in results.items()},
-                "timings_s": timings, "versions": package_versions(), "machine": machine_info(device)})
+            _write_demo(od, parts, settings, started, timings, device)
     where = outdir.target
-    _print_scores(scores, results)
-    if stopped_by_user:
+    for part in parts:
+        if len(parts) > 1:
+            print(part["generator"])
+        _print_scores(part["scores"], part["results"])
+    if any(p["stopped"] for p in parts):
         print(f"interrupted; partial results written to {where}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(f"demo finished in {timings['total_s']:.0f} s; results in {where}: summary.png, metrics.json, run.json")
+    files = "summary.png" + "".join(f", summary_{p['generator'].split(':')[-1]}.png" for p in parts[1:])
+    print(f"demo finished in {timings['total_s']:.0f} s; results in {where}: {files}, metrics.json, run.json")
     return 0
