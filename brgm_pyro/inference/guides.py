@@ -65,7 +65,8 @@ class AutoImagesLowRank(AutoGuide):
         self._event_shape = tuple(node["fn"].event_shape)
         B, D = init.shape[0], math.prod(self._event_shape)
         self.loc = nn.Parameter(init.reshape(B, D).clone())
-        self.scale = PyroParam(init.new_full((B, D), 0.5 ** 0.5 * self._init_scale), constraint=constraints.softplus_positive)
+        self.scale = PyroParam(init.new_full((B, D), 0.5 ** 0.5 * self._init_scale),
+                               constraint=constraints.softplus_positive)
         self.cov_factor = nn.Parameter(init.new_empty(B, D, self.rank).normal_(0, 1 / self.rank ** 0.5))
 
     def get_posterior(self) -> dist.LowRankMultivariateNormal:
