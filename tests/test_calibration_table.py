@@ -96,7 +96,8 @@ def test_shipped_faces64_table_reads_and_judges():
 
 
 def test_run_combination_from_run_settings():
-    settings = {"task": "superres", "factor": 8, "kernel": "bicubic", "method": "vi", "percept": True, "num_samples": 16,
+    settings = {"task": "superres", "factor": 8, "kernel": "bicubic", "method": "vi", "percept": True,
+                "num_samples": 16,
                 "model_choice": {"noise": "gaussian", "discrepancy": "auto", "prior": "brgm"}}
     assert ct.run_combination(settings) == _combo("superres", "vi", factor=8, kernel="bicubic")
     assert ct.run_warnings(None, {**settings, "method": "map"}) == []  # no draws, no intervals

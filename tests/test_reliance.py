@@ -168,7 +168,8 @@ def test_with_the_discrepancy_term_matches_the_joint_closed_form_and_its_floor()
                       discrepancy=Discrepancy(tau))
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        x = G(model.init_latents(1) + 0.3 * torch.randn(1, 4, 8, generator=gen)) + tau * torch.randn(1, 1, 8, 8, generator=gen)
+        x = G(model.init_latents(1) + 0.3 * torch.randn(1, 4, 8, generator=gen))
+        x = x + tau * torch.randn(1, 1, 8, 8, generator=gen)
         y = model.corruption(x) + sn * torch.randn(1, 1, 8, 8, generator=gen) * mask
     mean, cov, post_var, prior_var = _joint_closed_form(model, y, tau, sn)
     n = 20000

@@ -7,9 +7,15 @@ w_b (L x d, flattened to D = L d):
 
 (Pyro's parameterisation of AutoLowRankMultivariateNormal, one copy per image). Pyro's own
 autoguide packs every latent of the batch into one vector: one low-rank factor shared by all
-images couples them, and its ``scale_tril`` (which ``guide_marginal_std`` used to read) is a dense
-(B D) x (B D) Cholesky factor, cubic in the batch size. Here every per-image quantity (entropy,
-marginal variances, draws) costs O(D r^2) per image, so a batch of B costs B times one image.
+images couples them. Its 44x step time for 4x the faces (issue 28) was the engine's
+``guide_marginal_std`` (the VI hyperprior needs sigma_v every step) reading the posterior's
+``scale_tril``: a dense (B D) x (B D) Cholesky factor, cubic in the batch (faces64, D = 10 x 128 =
+1,280: 0.40 s for one face, 16.7 s for four, one loaded thread). The engine now reads a low-rank
+posterior's ``variance`` (O(B D r)), and here every per-image quantity (entropy, marginal
+variances, draws) costs O(D r^2) per image. Measured (``benchmarks/guide_step_time.py --steps 2
+--no-percept``, faces64 x8 SR, rank 10, 4 particles, one thread on the loaded 2-core VM): this guide
+0.294 s per step for one face, 0.960 s for four (3.3x); Pyro's joint one with the engine's fix
+0.279 / 1.091 s (3.9x).
 
 :func:`images_lowrank_guide` builds it for the model's image site and puts any other latent site
 (learned noise level, kernel width, discrepancy colour) in a mean-field ``AutoNormal`` beside it
@@ -59,7 +65,8 @@ class AutoImagesLowRank(AutoGuide):
         self._event_shape = tuple(node["fn"].event_shape)
         B, D = init.shape[0], math.prod(self._event_shape)
         self.loc = nn.Parameter(init.reshape(B, D).clone())
-        self.scale = PyroParam(init.new_full((B, D), 0.5 ** 0.5 * self._init_scale), constraint=constraints.softplus_positive)
+        self.scale = PyroParam(init.new_full((B, D), 0.5 ** 0.5 * self._init_scale),
+                               constraint=constraints.softplus_positive)
         self.cov_factor = nn.Parameter(init.new_empty(B, D, self.rank).normal_(0, 1 / self.rank ** 0.5))
 
     def get_posterior(self) -> dist.LowRankMultivariateNormal:

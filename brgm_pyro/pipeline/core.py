@@ -100,7 +100,7 @@ def default_phi(G, spec: Optional[str] = None):
     if "phi" in info:
         return info["phi"]
     spec = spec if spec is not None else info.get("spec")
-    phi = getattr(G, "default_phi", None)
+    phi = getattr(G, "default_phi", "default_percept", None)
     if phi is not None:
         phi = phi() if callable(phi) and not isinstance(phi, nn.Module) else phi
     elif spec == "builtin:faces64":
@@ -373,5 +373,5 @@ def reconstruct(model, y: Union[Observation, Any], method: str = "map", *, steps
 
 
 __all__ = ["DEFAULT_GENERATOR", "default_discrepancy", "resolve_default_discrepancy", "states_gram", "method_traits", "task_sigma_pixel", "Observation", "load_generator", "load_generator_checked", "default_phi",
-           "latent_stats", "build_model", "observe", "reconstruct", "methods_registry", "method_options",
+           "default_percept", "latent_stats", "build_model", "observe", "reconstruct", "methods_registry", "method_options",
            "resolve_device"]
