@@ -56,3 +56,20 @@ def test_log_density_names_a_missing_latent_and_keeps_one_sample_dim():
             assert torch.allclose(many[k][s], one[k], rtol=1e-5, atol=1e-5), k
     pred = model.predict(w[1], {"sigma_pixel": sig[1]}).double().numpy()
     assert float(many["pixel"][1]) == pytest.approx(stats.norm.logpdf(0.0, pred, 0.2).sum(), rel=1e-5)
+
+
+def test_layouts_round_trip_and_leave_per_image_sites_alone():
+    """Natural <-> plate layout: a shared scalar gets (and loses) the unit images dim; w and a
+    per-image scalar keep their shapes, also with one image (a unit dim that must not go)."""
+    from brgm_pyro.models.density import natural_layout, plate_layout
+
+    G = LinearGenerator(num_ws=2, w_dim=3, img_channels=1, img_resolution=4, seed=1)
+    model = build_model(G, Identity(), prior="gaussian", sigma_pixel="learn")
+    per = build_model(G, Identity(), prior="gaussian", sigma_pixel="learn", noise_per_image=True)
+    w = torch.randn(5, 1, 2, 3)
+    plate = plate_layout(model, {"w": w, "sigma_pixel": torch.rand(5)})
+    assert plate["w"].shape == (5, 1, 2, 3) and plate["sigma_pixel"].shape == (5, 1)
+    back = natural_layout(model, plate, 1)
+    assert back["w"].shape == (5, 1, 2, 3) and back["sigma_pixel"].shape == (5,)
+    one = natural_layout(per, {"w": w, "sigma_pixel": torch.rand(5, 1)}, 1)
+    assert one["w"].shape == (5, 1, 2, 3) and one["sigma_pixel"].shape == (5, 1)
