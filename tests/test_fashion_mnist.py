@@ -175,3 +175,15 @@ def test_builtin_fashion32_loads_offline():
     with torch.no_grad():
         img = G.synthesis(G.mapping(torch.randn(2, G.z_dim)).unsqueeze(1).expand(-1, G.num_ws, -1))
     assert img.shape == (2, 1, 32, 32) and torch.isfinite(img).all()
+
+
+def test_demo_part_on_fashion32():
+    """The demo's real-photograph part: x4 SR (8x8 observed), in-painting, deblurring on test images."""
+    from brgm_pyro.cli import demo
+
+    ctx = dict(methods=demo.methods_registry(), map_steps=2, vi_steps=2, num_samples=3, seed=0, quiet=True, faces=2)
+    part = demo._demo_part(demo.REAL_GENERATOR, "cpu", 2, ctx, {})
+    assert part["ids"] == ["fashion_test_0", "fashion_test_1"] and part["factor"] == 4 and part["C"] == 1
+    assert set(part["scores"]) == {"superres", "inpaint", "deblur"}  # no colorization of a gray generator
+    assert set(part["scores"]["superres"]["map"]["faces"]) == {"fashion_test_0", "fashion_test_1"}
+    assert part["results"]["superres"]["y"].shape[-1] == 8
