@@ -43,8 +43,8 @@ ROWS = {"sr4": ("superres", ["--factor", "4"]),
         "inpaint_half": ("inpaint", []), "inpaint_free": ("inpaint", []),
         "denoise": ("denoise", []), "deblur": ("deblur", []),
         **{f"cs_{m}": ("cs", ["--measurements", str(m)]) for m in (25, 50, 100, 200, 500)}}
-# chosen on validation images 0-31 with --choose (docs/real_data.md)
-BASELINE_SETTINGS = {"tv_weight": 0.1, "wiener_balance": 0.05, "lasso_alpha": 1e-3}
+# chosen on validation images 0-31 with --choose (docs/real_data.md; grids in choose())
+BASELINE_SETTINGS = {"tv_weight": 0.05, "wiener_balance": 0.002, "lasso_alpha": 3e-5}  # Lasso: chosen at m = 100
 
 
 def half_mask(size: int = 32) -> np.ndarray:
@@ -255,8 +255,8 @@ def run_row(row: str, paths: dict, a, G, judge, methods: list[str]) -> dict:
 def choose(paths: dict, a, G, judge) -> dict:
     """Baseline settings by grid search on the given (validation) images: best mean PSNR."""
     grids = {"denoise": ("tv_weight", [0.02, 0.05, 0.1, 0.2, 0.4]),
-             "deblur": ("wiener_balance", [0.005, 0.01, 0.02, 0.05, 0.1, 0.2]),
-             "cs_100": ("lasso_alpha", [1e-4, 3e-4, 1e-3, 3e-3, 1e-2])}
+             "deblur": ("wiener_balance", [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05]),
+             "cs_100": ("lasso_alpha", [3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 1e-2])}
     best = {}
     for row, (key, vals) in grids.items():
         _, files, _ = inputs_for(row, paths)
