@@ -180,9 +180,10 @@ def chunked_grad(fn: Callable[[dict], Tensor], values: dict[str, Tensor], chunk:
 def surrogate(values: dict[str, Tensor], grads: dict[str, Tensor]) -> Tensor:
     """A scalar that is 0 in value and whose gradient is ``sum_k grads[k] * d values[k]``: adding it
     to a loss carries the chunked gradients back through whatever produced ``values``."""
-    s = sum((v * g.detach()).sum() for k, v in values.items() for g in [grads[k]] if v.requires_grad)
-    if not isinstance(s, Tensor):
+    parts = [(v * grads[k].detach()).sum() for k, v in values.items() if v.requires_grad]
+    if not parts:  # nothing upstream to reach (values that are constants)
         return torch.zeros(())
+    s = sum(parts[1:], parts[0])  # (not stack: the sites may differ in dtype)
     return s - s.detach()
 
 
