@@ -40,7 +40,8 @@ class SMCTarget:
     Args:
         model: a :class:`~brgm_pyro.models.brgm.BRGMModel`.
         y: (B, C, h, w) observation.
-        chunk: particles per trace (None: all N at once; smaller bounds the memory of G's batch).
+        chunk: particles per trace (None: what the memory budget holds, ``model.max_memory`` or the
+            device's default; all N when they fit).
     """
 
     def __init__(self, model, y: Tensor, chunk: Optional[int] = None) -> None:
@@ -106,8 +107,16 @@ class SMCTarget:
         return tuple(torch.cat([o[i] for o in out]) for i in range(4))  # type: ignore[return-value]
 
     def _chunks(self, z: Tensor):
-        n = self.chunk or z.shape[0]
+        # None: as many particles per trace as the memory budget holds (brgm_pyro.memory), as VI's particles
+        n = self.chunk or self._budget_chunk(z.shape[0])
         return [z[i:i + n] for i in range(0, z.shape[0], n)]
+
+    def _budget_chunk(self, num: int) -> int:
+        from brgm_pyro.memory import items_per_chunk
+
+        if getattr(self, "_per_chunk", None) is None or self._per_chunk[0] != num:
+            self._per_chunk = (num, items_per_chunk(self.model, num, self.y.shape[0]))
+        return self._per_chunk[1]
 
     # --- the reference -----------------------------------------------------------------------
     def reference_draws(self, num: int) -> Tensor:
