@@ -100,7 +100,7 @@ def default_phi(G, spec: Optional[str] = None):
     if "phi" in info:
         return info["phi"]
     spec = spec if spec is not None else info.get("spec")
-    phi = getattr(G, "default_phi", "default_percept", None)
+    phi = getattr(G, "default_phi", None)
     if phi is not None:
         phi = phi() if callable(phi) and not isinstance(phi, nn.Module) else phi
     elif spec == "builtin:faces64":
