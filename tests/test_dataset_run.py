@@ -227,8 +227,6 @@ def test_an_out_that_is_not_a_dataset_run_is_refused(single, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # nothing written
 
 
-@pytest.mark.xfail(strict=True, reason="fixed on branch i26/lead: --out inside the input folder; a rerun lists "
-                                       "the results as inputs")
 def test_out_inside_the_input_folder_resumes(tmp_path):
     src = _faces(tmp_path / "faces")
     args = ["reconstruct", str(src), *ARGS, "--steps", "2", "--out", str(src / "results")]

@@ -52,12 +52,23 @@ class Item:
     task: Optional[str]
 
 
-def list_items(source: str | os.PathLike) -> list[Item]:
-    """The dataset's items in their fixed order (see the module docstring)."""
+def _is_result(p: Path, src: Path, exclude: Optional[Path]) -> bool:
+    """Whether image ``p`` under ``src`` lies in a brgm output folder (``exclude``, the run's own
+    ``--out``, or any folder with a ``dataset.json``): results are never read back as inputs."""
+    if exclude is not None and exclude.resolve() in p.resolve().parents:
+        return True
+    return any((d / "dataset.json").is_file() for d in p.parents if d != src and src in d.parents)
+
+
+def list_items(source: str | os.PathLike, exclude: Optional[str | os.PathLike] = None) -> list[Item]:
+    """The dataset's items in their fixed order (see the module docstring); images inside
+    ``exclude`` (the run's ``--out``, when it lies inside the input folder) are not items."""
     src = Path(source)
     if src.is_dir():
+        ex = None if exclude is None else Path(exclude)
         files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS
-                       and not any(part.startswith(".") for part in p.relative_to(src).parts))
+                       and not any(part.startswith(".") for part in p.relative_to(src).parts)
+                       and not _is_result(p, src, ex))
         if not files:
             raise BRGMError(f"input {str(src)!r} is a directory with no image in it ({', '.join(IMAGE_EXTS)}); "
                             f"give image files, a directory of images or a .csv manifest")
@@ -310,7 +321,7 @@ def run_dataset(run: DatasetRun) -> dict:
     from brgm_pyro.pipeline import core
 
     rank, world, _ = dist_info()
-    items = list_items(run.source)
+    items = list_items(run.source, exclude=run.out)
     batches = make_batches(items, run.task, run.batch_size)
     for t, _ in batches:  # every task and its options, before any work
         core.get_task(t)
