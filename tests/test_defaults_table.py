@@ -41,18 +41,22 @@ def rows() -> list[tuple[str, str, str]]:
     tau = json.loads((ROOT / "brgm_pyro/assets/faces64/generator.safetensors.discrepancy.json").read_text())["tau"]
     chains = _default(runner.run_mcmc, "num_chains")
     draws = _option_default(cli._reconstruct, "num_samples")
-    methods = sorted(core.DISCREPANCY_DEFAULT_METHODS)
+    from brgm_pyro.inference import METHODS
+
+    methods = sorted(m for m in METHODS.names() if core.method_traits(m).discrepancy_default)
+    percept_on = sorted(m for m in METHODS.names() if core.default_percept(m))
     return [
         ("generator", f"`{core.DEFAULT_GENERATOR}`", "`pipeline.core.DEFAULT_GENERATOR`"),
         ("`sigma_pixel` (pixel noise std, [-1, 1] units)", f"{brgm.DEFAULT_SIGMA_PIXEL}", "`models.brgm.DEFAULT_SIGMA_PIXEL`"),
         ("`sigma_percept`, bundled faces network (feature units)", f"{EncoderFeatures.default_sigma}",
          "`EncoderFeatures.default_sigma`"),
         ("`sigma_percept`, a network without its own", f"{brgm.DEFAULT_SIGMA_PERCEPT}", "`models.brgm.DEFAULT_SIGMA_PERCEPT`"),
-        ("perceptual term in `brgm reconstruct`", "on when the generator has a network (`--no-percept`: off)",
-         "`brgm reconstruct --percept`"),
+        ("perceptual term in `brgm reconstruct`", f"on for {', '.join(percept_on)} (methods without draws) when the "
+         "generator has a network; off for methods with draws (`--percept`/`--no-percept` override)",
+         "`pipeline.core.default_percept` (method traits)"),
         ("`kappa` (colinearity)", f"{DEFAULT_KAPPA}", "`models.priors.DEFAULT_KAPPA`"),
         ("discrepancy term in `brgm reconstruct`", f"`auto` for the methods {', '.join(methods)} (Gaussian noise, "
-         f"a stored scale); library: off", "`pipeline.core.DISCREPANCY_DEFAULT_METHODS`"),
+         f"a stored scale); also `brgm.build_model`", "`MethodTraits.discrepancy_default`"),
         ("discrepancy scale tau, builtin:faces64", f"{tau:.4f}", "`generator.safetensors.discrepancy.json`"),
         ("MAP steps / lr / lr decay", f"{map_.DEFAULT_MAP_STEPS} / {map_.DEFAULT_MAP_LR} / {map_.DEFAULT_MAP_LR_DECAY}",
          "`inference.map.DEFAULT_MAP_*`"),
