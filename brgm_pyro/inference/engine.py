@@ -363,12 +363,7 @@ def optimise(
     from tqdm.auto import tqdm
 
     params = params_fn()
-    opt = torch.optim.Adam(params, lr=lr)
-    if not 0.0 <= lr_rampdown <= 1.0:
-        raise BRGMError(f"lr_rampdown must be in [0, 1], got {lr_rampdown}")
-    sched = None
-    if lr_decay != 1.0:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, steps, lr_decay, lr_rampdown))
+    opt, sched = _adam(params, lr, steps, lr_decay, lr_rampdown)
     history: dict[str, list[float]] = {n: [] for n in [LOSS, *names]}
     step_times: list[float] = []
     step_cpu: list[float] = []  # this process's CPU seconds per step: steadier than wall time on a shared machine
@@ -411,12 +406,27 @@ def optimise(
         with torch.no_grad():
             for g, p in zip(good, params):
                 p.copy_(g)
-    total = time.perf_counter() - t_start
+    return {"history": history, "timing": _timing(time.perf_counter() - t_start, step_times, step_cpu),
+            "stopped": stopped}
+
+
+def _adam(params: list[Tensor], lr: float, steps: int, lr_decay: float, lr_rampdown: float):
+    """Adam on ``params`` and its learning-rate schedule (None for a constant rate)."""
+    if not 0.0 <= lr_rampdown <= 1.0:
+        raise BRGMError(f"lr_rampdown must be in [0, 1], got {lr_rampdown}")
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = None
+    if lr_decay != 1.0:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, steps, lr_decay, lr_rampdown))
+    return opt, sched
+
+
+def _timing(total: float, step_times: list[float], step_cpu: list[float]) -> dict:
+    """:func:`optimise`'s timing record: total, median wall and CPU seconds per step, steps done."""
     per = sorted(step_times)[len(step_times) // 2] if step_times else float("nan")
     later = step_cpu[1:] or step_cpu  # the first step also pays one-time costs (Pyro's checks, a memory probe)
     cpu = sorted(later)[len(later) // 2] if later else float("nan")
-    return {"history": history, "timing": {"total_s": total, "per_step_s": per, "per_step_cpu_s": cpu,
-                                           "steps": len(step_times)}, "stopped": stopped}
+    return {"total_s": total, "per_step_s": per, "per_step_cpu_s": cpu, "steps": len(step_times)}
 
 
 def _duration(seconds: float) -> str:

@@ -516,8 +516,8 @@ def run_inla(
             then a new Jacobian).
         grid_points, zooms: the grid over theta's unconstrained coordinate (the prior's central
             99.98 %, then ``zooms`` times onto mean +- 6 sd of the current grid density).
-        chunk: Jacobian rows/columns per pass (default: up to 32, fewer when the model's memory
-            budget asks, :mod:`brgm_pyro.memory`). max_jacobian_gib: refuse larger Jacobians.
+        chunk: Jacobian rows/columns per pass (default: up to 32, fewer when the memory budget
+            asks, :mod:`brgm_pyro.memory`). max_jacobian_gib: refuse larger Jacobians.
         restarts: extra starting points of the first conditional MAP (each component's own
             starting-point draws, seeded by ``seed``); per image the fit with the highest log joint
             is kept (:func:`best_of_starts`). For in-painting, where Adam can stop in a basin whose
@@ -554,14 +554,13 @@ def run_inla(
             w_c, out = conditional_map(model, y, w_c, fixed, refine_steps, lr, lr_decay, progress)
             history = {k: history[k] + out["history"][k] for k in history}
     draws, latents, samples, image = _finish(lin, post, eigen, fixed, num_samples, seed)
-    total = time.perf_counter() - t0
     extra = {"seed": seed, "refine": rounds, "jacobian_passes": passes, "eigen": eigen, "gauss_newton": gn_steps,
              "start": chosen, "warnings": _cautions(model, parts),
              "grid": None if post is None else _grid_record(th, post)}
+    timing = {"total_s": time.perf_counter() - t0, "per_step_s": out["timing"]["per_step_s"],
+              "steps": len(history.get("loss", [])), "jacobian_s": lin.jacobian_s}
     return InferenceResult(method="inla", latents={k: latents[k] for k in model.latent_sites()}, image=image,
-                           draws=draws, samples=samples, history=history,
-                           timing={"total_s": total, "per_step_s": out["timing"]["per_step_s"],
-                                   "steps": len(history.get("loss", [])), "jacobian_s": lin.jacobian_s},
+                           draws=draws, samples=samples, history=history, timing=timing,
                            stopped=out["stopped"], extra=extra, image_site=site)
 
 

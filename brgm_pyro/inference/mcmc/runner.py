@@ -11,6 +11,54 @@ result holds ``draws`` of every latent site (C S, *value shape), flattened chain
 ``extra``: ``num_chains``, ``num_draws``, ``sample_stats`` (name -> numpy (C, S)), ``grad_evals``,
 ``init`` (site -> (C, *value shape)), ``map`` (site -> value) and the kernel settings. Chains move in
 the unconstrained coordinates of every site (e.g. log sigma for a learned noise level), as Pyro's.
+
+Options of run_mcmc
+-------------------
+
+    model: a :class:`~brgm_pyro.models.brgm.BRGMModel`.
+    y: (B, C, h, w) observations.
+    method: ``sgld``, ``psgld``, ``mala``, ``hmc`` or ``nuts``.
+    steps: warm-up draws per chain (adaptation: step size, mass matrix, pSGLD preconditioner;
+        discarded). Default 200.
+    num_samples: kept draws per chain (after thinning).
+    num_chains: chains, run one after another (or ``workers`` at a time).
+    init: ``"laplace"`` (default: MAP by ``map_steps`` Adam steps, then each chain starts at an
+        independent draw of the Laplace approximation N(MAP, P^-1), which is already in the
+        typical set; in 10^3 dimensions that is far from the mode), ``"map"`` (every chain
+        at the MAP), ``"prior"`` (each component's own draw of starting points per chain), a
+        (B, L, d) / (C, B, L, d) tensor of w, or a dict site -> value (sites not given start at
+        their components' initial values). ``init_w`` is the tensor form.
+    map_w: a MAP computed beforehand (the latents dict, or w (B, L, d) for a model without
+        scalar latents), used by ``init="map"|"laplace"`` instead of optimising again.
+    init_jitter: add ``init_jitter * reference scale`` Gaussian noise to w (and init_jitter in
+        unconstrained units to the scalars) of chains 1.. (chain 0 is left at the initial
+        point) so that R-hat sees dispersed starts.
+    thin: Langevin steps per kept draw (default 10 SGLD/pSGLD, 5 MALA), or keep every
+        ``thin``-th NUTS/HMC draw (default 1).
+    step_size: initial step size (default: ``"auto"`` for Langevin, Pyro's heuristic for HMC/NUTS).
+    seed: chain c uses seed ``seed + 1000 c``.
+    mass: HMC/NUTS metric: ``"laplace"`` (default with a MAP start: the fixed inverse mass
+        matrix is the Laplace covariance at the MAP, see :mod:`~brgm_pyro.inference.mcmc.laplace`),
+        ``"laplace_warmup"`` (starts so, then each chain's own fixed metric from the mean Laplace
+        precision at ``metric_points`` (8) of its warm-up draws: :mod:`~brgm_pyro.inference.mcmc.remetric`),
+        ``"diag"`` (Pyro's diagonal adaptation; default otherwise) or ``"dense"`` (Pyro's dense
+        adaptation). Langevin methods take ``preconditioner="laplace"`` for the same matrix.
+    laplace_rows: passes allowed for an exact Gauss-Newton curvature, min(M, D) (M observed
+        values, D latent coordinates); sketched with this many above it (default
+        :data:`~brgm_pyro.inference.mcmc.laplace.DEFAULT_LAPLACE_PASSES`, 1,536).
+    curvature: ``"gauss_newton"`` (default; min(M, D) or ``laplace_rows`` passes) or
+        ``"hessian"`` (exact Hessian at the MAP, D Hessian-vector products).
+    workers: run the chains in this many processes at once (CPU only; default 1 = one after
+        another in this process). Chain c draws the same numbers either way (its seed is
+        ``seed + 1000 c``), so the result equals the sequential run's when the per-process
+        thread count is the same. Each worker is a fresh ``spawn``-ed Python process that
+        receives the model by pickle (no fork: forking after torch has started threads can
+        hang, see docs/mcmc.md); starting one costs a few seconds.
+    threads_per_worker: torch threads in each worker (default: this process's threads divided
+        by ``workers``, at least 1).
+    kernel_options: extra kernel options (see :func:`make_kernel`); other top-level options
+        are merged in too, and a kernel that does not take one refuses it (one line); MAP/VI
+        options (``lr``, ``guide``, ...) are refused by name.
 """
 
 from __future__ import annotations
@@ -409,51 +457,9 @@ def run_mcmc(
 ) -> InferenceResult:
     """Sample the posterior of every latent site with ``method`` in ``num_chains`` chains.
 
-    Args:
-        model: a :class:`~brgm_pyro.models.brgm.BRGMModel`.
-        y: (B, C, h, w) observations.
-        method: ``sgld``, ``psgld``, ``mala``, ``hmc`` or ``nuts``.
-        steps: warm-up draws per chain (adaptation: step size, mass matrix, pSGLD preconditioner;
-            discarded). Default 200.
-        num_samples: kept draws per chain (after thinning).
-        num_chains: chains, run one after another (or ``workers`` at a time).
-        init: ``"laplace"`` (default: MAP by ``map_steps`` Adam steps, then each chain starts at an
-            independent draw of the Laplace approximation N(MAP, P^-1), which is already in the
-            typical set; in 10^3 dimensions that is far from the mode), ``"map"`` (every chain
-            at the MAP), ``"prior"`` (each component's own draw of starting points per chain), a
-            (B, L, d) / (C, B, L, d) tensor of w, or a dict site -> value (sites not given start at
-            their components' initial values). ``init_w`` is the tensor form.
-        map_w: a MAP computed beforehand (the latents dict, or w (B, L, d) for a model without
-            scalar latents), used by ``init="map"|"laplace"`` instead of optimising again.
-        init_jitter: add ``init_jitter * reference scale`` Gaussian noise to w (and init_jitter in
-            unconstrained units to the scalars) of chains 1.. (chain 0 is left at the initial
-            point) so that R-hat sees dispersed starts.
-        thin: Langevin steps per kept draw (default 10 SGLD/pSGLD, 5 MALA), or keep every
-            ``thin``-th NUTS/HMC draw (default 1).
-        step_size: initial step size (default: ``"auto"`` for Langevin, Pyro's heuristic for HMC/NUTS).
-        seed: chain c uses seed ``seed + 1000 c``.
-        mass: HMC/NUTS metric: ``"laplace"`` (default with a MAP start: the fixed inverse mass
-            matrix is the Laplace covariance at the MAP, see :mod:`~brgm_pyro.inference.mcmc.laplace`),
-            ``"laplace_warmup"`` (starts so, then each chain's own fixed metric from the mean Laplace
-            precision at ``metric_points`` (8) of its warm-up draws: :mod:`~brgm_pyro.inference.mcmc.remetric`),
-            ``"diag"`` (Pyro's diagonal adaptation; default otherwise) or ``"dense"`` (Pyro's dense
-            adaptation). Langevin methods take ``preconditioner="laplace"`` for the same matrix.
-        laplace_rows: passes allowed for an exact Gauss-Newton curvature, min(M, D) (M observed
-            values, D latent coordinates); sketched with this many above it (default
-            :data:`~brgm_pyro.inference.mcmc.laplace.DEFAULT_LAPLACE_PASSES`, 1,536).
-        curvature: ``"gauss_newton"`` (default; min(M, D) or ``laplace_rows`` passes) or
-            ``"hessian"`` (exact Hessian at the MAP, D Hessian-vector products).
-        workers: run the chains in this many processes at once (CPU only; default 1 = one after
-            another in this process). Chain c draws the same numbers either way (its seed is
-            ``seed + 1000 c``), so the result equals the sequential run's when the per-process
-            thread count is the same. Each worker is a fresh ``spawn``-ed Python process that
-            receives the model by pickle (no fork: forking after torch has started threads can
-            hang, see docs/mcmc.md); starting one costs a few seconds.
-        threads_per_worker: torch threads in each worker (default: this process's threads divided
-            by ``workers``, at least 1).
-        kernel_options: extra kernel options (see :func:`make_kernel`); other top-level options
-            are merged in too, and a kernel that does not take one refuses it (one line); MAP/VI
-            options (``lr``, ``guide``, ...) are refused by name.
+    Args: see the module docstring, "Options of run_mcmc" (model, y (B, C, h, w), method, steps,
+    num_samples, num_chains, init, map_w, init_jitter, thin, step_size, seed, mass, laplace_rows,
+    curvature, workers, threads_per_worker, kernel_options).
     Returns:
         :class:`InferenceResult` with ``latents`` = posterior means, ``image`` = posterior mean of
         G(w), ``draws`` site -> (C S, ...), ``samples`` (C S, B, C, H, W), ``history["loss"]`` =
