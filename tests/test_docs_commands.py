@@ -96,6 +96,9 @@ def make_inputs(d: Path) -> None:
     for name in ("clean.png", "face.png", "photo.png", "blurred.png", "noisy.png", "y.png"):
         _face(1).save(d / name)
     _face(1).convert("L").save(d / "gray.png")
+    from brgm_pyro.data.fashion_mnist import shipped_subset
+
+    Image.fromarray(shipped_subset("test")[0][0]).save(d / "shirt.png")  # a Fashion-MNIST test photograph
     mask = np.full((64, 64), 255, np.uint8)
     mask[20:44, 16:48] = 0
     Image.fromarray(mask).save(d / "mask.png")
@@ -241,10 +244,7 @@ def workdir(tmp_path, monkeypatch):
 
 # Documented commands that fail today for a bug fixed elsewhere: (doc, part of the command) -> why.
 # Strict: such a command must still fail here; once it passes, remove its entry.
-KNOWN_FAILURES = {
-    ("docs/corruptions.md", "--task deblur_blind --guess 2 --method vi"):
-        "fixed in code on branch i26: deblur_blind with the default discrepancy term",
-}
+KNOWN_FAILURES: dict = {}
 
 
 def _known(block: Block, cmd: str):
