@@ -42,7 +42,8 @@ def test_previous_release_file_reads_and_diagnoses_the_same():
     rows = diagnose(idata)["rows"]
     got = [(r["name"], r["r_hat"], r["ess_bulk"], r["ess_tail"], r["mcse_mean"]) for r in rows]
     assert [g[0] for g in got] == [p[0] for p in PREV]
-    np.testing.assert_allclose([g[1:] for g in got], [p[1:] for p in PREV], rtol=1e-7)
+    # 1e-6: the PC summaries come from an SVD whose summation order follows the BLAS threads (3e-7 seen)
+    np.testing.assert_allclose([g[1:] for g in got], [p[1:] for p in PREV], rtol=1e-6)
 
 
 def test_brgm_diagnose_on_a_previous_release_file(tmp_path):
