@@ -109,7 +109,7 @@ def flow_for(generator, path: Optional[str] = None) -> WFlow:
 
 def _quick_fit(generator) -> WFlow:
     """A small flow fitted in seconds (tiny generators without a prior file: tests, examples)."""
-    from brgm_pyro.training.train_prior import train_prior
+    from brgm_pyro.models.priors.flow_fit import train_prior
 
     cfg = FlowConfig(w_dim=generator.w_dim, transforms=3, hidden=(32, 32), noise=0.0)
     with tempfile.TemporaryDirectory() as tmp:
