@@ -54,7 +54,7 @@ def train_generator_cmd(
         from brgm_pyro.training.train_gan import train_gan
 
         check_data(data_dir)  # a one-line error naming the Debian package, before any work
-        s = train_gan(out, steps=steps or 20_000, seed=seed, batch_size=batch_size, lr=lr or 0.0025,
+        s = train_gan(out, steps=20_000 if steps is None else steps, seed=seed, batch_size=batch_size, lr=0.0025 if lr is None else lr,
                       gamma=gamma, device=device, threads=threads, resume=resume, ckpt_every=ckpt_every,
                       max_minutes=max_minutes, root=None if data_dir is None else str(data_dir), quiet=quiet)
         if s.get("stopped"):
@@ -62,7 +62,7 @@ def train_generator_cmd(
         return
     from brgm_pyro.training.train_generator import train_generator
 
-    s = train_generator(out, steps=steps or 4000, seed=seed, batch_size=batch_size, lr=lr or 2e-3, device=device,
+    s = train_generator(out, steps=4000 if steps is None else steps, seed=seed, batch_size=batch_size, lr=2e-3 if lr is None else lr, device=device,
                         threads=threads, resume=resume, ckpt_every=ckpt_every, eval_every=eval_every,
                         max_minutes=max_minutes, quiet=quiet, adv_weight=adv_weight, init=init)
     if s.get("stopped"):
