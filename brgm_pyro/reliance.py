@@ -128,7 +128,7 @@ def _moments(model, w: Tensor, wt: Optional[Tensor], chunk: Optional[int], progr
     num = w.shape[0]
     chunk = chunk or items_per_chunk(model, num, 1, grad=False)
     unbiased = wt is None
-    wt = torch.full((num,), 1.0 / num, dtype=torch.float64) if wt is None else wt
+    wt = torch.full((num,), 1.0 / num, dtype=torch.float64, device=w.device) if wt is None else wt
     s1 = s2 = shift = None
     with torch.no_grad():
         for sl in tqdm(list(chunk_ranges(num, chunk)), desc="prior pixel variance (once per generator)",

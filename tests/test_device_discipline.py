@@ -31,6 +31,7 @@ CHECKED = ["inference", "pipeline", "models/brgm.py", "models/density.py", "mode
 
 # (file relative to brgm_pyro, enclosing function): CPU on purpose, and why
 REVIEWED = {
+    ("reliance.py", "prior_reliance"): "torch.zeros(()) only reaches reliance_from_draws' one-line error (no draws)",
     ("inference/engine.py", "__call__"): "as_tensor of terms that are already tensors on the model's device",
     ("inference/mcmc/langevin.py", "hutchinson_diag"): "seeded CPU Rademacher probes, (... * 2 - 1).to(state.z)",
     ("inference/mcmc/runner.py", "_jitter"): "seeded CPU noise, .to(z0[k]) before use",

@@ -192,6 +192,8 @@ def check_command(cmd: str, reason: str | None, tmp: Path, n: int, outs: dict[st
     if reason:
         return f"illustrative ({reason}): {cmd}"
     toks = shlex.split(cmd, comments=True)
+    while toks and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", toks[0]):  # PYTHONPATH=. OMP_NUM_THREADS=1 ...
+        toks = toks[1:]
     if toks[:1] == ["brgm"]:
         args = smallest(_fresh_outs(toks[1:], outs, n), tmp, n)
         res = run_brgm(args)
@@ -199,12 +201,17 @@ def check_command(cmd: str, reason: str | None, tmp: Path, n: int, outs: dict[st
         assert res.exit_code == 0, (f"documented command failed (exit {res.exit_code}): {cmd}\nran: brgm "
                                     f"{shlex.join(args)}\n{res.output[-1500:]}{err[-1500:]}")
         return f"ran: brgm {shlex.join(args)}"
-    if toks[:1] == ["python"] and len(toks) > 1 and toks[1].startswith("benchmarks/"):
+    if toks[:3] == ["python", "-m", "pytest"]:  # the named test files must exist
+        missing = [t.split("::")[0] for t in toks[3:] if t.startswith("tests/") and not (ROOT / t.split("::")[0]).exists()]
+        assert not missing, f"{cmd}: no such test file(s) {missing}"
+        return f"test files checked: {cmd}"
+    if toks[:1] == ["python"] and len(toks) > 1 and toks[1].startswith(("benchmarks/", "examples/")):
         helptext = script_help(toks[1])
         unknown = [t.split("=")[0] for t in toks[2:] if t.startswith("--") and t.split("=")[0] not in helptext]
         assert not unknown, f"{cmd}: {toks[1]} has no option(s) {unknown}"
         return f"options checked: {cmd}"
-    raise AssertionError(f"documented command neither runnable here (brgm ..., python benchmarks/...) nor marked "
+    raise AssertionError(f"documented command neither runnable here (brgm ..., python benchmarks|examples/..., "
+                         f"python -m pytest) nor marked "
                          f"'# illustrative: REASON': {cmd}")
 
 

@@ -194,7 +194,8 @@ def states_gram(corruption, image_shape: tuple) -> bool:
     lats = corruption.latents()
     if not lats:
         return True
-    params = {lat.name: torch.as_tensor(float(lat.init)) for lat in lats}
+    dev = next((b.device for b in corruption.buffers()), torch.device("cpu"))  # where its operator lives
+    params = {lat.name: torch.as_tensor(float(lat.init), device=dev) for lat in lats}
     try:
         corruption.gram_diagonal(tuple(image_shape), params)
     except BRGMError:
