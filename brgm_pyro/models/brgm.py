@@ -39,6 +39,9 @@ DEFAULT_SIGMA_PIXEL = 0.05
 DEFAULT_SIGMA_PERCEPT = 1.0
 
 
+E_DRAW_BLOCK = 16  # draws of the discrepancy e made together (fixed: results do not depend on chunks)
+
+
 @dataclass(frozen=True)
 class LatentSite:
     """What inference needs to know about one latent site of the model.
@@ -188,17 +191,16 @@ class BRGMModel:
             chunk = items_per_chunk(self, w.shape[0], w[0].numel() // self.generator.w_dim // self.generator.num_ws,
                                     grad=False)
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
-        out = []
         with torch.no_grad():
-            for s in range(0, w.shape[0], chunk):
-                x = self.render(w[s:s + chunk])
-                if self.discrepancy is not None:  # one draw at a time: e's random numbers do not depend on chunk
-                    for i in range(x.shape[0]):
-                        params = self._draw_params({k: v[s + i:s + i + 1] for k, v in draws.items()})
-                        x[i:i + 1] = self.discrepancy.draw(x[i:i + 1], y, self._noise_std(params), params or None,
-                                                           self.mask, gen)
-                out.append(x)
-        return torch.cat(out)
+            x = torch.cat([self.render(w[s:s + chunk]) for s in range(0, w.shape[0], chunk)])
+            if self.discrepancy is not None:
+                # e in fixed blocks of draws, not in render chunks: its random numbers do not depend on the
+                # memory budget, and a block is one batched draw (one draw at a time cost minutes for 40k)
+                for s in range(0, x.shape[0], E_DRAW_BLOCK):
+                    params = self._draw_params({k: v[s:s + E_DRAW_BLOCK] for k, v in draws.items()})
+                    x[s:s + E_DRAW_BLOCK] = self.discrepancy.draw(x[s:s + E_DRAW_BLOCK], y, self._noise_std(params),
+                                                                  params or None, self.mask, gen)
+        return x
 
     def _noise_std(self, params: dict):
         """The pixel likelihood's noise std (without the discrepancy), broadcastable to images."""
