@@ -377,6 +377,19 @@ def _priors() -> list[str]:
 
     return PRIORS.names()
 
+# long help texts of brgm reconstruct (kept out of the option list so it stays readable)
+MASS_HELP = ("HMC/NUTS metric: laplace (default from the MAP: the Laplace "
+                                       "covariance there) | laplace_warmup (each chain's own, from the mean "
+                                       "Laplace precision of 8 of its warm-up draws; for posteriors whose "
+                                       "curvature moves, e.g. in-painting) | diag | dense (Pyro's adaptation); "
+                                       "docs/mcmc.md.")
+DISCREPANCY_HELP = ("What G cannot draw, x = G(w) + e, e ~ N(0, tau^2): auto "
+                                              "(the scale brgm fit-discrepancy stored beside the weights; bundled "
+                                              "for builtin:faces64), off, or tau in [-1, 1] units. Default: auto "
+                                              "for every method when a scale is stored and the noise is gaussian, "
+                                              "else off. It makes the intervals cover real "
+                                              "images (docs/discrepancy.md).")
+
 
 # --- the command -----------------------------------------------------------------------------------------
 
@@ -404,11 +417,7 @@ def _reconstruct(
     max_tree_depth: Optional[int] = typer.Option(None, help=f"NUTS: max tree depth D, at most 2^D - 1 gradients "
                                                  f"per draw (default {CLI_NUTS_MAX_TREE_DEPTH} here, "
                                                  "8 in the library; docs/mcmc.md)."),
-    mass: Optional[str] = typer.Option(None, help="HMC/NUTS metric: laplace (default from the MAP: the Laplace "
-                                       "covariance there) | laplace_warmup (each chain's own, from the mean "
-                                       "Laplace precision of 8 of its warm-up draws; for posteriors whose "
-                                       "curvature moves, e.g. in-painting) | diag | dense (Pyro's adaptation); "
-                                       "docs/mcmc.md."),
+    mass: Optional[str] = typer.Option(None, help=MASS_HELP),
     particles: Optional[int] = typer.Option(None, help="SMC: particles per run (default 256); --chains: independent "
                                             "runs (default 4), whose spread is the log evidence's standard error."),
     workers: int = typer.Option(1, help="Run this many MCMC chains at once, in separate CPU processes "
@@ -429,12 +438,7 @@ def _reconstruct(
     prior_option: List[str] = typer.Option([], "--prior-option", help="An option of the prior's factory as "
                                            "KEY=VALUE, repeatable (e.g. --prior rls --prior-option "
                                            "fidelity_scale=0.05; --prior studentt --prior-option df=5)."),
-    discrepancy: Optional[str] = typer.Option(None, help="What G cannot draw, x = G(w) + e, e ~ N(0, tau^2): auto "
-                                              "(the scale brgm fit-discrepancy stored beside the weights; bundled "
-                                              "for builtin:faces64), off, or tau in [-1, 1] units. Default: auto "
-                                              "for every method when a scale is stored and the noise is gaussian, "
-                                              "else off. It makes the intervals cover real "
-                                              "images (docs/discrepancy.md)."),
+    discrepancy: Optional[str] = typer.Option(None, help=DISCREPANCY_HELP),
     percept: Optional[bool] = typer.Option(None, "--percept/--no-percept", metavar="",
                                            help="Use the generator's perceptual network when it has one (default: "
                                            "on for methods without draws (map), off for methods with draws: their "
