@@ -384,3 +384,21 @@ def test_real_sigint_during_inference(tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert "interrupted" in run["inference"]["stopped"] and run["inference"]["steps_done"] > 0
     assert np.asarray(Image.open(out / "reconstruction.png")).shape == (16, 16, 3)
+
+
+def test_ctrl_c_inside_mcmc_exits_130_and_writes_nothing(tmp_path, monkeypatch):
+    """An MCMC chain keeps no partial draws, so Ctrl-C in NUTS/MALA is an interruption (130), not a bad
+    input (2), and leaves no half-written output folder."""
+    from pyro.infer import MCMC
+
+    def boom(self, *a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(MCMC, "run", boom)
+    Image.fromarray(_rgb(4, 4)).save(tmp_path / "low.png")
+    out = tmp_path / "res"
+    res = runner.invoke(app, ["reconstruct", "--generator", GEN, "-q", "--method", "mala", "--steps", "2",
+                              "--num-samples", "2", "--factor", "4", str(tmp_path / "low.png"), "--out", str(out)])
+    assert res.exit_code == 130, (res.output, res.stderr)
+    assert "interrupted" in res.stderr and "Traceback" not in res.stderr
+    assert not out.exists()

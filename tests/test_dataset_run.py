@@ -234,3 +234,39 @@ def test_out_inside_the_input_folder_resumes(tmp_path):
     assert first.exit_code == 0, (first.output, first.stderr)
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "0 image(s) written, 5 already finished" in again.output, again.output
+
+
+def test_ctrl_c_inside_mcmc_of_a_batch_is_an_interruption_not_an_error(tmp_path, monkeypatch):
+    """Pyro's MCMC keeps no partial chain: Ctrl-C in a batch's MALA run stops the dataset run with status
+    130 and an interrupted summary (not exit 2 as a bad input), and a rerun finishes the images."""
+    from pyro.infer import MCMC
+
+    from brgm_pyro.pipeline import core
+
+    src = _faces(tmp_path / "faces")
+    out = tmp_path / "out"
+    args = ["reconstruct", str(src), *ARGS, "--method", "mala", "--steps", "4", "--num-samples", "4", "--out", str(out)]
+    real, real_rec, batches = MCMC.run, core.reconstruct, []
+
+    def count_batches(*a, **kw):
+        batches.append(1)
+        return real_rec(*a, **kw)
+
+    def ctrl_c_in_second_batch(self, *a, **kw):
+        if len(batches) == 2:  # batch 0 finished; Ctrl-C inside batch 1's chain
+            raise KeyboardInterrupt
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(core, "reconstruct", count_batches)
+    monkeypatch.setattr(MCMC, "run", ctrl_c_in_second_batch)
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 130, (res.output, res.stderr)
+    assert "interrupted" in res.stderr and "Traceback" not in res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] and not summary["complete"] and summary["finished"] == 2
+    assert not (out / "face_2").exists()
+    monkeypatch.setattr(MCMC, "run", real)
+    monkeypatch.setattr(core, "reconstruct", real_rec)
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, (again.output, again.stderr)
+    assert json.loads((out / "summary.json").read_text())["finished"] == N

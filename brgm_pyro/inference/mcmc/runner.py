@@ -166,7 +166,10 @@ def _run_chain(model, y: Tensor, *, method: str, c: int, z0: dict, seed: int, wa
     try:
         mcmc.run(y)
     except KeyboardInterrupt:
-        raise BRGMError(f"{method} interrupted in chain {c}") from None
+        # Pyro's MCMC keeps no usable partial chain: the caller records an interruption (exit 130,
+        # nothing written for a single run; the batch not finished for a dataset run), not an error
+        print(f"{method} interrupted in chain {c}", file=sys.stderr)
+        raise
     seconds = time.perf_counter() - t0
     draws = {k: v.detach() for k, v in mcmc.get_samples().items()}
     if not langevin and thin > 1:
@@ -213,8 +216,9 @@ def _run_chains_parallel(model, y: Tensor, jobs: list[dict], workers: int, threa
                 print(f"chain {c}: {outs[-1]['grad_evals']} gradients in {outs[-1]['seconds']:.1f} s; "
                       + time_left_line([o["seconds"] for o in outs], len(jobs), workers), file=sys.stderr, flush=True)
         return outs
-    except KeyboardInterrupt:
-        raise BRGMError(f"{jobs[0]['method']} interrupted") from None
+    except KeyboardInterrupt:  # an interruption, not an error (see _run_chain)
+        print(f"{jobs[0]['method']} interrupted", file=sys.stderr)
+        raise
     except BrokenProcessPool:
         raise BRGMError("an MCMC worker process died (out of memory?); use fewer --workers or workers=1") from None
     finally:
