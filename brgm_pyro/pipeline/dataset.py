@@ -4,8 +4,10 @@
 ``mask`` and ``task``; relative paths are relative to the CSV) runs :func:`run_dataset`:
 
 * the items are listed in a fixed order (sorted file names / the CSV's rows), grouped by task and
-  cut into batches of ``batch_size``; batch k is the same whichever process runs it, and every
-  batch uses the same seed, so results do not depend on how the work is shared;
+  cut into batches of ``batch_size``; batch k is the same whichever process runs it and uses the
+  seed :func:`batch_seed` (``--seed`` for batch 0, so a one-batch run equals a single run), so
+  results do not depend on how the work is shared, and the simulated noise of two batches is not
+  the same draw;
 * under ``torchrun --nproc-per-node N`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set) rank r runs
   batches r, r + N, r + 2N, ...; the process group (gloo on CPU, NCCL with ``--device cuda``,
   where rank r uses GPU ``LOCAL_RANK``) is created but no collective is ever called, so a rank that
@@ -233,7 +235,7 @@ def _write_item(run: DatasetRun, obs, b: int, result, batch_index: int, item: It
         files = write_image_outputs(od, (), obs, b, result, reliance)
         io.save_json(od.path("result.json"), {
             "name": item.name, "image": item.image, "mask": item.mask, "task": obs.task.name,
-            "batch": batch_index, "input": obs.inputs[b], "mask_info": obs.mask_infos[b] if obs.mask_infos else None,
+            "batch": batch_index, "seed_of_batch": batch_seed(run.seed, batch_index), "input": obs.inputs[b], "mask_info": obs.mask_infos[b] if obs.mask_infos else None,
             "files": files, "scores": scores, "latents_of_batch": result.scalar_summary(),
             "inference_of_batch": inference_record(result)})
     row = {"name": item.name, "image": item.image, "task": obs.task.name, "batch": batch_index, "rank": rank,
@@ -253,6 +255,16 @@ def _clean_partials(out: Path, names: set[str]) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
+#: batch k's seed is ``seed + BATCH_SEED_STRIDE * k``: a prime stride, so nearby ``--seed`` values of two
+#: runs do not give their batches each other's noise
+BATCH_SEED_STRIDE = 10_007
+
+
+def batch_seed(seed: int, k: int) -> int:
+    """The seed of batch ``k`` (simulated noise and inference): distinct per batch, the same on every rank."""
+    return int(seed) + BATCH_SEED_STRIDE * int(k)
+
+
 def run_batch(run: DatasetRun, G, k: int, task: str, items: list[Item], todo: set[str], rank: int) -> list[dict]:
     """Reconstruct batch ``k`` and write its images that are not finished; their manifest rows."""
     from brgm_pyro.pipeline import core
@@ -265,14 +277,14 @@ def run_batch(run: DatasetRun, G, k: int, task: str, items: list[Item], todo: se
             raise BRGMError(f"batch {k}: some manifest rows of task {task} have a mask and some do not; give a mask "
                             f"for every in-painting row, or none")
         opts["mask"] = masks
-    obs = core.observe([it.image for it in items], G, task, simulate=run.simulate, seed=run.seed,
-                       names=[it.name for it in items], **opts)
+    obs = core.observe([it.image for it in items], G, task, simulate=run.simulate,
+                       seed=batch_seed(run.seed, k), names=[it.name for it in items], **opts)
     # the model of a single run of these images (RunSpec.build: the same defaults on every path)
     model = run.spec.build(G, obs, note=None if run.quiet else lambda text: print(f"batch {k}: {text}",
                                                                                     file=sys.stderr))
     extra = run.spec.method.runner_options()
-    result = core.reconstruct(model, obs, run.method, steps=run.steps, num_samples=run.num_samples, seed=run.seed,
-                              progress=not run.quiet, lr=run.lr, **extra)
+    result = core.reconstruct(model, obs, run.method, steps=run.steps, num_samples=run.num_samples,
+                              seed=batch_seed(run.seed, k), progress=not run.quiet, lr=run.lr, **extra)
     from brgm_pyro.pipeline.records import interrupted
 
     if interrupted(result):  # Ctrl-C inside inference: nothing of this batch is finished; stop the run
