@@ -14,7 +14,7 @@ MUT_CAP=${MUT_CAP:-1200}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TQDM_DISABLE=1
 declare -A TESTS=(
   [brgm_pyro/models/density.py]="tests/test_density_terms.py tests/test_contracts.py tests/test_core_terms.py tests/test_core_exact.py::test_same_seed_same_result_and_terms_add_up tests/test_core_exact.py::test_monte_carlo_entropy_matches_analytic tests/test_core_exact.py::test_map_one_trace_objective_equals_the_elbo_of_a_point_guide"
-  [brgm_pyro/models/discrepancy.py]="tests/test_discrepancy.py tests/test_coloured_discrepancy.py"
+  [brgm_pyro/models/discrepancy.py]="tests/test_discrepancy_values.py tests/test_discrepancy.py tests/test_coloured_discrepancy.py"
   [brgm_pyro/reliance.py]="tests/test_reliance_values.py tests/test_core_terms.py::test_reliance_prior_moments_are_the_factor_weighted_prior_moments tests/test_reliance.py"
   [brgm_pyro/inference/engine.py]="tests/test_core_terms.py tests/test_engine_schedule.py tests/test_core_exact.py::test_same_seed_same_result_and_terms_add_up tests/test_core_exact.py::test_monte_carlo_entropy_matches_analytic tests/test_core_exact.py::test_map_one_trace_objective_equals_the_elbo_of_a_point_guide tests/test_guides.py"
 )
