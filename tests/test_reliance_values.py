@@ -178,3 +178,13 @@ def test_prior_reliance_refuses_a_result_without_draws_before_rendering():
     with pytest.raises(BRGMError, match="at least 2 posterior draws"):
         prior_reliance(model, res)
     assert model.renders == 0
+
+
+def test_prior_reliance_with_its_defaults_uses_the_documented_512_prior_draws():
+    model = _Counting("brgm")
+    g = torch.Generator().manual_seed(5)
+    draws = torch.randn(4, 1, 1, 2, 2, generator=g)
+    res = InferenceResult("vi", {}, draws.mean(0), samples=draws)
+    rel = prior_reliance(model, res)  # every default: num_prior, seed, no cache, no bar
+    assert rel.num_prior == 512 and rel.num_posterior == 4 and 1.0 < rel.prior_ess < 512.0
+    assert torch.isfinite(rel.prior_reliance).all()
