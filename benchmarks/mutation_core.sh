@@ -16,7 +16,7 @@ declare -A TESTS=(
   [brgm_pyro/models/density.py]="tests/test_density_terms.py tests/test_contracts.py tests/test_core_terms.py tests/test_core_exact.py::test_same_seed_same_result_and_terms_add_up tests/test_core_exact.py::test_monte_carlo_entropy_matches_analytic tests/test_core_exact.py::test_map_one_trace_objective_equals_the_elbo_of_a_point_guide"
   [brgm_pyro/models/discrepancy.py]="tests/test_discrepancy_values.py tests/test_discrepancy.py tests/test_coloured_discrepancy.py"
   [brgm_pyro/reliance.py]="tests/test_reliance_values.py tests/test_core_terms.py::test_reliance_prior_moments_are_the_factor_weighted_prior_moments tests/test_reliance.py"
-  [brgm_pyro/inference/engine.py]="tests/test_core_terms.py tests/test_engine_schedule.py tests/test_core_exact.py::test_same_seed_same_result_and_terms_add_up tests/test_core_exact.py::test_monte_carlo_entropy_matches_analytic tests/test_core_exact.py::test_map_one_trace_objective_equals_the_elbo_of_a_point_guide tests/test_guides.py"
+  [brgm_pyro/inference/engine.py]="tests/test_engine_values.py tests/test_core_terms.py tests/test_engine_schedule.py tests/test_core_exact.py::test_same_seed_same_result_and_terms_add_up tests/test_core_exact.py::test_monte_carlo_entropy_matches_analytic tests/test_core_exact.py::test_map_one_trace_objective_equals_the_elbo_of_a_point_guide tests/test_guides.py"
 )
 # every corruption: the property tests over the registry, the exact values, the learned-width kernel
 for f in base superres inpaint colorization deblur kernels compressed_sensing composition denoising; do
