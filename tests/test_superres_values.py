@@ -83,3 +83,18 @@ def test_bad_user_kernels_are_refused():
     with pytest.raises(BRGMError, match="must be square"):
         SuperResolution(2, np.ones((3, 2)))
     SuperResolution(2, np.array([[0.0, 1.0], [0.0, 0.0]]))  # one positive tap is a kernel
+
+
+@pytest.mark.parametrize("kernel", ["box", "bicubic", "gauss", np.ones((3, 3))])
+def test_superres_is_linear_and_says_so_so_the_discrepancy_term_accepts_it(kernel):
+    from brgm_pyro.models.brgm import build_model
+    from brgm_pyro.models.generators import LinearGenerator
+
+    f = SuperResolution(2, kernel).double()
+    g = torch.Generator().manual_seed(0)
+    x, z = torch.randn(2, 1, 3, 8, 8, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(f(2.0 * x - 0.5 * z), 2.0 * f(x) - 0.5 * f(z))
+    assert f.linear is True
+    G = LinearGenerator(num_ws=2, w_dim=3, img_channels=1, img_resolution=4, seed=3)
+    m = build_model(G, SuperResolution(2, kernel), prior="gaussian", discrepancy=0.1)  # needs a linear A
+    assert m.discrepancy.tau == 0.1
