@@ -75,3 +75,33 @@ def test_particles_in_one_batch_and_one_at_a_time_agree_and_average_the_log_join
     got = dict(zip(names, vec1.tolist()))
     assert got["prior"] == pytest.approx(-prior.item(), rel=1e-4)
     assert got["pixel"] == pytest.approx(-pixel.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["mvn", "lowrank"])
+def test_marginal_std_of_each_site_of_a_packed_guide_is_pyros_unpacking(kind):
+    """guide_marginal_std(guide, site) of a guide over one packed vector (the VI hyperprior reads w's):
+    each site's part is what Pyro's own unpacking gives for that site (three sites: w, the noise
+    level, the blur width)."""
+    from pyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoMultivariateNormal
+
+    from brgm_pyro.inference.engine import guide_marginal_std
+    from brgm_pyro.models.corruptions.superres import blind_superres
+
+    pyro.clear_param_store()
+    G = LinearGenerator(num_ws=2, w_dim=3, img_channels=1, img_resolution=4, seed=1)
+    model = build_model(G, blind_superres(2), prior="gaussian", sigma_pixel="learn",
+                        stats=compute_latent_stats(G, num_samples=200))
+    y = torch.randn(1, 1, 2, 2) * 0.3
+    guide = AutoMultivariateNormal(model) if kind == "mvn" else AutoLowRankMultivariateNormal(model, rank=2)
+    guide(y)
+    with torch.no_grad():  # make every coordinate's std different
+        for p in guide.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    sd = guide_marginal_std(guide).detach()
+    cov = guide.get_posterior().covariance_matrix.detach()
+    torch.testing.assert_close(sd, cov.diagonal().sqrt())
+    parts = {site["name"]: v for site, v in guide._unpack_latent(sd)}
+    sites = [n for n, _ in guide.prototype_trace.iter_stochastic_nodes()]
+    assert len(sites) == 3
+    for name in sites:
+        torch.testing.assert_close(guide_marginal_std(guide, name).detach(), parts[name].reshape(-1))
