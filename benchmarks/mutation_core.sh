@@ -23,6 +23,7 @@ for f in base superres inpaint colorization deblur kernels compressed_sensing co
   TESTS[brgm_pyro/models/corruptions/$f.py]="tests/test_core_terms.py::test_learned_width_kernel_equals_the_fixed_kernel tests/test_physics.py tests/test_corruptions.py"
 done
 TESTS[brgm_pyro/models/corruptions/superres.py]="tests/test_superres_values.py ${TESTS[brgm_pyro/models/corruptions/superres.py]}"
+TESTS[brgm_pyro/models/corruptions/inpaint.py]="tests/test_inpaint_values.py ${TESTS[brgm_pyro/models/corruptions/inpaint.py]}"
 # the priors: every density against scipy, colinearity and cosines by hand, the factor-weighted moments' closed form, every term's density
 for f in base colinearity gaussian; do
   TESTS[brgm_pyro/models/priors/$f.py]="tests/test_prior_values.py tests/test_model_parts.py::test_pairwise_cosines_and_colinearity tests/test_core_terms.py::test_reliance_prior_moments_are_the_factor_weighted_prior_moments tests/test_density_terms.py tests/test_reliance.py::test_colinearity_factor_is_importance_weighted tests/test_model_parts.py::test_every_prior_swaps_in_with_one_argument"
