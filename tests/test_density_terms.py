@@ -73,3 +73,22 @@ def test_layouts_round_trip_and_leave_per_image_sites_alone():
     assert back["w"].shape == (5, 1, 2, 3) and back["sigma_pixel"].shape == (5,)
     one = natural_layout(per, {"w": w, "sigma_pixel": torch.rand(5, 1)}, 1)
     assert one["w"].shape == (5, 1, 2, 3) and one["sigma_pixel"].shape == (5, 1)
+
+
+def test_log_density_terms_take_either_layout_and_the_layouts_are_idempotent():
+    """The docstring's contract: latents in natural *or* plate layout give the same log density; a
+    value already in the target layout is left as it is (mutants 36-37 of the 8 Dec run)."""
+    from brgm_pyro.models.density import natural_layout, plate_layout
+
+    G = LinearGenerator(num_ws=2, w_dim=3, img_channels=1, img_resolution=4, seed=1)
+    model = build_model(G, Identity(), prior="gaussian", sigma_pixel="learn")
+    y = torch.randn(1, 1, 4, 4)
+    natural = {"w": torch.randn(5, 1, 2, 3), "sigma_pixel": torch.rand(5) + 0.1}
+    plate = plate_layout(model, natural)
+    assert {k: v.shape for k, v in plate_layout(model, plate, 1).items()} == {k: v.shape for k, v in plate.items()}
+    assert {k: v.shape for k, v in natural_layout(model, natural, 1).items()} == \
+        {k: v.shape for k, v in natural.items()}
+    a, b = log_density_terms(model, y, natural), log_density_terms(model, y, plate)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].shape == (5,) and torch.allclose(a[k], b[k]), k
