@@ -198,6 +198,11 @@ class PassCounter:
                 "grad_forwards": sum(e[2] for e in ev if e[3])}
 
 
+def _with_checkpointing(G):
+    G.checkpoint = True
+    return G
+
+
 def _find(d, key):
     """The first value of ``key`` anywhere in a nested dict/list."""
     if isinstance(d, dict):
@@ -235,6 +240,12 @@ def child(a) -> None:
     args = cli_args(a, gpath, img, a.task, a.method, out)
     rec["command"] = "brgm " + " ".join(args)
     rec["caps"] = apply_caps(a.caps)
+    rec["checkpoint"] = a.checkpoint
+    if a.checkpoint:  # the library setting G.checkpoint on the generator the command loads
+        from brgm_pyro.cli import reconstruct as cli_reconstruct
+
+        load = cli_reconstruct.load_generator_checked
+        cli_reconstruct.load_generator_checked = lambda *x, **kw: _with_checkpointing(load(*x, **kw))
     counter = PassCounter()
     t0 = time.perf_counter()
     try:
@@ -291,7 +302,7 @@ def run_child(a, task: str, method: str, gpath: Path, img: Path) -> dict:
 
 
 PASS_ON = ("steps", "num_samples", "device", "out", "max_memory", "threads", "reliance_draws", "precision",
-           "ref_repeats", "extra", "num_particles", "resolution", "seed", "caps", "tag", "smc_particles")
+           "ref_repeats", "extra", "num_particles", "resolution", "seed", "caps", "tag", "smc_particles", "checkpoint")
 
 
 def table(rows: list) -> str:
@@ -330,6 +341,8 @@ def main(argv=None) -> None:
     p.add_argument("--caps", default="", help="lowered library defaults, e.g. 'map_start=2,laplace=4': "
                    + "; ".join(f"{k}: {v}" for k, v in CAPS.items()))
     p.add_argument("--smc-particles", type=int, default=256, help="SMC's --particles (the CLI's default: 256)")
+    p.add_argument("--checkpoint", type=lambda v: v.lower() in ("1", "true", "yes"), nargs="?", const=True,
+                   default=False, help="activation checkpointing per synthesis block (G.checkpoint = True)")
     p.add_argument("--tag", default="", help="suffix of the record and output names (several settings, one --out)")
     p.add_argument("--skip-done", action="store_true", help="keep records already written (resume)")
     p.add_argument("--out", default="/tmp/brgm_paper_scale")
