@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's brgm_pyro, not another installed one
@@ -156,7 +157,7 @@ class PassCounter:
     """Images through G's synthesis network, in total and while the reliance map is made (a global
     forward hook on every ``SynthesisNetwork``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, log: Optional[Path] = None) -> None:
         import torch
 
         from brgm_pyro import reliance
@@ -172,6 +173,8 @@ class PassCounter:
                 self.total, self.calls = self.total + n, self.calls + 1
                 self.reliance += n if self._in_reliance else 0
                 self.events.append((time.process_time(), time.perf_counter(), n, torch.is_grad_enabled()))
+                if log is not None:  # so that a run stopped from outside still says how far it got
+                    log.write_text(json.dumps({"calls": self.calls, "images": self.total, **self.per_gradient()}))
 
         torch.nn.modules.module.register_module_forward_pre_hook(hook)
         inner = reliance.prior_reliance
@@ -246,7 +249,7 @@ def child(a) -> None:
 
         load = cli_reconstruct.load_generator_checked
         cli_reconstruct.load_generator_checked = lambda *x, **kw: _with_checkpointing(load(*x, **kw))
-    counter = PassCounter()
+    counter = PassCounter(Path(a.record).with_suffix(".progress.json"))
     t0 = time.perf_counter()
     try:
         code = typer.main.get_command(app).main(args=args, prog_name="brgm", standalone_mode=False)
