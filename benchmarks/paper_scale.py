@@ -190,12 +190,13 @@ class PassCounter:
 
 
     def per_gradient(self, skip: int = 2) -> dict:
-        """Median seconds (CPU, wall) from one forward of G with gradients to the next, per image: one
-        gradient evaluation of the method (forward, backward and the method's own work), whatever the
-        method; the first ``skip`` intervals (one-time checks, estimates) are left out."""
+        """Median seconds (CPU, wall) from a forward of G with gradients to the next forward of G (of any
+        kind), per image: one gradient evaluation of the method (forward, backward and the method's own
+        work), whatever the method; the first ``skip`` of them (one-time checks, estimates) left out."""
         ev = self.events
-        cpu = [(b[0] - a[0]) / a[2] for a, b in zip(ev, ev[1:]) if a[3] and b[3]][skip:]
-        wall = [(b[1] - a[1]) / a[2] for a, b in zip(ev, ev[1:]) if a[3] and b[3]][skip:]
+        pairs = [(a, b) for a, b in zip(ev, ev[1:]) if a[3]][skip:]
+        cpu = [(b[0] - a[0]) / a[2] for a, b in pairs]
+        wall = [(b[1] - a[1]) / a[2] for a, b in pairs]
         med = lambda v: sorted(v)[len(v) // 2] if v else None  # noqa: E731
         return {"per_grad_cpu_s": med(cpu), "per_grad_s": med(wall), "grad_intervals": len(cpu),
                 "grad_forwards": sum(e[2] for e in ev if e[3])}
@@ -268,6 +269,7 @@ def child(a) -> None:
     rec["generator_images"], rec["generator_calls"] = counter.total, counter.calls
     rec["reliance_generator_images"] = counter.reliance
     rec.update(counter.per_gradient())
+    rec["events"] = counter.events  # (CPU s, wall s, images, with gradients) per forward of G
     rec["run_info"] = {k: _find(run, k) for k in ("grad_evals", "jacobian_passes", "laplace_grad_evals",
                                                 "map_grad_evals", "stopped", "tree_depth", "num_steps")}
     if a.device.startswith("cuda"):
