@@ -20,12 +20,13 @@ EXPECTED = {
     "vi": ["VI (normal): about", "rendering"],
     "sgld": ["gradients per draw at most", "Laplace metric: about", "then writing the outputs"],
     "mala": ["gradients per draw at most", "Laplace metric: about", "then writing the outputs"],
+    "psgld": ["gradients per draw at most", "Laplace metric: about", "then writing the outputs"],
     "nuts": ["gradients per draw at most", "Laplace metric: about", "then writing the outputs"],
     "hmc": ["gradients per draw at most", "Laplace metric: about", "then writing the outputs"],
     "smc": ["SMC: ~", "per stage", "then writing the outputs"],
     "inla": ["INLA: MAP of w: about", "INLA: Jacobian of f(G): about", "then writing the outputs"],
 }
-OPTIONS = {"sgld": ["--chains", "1"], "mala": ["--chains", "1"], "nuts": ["--chains", "1", "--max-tree-depth", "2"],
+OPTIONS = {"sgld": ["--chains", "1"], "psgld": ["--chains", "1"], "mala": ["--chains", "1"], "nuts": ["--chains", "1", "--max-tree-depth", "2"],
            "hmc": ["--chains", "1"], "smc": ["--chains", "1", "--particles", "4"], "inla": ["--factor", "2"]}
 
 
@@ -33,6 +34,12 @@ OPTIONS = {"sgld": ["--chains", "1"], "mala": ["--chains", "1"], "nuts": ["--cha
 def always_estimate(monkeypatch):
     real = engine.estimate_line
     monkeypatch.setattr(engine, "estimate_line", lambda *a, **kw: real(*a, **{**kw, "threshold_s": -1.0}))
+
+
+def test_every_registered_method_is_checked():
+    from brgm_pyro.pipeline.core import methods_registry
+
+    assert set(EXPECTED) == set(methods_registry().names())
 
 
 @pytest.mark.parametrize("method", sorted(EXPECTED))
