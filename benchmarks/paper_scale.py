@@ -3,6 +3,9 @@
     python benchmarks/paper_scale.py --methods map,vi --tasks superres --max-memory 12GB
     python benchmarks/paper_scale.py --resolution 64 --steps 2        # a quick smoke run of the script
     python benchmarks/paper_scale.py --methods map --precision fp16 --device cuda   # NVIDIA's fp16 setting
+    python benchmarks/paper_scale.py --methods sgld,smc --steps 1 --smc-particles 2 \
+        --caps map_start=2,laplace=4,thin=1,smc_stages=2     # the per-run pass counts lowered (CPU)
+    python benchmarks/paper_scale.py --methods vi --steps 2 --checkpoint   # activation checkpointing
 
 The generator is built with our own code (``StyleGAN2Generator``: 1024 px, w_dim 512, channel_base
 32768, channel_max 512, 18 x 512 W+, random weights from ``--seed``; ``--precision fp16`` adds
@@ -22,6 +25,15 @@ CUDA max allocated), the RSS peak of the reference alone, and the time to the fi
 (command start to run.json written). Results go to ``<out>/paper_scale.json`` and a Markdown table
 is printed. On a shared machine use ``--threads 1`` (default) and read the ratios: both parts of a
 ratio are measured in the same process at the same time.
+
+Every method's cost per gradient is also read off G itself: a forward hook on the synthesis network
+records every pass (CPU and wall time, images, with or without gradients; ``events`` in the record,
+and ``record_*.progress.json`` while it runs), and ``per_grad_cpu_s`` is the median time from one
+forward with gradients to the next forward, per image. Passes made while the reliance map is built
+are counted apart (``reliance_generator_images``). ``--caps`` lowers per-run pass counts of the
+library (the MCMC methods' MAP start and Laplace passes, thinning, SMC's stages, INLA's Jacobian
+passes: :data:`CAPS`) so that a 1024 x 1024 run of a sampler ends in minutes on a CPU; a full run's
+cost is those counts times the per-gradient time. ``--skip-done`` keeps records already written.
 """
 
 from __future__ import annotations
