@@ -3,6 +3,9 @@
     python benchmarks/paper_scale.py --methods map,vi --tasks superres --max-memory 12GB
     python benchmarks/paper_scale.py --resolution 64 --steps 2        # a quick smoke run of the script
     python benchmarks/paper_scale.py --methods map --precision fp16 --device cuda   # NVIDIA's fp16 setting
+    python benchmarks/paper_scale.py --methods sgld,smc --steps 1 --smc-particles 2 \
+        --caps map_start=2,laplace=4,thin=1,smc_stages=2     # the per-run pass counts lowered (CPU)
+    python benchmarks/paper_scale.py --methods vi --steps 2 --checkpoint   # activation checkpointing
 
 The generator is built with our own code (``StyleGAN2Generator``: 1024 px, w_dim 512, channel_base
 32768, channel_max 512, 18 x 512 W+, random weights from ``--seed``; ``--precision fp16`` adds
@@ -22,6 +25,15 @@ CUDA max allocated), the RSS peak of the reference alone, and the time to the fi
 (command start to run.json written). Results go to ``<out>/paper_scale.json`` and a Markdown table
 is printed. On a shared machine use ``--threads 1`` (default) and read the ratios: both parts of a
 ratio are measured in the same process at the same time.
+
+Every method's cost per gradient is also read off G itself: a forward hook on the synthesis network
+records every pass (CPU and wall time, images, with or without gradients; ``events`` in the record,
+and ``record_*.progress.json`` while it runs), and ``per_grad_cpu_s`` is the median time from one
+forward with gradients to the next forward, per image. Passes made while the reliance map is built
+are counted apart (``reliance_generator_images``). ``--caps`` lowers per-run pass counts of the
+library (the MCMC methods' MAP start and Laplace passes, thinning, SMC's stages, INLA's Jacobian
+passes: :data:`CAPS`) so that a 1024 x 1024 run of a sampler ends in minutes on a CPU; a full run's
+cost is those counts times the per-gradient time. ``--skip-done`` keeps records already written.
 """
 
 from __future__ import annotations
@@ -33,10 +45,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's brgm_pyro, not another installed one
-METHODS = ("map", "vi", "sgld", "mala", "hmc", "nuts", "inla")
+METHODS = ("map", "vi", "sgld", "mala", "hmc", "nuts", "inla", "smc")
 
 
 def build_generator(resolution: int, precision: str, seed: int):
@@ -108,7 +121,102 @@ def cli_args(a, gpath: Path, img: Path, task: str, method: str, out: Path) -> li
         args += ["--max-memory", a.max_memory]
     if method not in ("map", "vi", "inla"):
         args += ["--chains", "1"]
+    if method == "smc":
+        args += ["--particles", str(a.smc_particles)]
     return args + a.extra.split()
+
+
+# Library defaults a CPU benchmark may lower so that a 1024 x 1024 run ends in minutes (``--caps``): every
+# one is a per-run cost that is a count of generator passes, recorded in the row with what was passed, so a
+# full run's time is the row's per-pass times these counts. The sampler's own steps are never changed.
+CAPS = {
+    "map_start": "MCMC's MAP warm start: Adam steps (library default 250)",
+    "laplace": "passes for the Laplace/Gauss-Newton metric and start (default 1,536; sketched below min(M, D))",
+    "thin": "Langevin steps per kept draw (default 10 SGLD, 5 MALA)",
+    "smc_stages": "SMC temperatures at most (default 2,000; adaptive)",
+    "jacobian_chunks": "INLA's Jacobian: passes computed (the other rows/columns left 0; default all)",
+}
+
+
+def apply_caps(spec: str) -> dict:
+    """Lower the library defaults named in ``spec`` ("map_start=2,laplace=4"), in this process only."""
+    import functools
+
+    from brgm_pyro.inference import inla, map as map_mod
+    from brgm_pyro.inference.mcmc import runner
+    from brgm_pyro.inference.smc import runner as smc_runner
+
+    caps = {k: int(v) for k, v in (kv.split("=") for kv in spec.split(",") if kv)}
+    unknown = set(caps) - set(CAPS)
+    if unknown:
+        raise SystemExit(f"unknown caps {sorted(unknown)}; known: {', '.join(CAPS)}")
+    if "map_start" in caps:
+        map_mod.DEFAULT_MAP_STEPS = caps["map_start"]
+    if "laplace" in caps:
+        runner.DEFAULT_LAPLACE_PASSES = caps["laplace"]
+    if "thin" in caps:
+        runner.DEFAULT_THIN = {k: caps["thin"] for k in runner.DEFAULT_THIN}
+    if "smc_stages" in caps:
+        one = smc_runner._one_run
+        smc_runner._one_run = lambda *a, max_stages, **kw: one(*a, max_stages=min(max_stages, caps["smc_stages"]), **kw)
+    if "jacobian_chunks" in caps:
+        starts = inla._chunk_starts
+        inla._chunk_starts = functools.wraps(starts)(lambda n, c: starts(n, c)[:caps["jacobian_chunks"]])
+    return caps
+
+
+class PassCounter:
+    """Images through G's synthesis network, in total and while the reliance map is made (a global
+    forward hook on every ``SynthesisNetwork``)."""
+
+    def __init__(self, log: Optional[Path] = None) -> None:
+        import torch
+
+        from brgm_pyro import reliance
+        from brgm_pyro.models.generators.stylegan2 import SynthesisNetwork
+
+        self.total = self.calls = self.reliance = 0
+        self._in_reliance = False
+        self.events: list = []  # (CPU s, wall s, images, with gradients) at the start of every call
+
+        def hook(module, args):
+            if isinstance(module, SynthesisNetwork):
+                n = int(args[0].shape[0]) if args and hasattr(args[0], "shape") else 1
+                self.total, self.calls = self.total + n, self.calls + 1
+                self.reliance += n if self._in_reliance else 0
+                self.events.append((time.process_time(), time.perf_counter(), n, torch.is_grad_enabled()))
+                if log is not None:  # so that a run stopped from outside still says how far it got
+                    log.write_text(json.dumps({"calls": self.calls, "images": self.total, **self.per_gradient()}))
+
+        torch.nn.modules.module.register_module_forward_pre_hook(hook)
+        inner = reliance.prior_reliance
+
+        def counted(*a, **kw):
+            self._in_reliance = True
+            try:
+                return inner(*a, **kw)
+            finally:
+                self._in_reliance = False
+
+        reliance.prior_reliance = counted
+
+
+    def per_gradient(self, skip: int = 2) -> dict:
+        """Median seconds (CPU, wall) from a forward of G with gradients to the next forward of G (of any
+        kind), per image: one gradient evaluation of the method (forward, backward and the method's own
+        work), whatever the method; the first ``skip`` of them (one-time checks, estimates) left out."""
+        ev = self.events
+        pairs = [(a, b) for a, b in zip(ev, ev[1:]) if a[3]][skip:]
+        cpu = [(b[0] - a[0]) / a[2] for a, b in pairs]
+        wall = [(b[1] - a[1]) / a[2] for a, b in pairs]
+        med = lambda v: sorted(v)[len(v) // 2] if v else None  # noqa: E731
+        return {"per_grad_cpu_s": med(cpu), "per_grad_s": med(wall), "grad_intervals": len(cpu),
+                "grad_forwards": sum(e[2] for e in ev if e[3])}
+
+
+def _with_checkpointing(G):
+    G.checkpoint = True
+    return G
 
 
 def _find(d, key):
@@ -140,17 +248,27 @@ def child(a) -> None:
     if a.device.startswith("cuda"):
         rec["ref_cuda_max_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
         torch.cuda.reset_peak_memory_stats()
-    out = Path(a.out) / f"{a.task}_{a.method}_{a.precision}"
+    out = Path(a.out) / f"{a.task}_{a.method}_{a.precision}{a.tag}"
     import typer
 
     from brgm_pyro.cli import app
 
     args = cli_args(a, gpath, img, a.task, a.method, out)
     rec["command"] = "brgm " + " ".join(args)
+    rec["caps"] = apply_caps(a.caps)
+    rec["checkpoint"] = a.checkpoint
+    if a.checkpoint:  # the library setting G.checkpoint on the generator the command loads
+        from brgm_pyro.cli import reconstruct as cli_reconstruct
+
+        load = cli_reconstruct.load_generator_checked
+        cli_reconstruct.load_generator_checked = lambda *x, **kw: _with_checkpointing(load(*x, **kw))
+    counter = PassCounter(Path(a.record).with_suffix(".progress.json"))
     t0 = time.perf_counter()
     try:
-        typer.main.get_command(app).main(args=args, prog_name="brgm", standalone_mode=False)
-        rec["ok"] = True
+        code = typer.main.get_command(app).main(args=args, prog_name="brgm", standalone_mode=False)
+        rec["ok"] = code in (None, 0)
+        if not rec["ok"]:
+            rec["error"] = f"exit {code}"
     except BaseException as e:  # a failed run is a row of the table, not the end of the benchmark
         rec["ok"], rec["error"] = False, f"{type(e).__name__}: {e}"
     rec["command_s"] = time.perf_counter() - t0
@@ -160,6 +278,12 @@ def child(a) -> None:
     rec["per_step_cpu_s"] = timing.get("per_step_cpu_s")
     rec["timings_s"] = run.get("timings_s")
     rec["time_to_result_s"] = (run.get("timings_s") or {}).get("total_s")
+    rec["generator_images"], rec["generator_calls"] = counter.total, counter.calls
+    rec["reliance_generator_images"] = counter.reliance
+    rec.update(counter.per_gradient())
+    rec["events"] = counter.events  # (CPU s, wall s, images, with gradients) per forward of G
+    rec["run_info"] = {k: _find(run, k) for k in ("grad_evals", "jacobian_passes", "laplace_grad_evals",
+                                                "map_grad_evals", "stopped", "tree_depth", "num_steps")}
     if a.device.startswith("cuda"):
         rec["cuda_max_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
     Path(a.record).write_text(json.dumps(rec, indent=1))
@@ -167,7 +291,9 @@ def child(a) -> None:
 
 def run_child(a, task: str, method: str, gpath: Path, img: Path) -> dict:
     """Run one child process; its own peak RSS from os.wait4."""
-    rec_path = Path(a.out) / f"record_{task}_{method}_{a.precision}.json"
+    rec_path = Path(a.out) / f"record_{task}_{method}_{a.precision}{a.tag}.json"
+    if a.skip_done and rec_path.exists() and "peak_rss_gib" in json.loads(rec_path.read_text()):
+        return json.loads(rec_path.read_text())
     cmd = [sys.executable, __file__, "--child", "--task", task, "--method", method, "--generator", str(gpath),
            "--image", str(img), "--record", str(rec_path)] + [f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items()
                                                                if k in PASS_ON]
@@ -179,17 +305,21 @@ def run_child(a, task: str, method: str, gpath: Path, img: Path) -> dict:
     rec = json.loads(rec_path.read_text()) if rec_path.exists() else {"task": task, "method": method, "ok": False,
                                                                       "error": f"exit {p.returncode}"}
     rec["peak_rss_gib"] = usage.ru_maxrss / 2 ** 20
+    rec["tag"] = a.tag
     rec["process_s"] = time.perf_counter() - t0
     k = a.num_particles if method == "vi" else 1
     if rec.get("per_step_s") and rec.get("ref_fwd_bwd_s"):
         rec["step_over_ref"] = rec["per_step_s"] / k / rec["ref_fwd_bwd_s"]
     if rec.get("per_step_cpu_s") and rec.get("ref_fwd_bwd_cpu_s") and not a.device.startswith("cuda"):
         rec["cpu_step_over_ref"] = rec["per_step_cpu_s"] / k / rec["ref_fwd_bwd_cpu_s"]
+    if rec.get("per_grad_cpu_s") and rec.get("ref_fwd_bwd_cpu_s") and not a.device.startswith("cuda"):
+        rec["cpu_grad_over_ref"] = rec["per_grad_cpu_s"] / rec["ref_fwd_bwd_cpu_s"]
+    rec_path.write_text(json.dumps(rec, indent=1))
     return rec
 
 
 PASS_ON = ("steps", "num_samples", "device", "out", "max_memory", "threads", "reliance_draws", "precision",
-           "ref_repeats", "extra", "num_particles", "resolution", "seed")
+           "ref_repeats", "extra", "num_particles", "resolution", "seed", "caps", "tag", "smc_particles", "checkpoint")
 
 
 def table(rows: list) -> str:
@@ -225,6 +355,13 @@ def main(argv=None) -> None:
     p.add_argument("--ref-repeats", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--extra", default="", help="more `brgm reconstruct` options, e.g. '--mass diag'")
+    p.add_argument("--caps", default="", help="lowered library defaults, e.g. 'map_start=2,laplace=4': "
+                   + "; ".join(f"{k}: {v}" for k, v in CAPS.items()))
+    p.add_argument("--smc-particles", type=int, default=256, help="SMC's --particles (the CLI's default: 256)")
+    p.add_argument("--checkpoint", type=lambda v: v.lower() in ("1", "true", "yes"), nargs="?", const=True,
+                   default=False, help="activation checkpointing per synthesis block (G.checkpoint = True)")
+    p.add_argument("--tag", default="", help="suffix of the record and output names (several settings, one --out)")
+    p.add_argument("--skip-done", action="store_true", help="keep records already written (resume)")
     p.add_argument("--out", default="/tmp/brgm_paper_scale")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for k in ("task", "method", "generator", "image", "record"):

@@ -99,44 +99,101 @@ def budget_of(model) -> int:
     return int(given) if given is not None else default_budget(model.generator.device())
 
 
-def footprint(generator) -> tuple[int, int]:
+def _blocks(generator) -> list:
+    """The modules that activation checkpointing runs one at a time (StyleGAN2's synthesis blocks), or []."""
+    net = getattr(generator, "synthesis_network", None)
+    if net is None or not hasattr(generator, "checkpoint"):
+        return []
+    return [getattr(net, f"b{r}") for r in getattr(net, "block_resolutions", [])]
+
+
+def footprint(generator, checkpointed: Optional[bool] = None) -> tuple[int, int]:
     """Bytes per image of ``generator``: (kept for backward by one forward, its largest activation).
 
     Measured once per generator (and device) by one forward at batch 1 whose saved tensors are
     counted (``torch.autograd.graph.saved_tensors_hooks``; storages of G's own parameters and
-    buffers excluded: they are shared by the batch), and remembered on the generator object."""
+    buffers excluded: they are shared by the batch), and remembered on the generator object.
+    ``checkpointed`` (default: the generator's ``checkpoint`` setting): the bytes with activation
+    checkpointing per block, i.e. the largest block's saved tensors (re-made during backward, one
+    block at a time) plus every block's outputs (kept as the next block's inputs)."""
     device = generator.device()
+    ckpt = bool(getattr(generator, "checkpoint", False)) if checkpointed is None else bool(checkpointed)
     memo = getattr(generator, "_brgm_footprint", None)
-    if memo is not None and memo[0] == str(device):
-        return memo[1], memo[2]
+    if memo is None or memo[0] != str(device):
+        memo = (str(device), *_probe(generator))
+        object.__setattr__(generator, "_brgm_footprint", memo)
+    _, saved, largest, per_block, outputs = memo
+    if ckpt and per_block:
+        return int(max(per_block) + outputs), int(largest)
+    return int(saved), int(largest)
+
+
+def _probe(generator) -> tuple[int, int, list, int]:
+    """(saved bytes, largest activation, saved bytes per block, bytes of the blocks' outputs) at batch 1,
+    with checkpointing off."""
     shared = {t.untyped_storage().data_ptr() for t in [*generator.parameters(), *generator.buffers()]}
-    seen: dict[int, int] = {}
+    seen: dict[int, tuple[int, int]] = {}  # storage -> (bytes, block index)
+    blocks, current, outs = _blocks(generator), [-1], [0]
 
     def pack(t: Tensor) -> Tensor:
         st = t.untyped_storage()
         if st.data_ptr() not in shared and st.device == t.device:
-            seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
+            seen[st.data_ptr()] = (max(seen.get(st.data_ptr(), (0, 0))[0], st.nbytes()), current[0])
         return t
 
-    w = torch.zeros(1, generator.num_ws, generator.w_dim, device=device, requires_grad=True)
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        x = generator(w)
-    saved = sum(seen.values()) or x.numel() * x.element_size()
-    largest = max([*seen.values(), x.numel() * x.element_size()])
-    del x
-    object.__setattr__(generator, "_brgm_footprint", (str(device), int(saved), int(largest)))
-    return int(saved), int(largest)
+    def enter(i):
+        return lambda module, args: current.__setitem__(0, i)
+
+    def leave(module, args, out):
+        outs[0] += sum(o.numel() * o.element_size() for o in out if isinstance(o, Tensor))
+
+    hooks = [b.register_forward_pre_hook(enter(i)) for i, b in enumerate(blocks)]
+    hooks += [b.register_forward_hook(leave) for b in blocks]
+    was = bool(getattr(generator, "checkpoint", False))
+    if blocks:
+        generator.checkpoint = False
+    try:
+        w = torch.zeros(1, generator.num_ws, generator.w_dim, device=generator.device(), requires_grad=True)
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            x = generator(w)
+    finally:
+        for h in hooks:
+            h.remove()
+        if blocks:
+            generator.checkpoint = was
+    saved = sum(b for b, _ in seen.values()) or x.numel() * x.element_size()
+    largest = max([*(b for b, _ in seen.values()), x.numel() * x.element_size()])
+    per_block = [sum(b for b, i in seen.values() if i == k) for k in range(len(blocks))]
+    return int(saved), int(largest), per_block, int(outs[0])
+
+
+def use_checkpointing(model, images: int = 1) -> bool:
+    """Turn on the generator's activation checkpointing when ``images`` images' backward does not fit
+    the budget without it (and it does help); True when it is on. A generator without the setting:
+    False."""
+    G = model.generator
+    if not _blocks(G) or G.checkpoint:
+        return bool(_blocks(G)) and bool(G.checkpoint)
+    free = budget_of(model) - in_use(G.device())
+    if footprint(G, checkpointed=False)[0] * GRAD_SAFETY * images <= free:
+        return False
+    G.checkpoint = True
+    return True
 
 
 def items_per_chunk(model, num_items: int, images_per_item: int = 1, grad: bool = True) -> int:
     """How many of ``num_items`` latents (each ``images_per_item`` images) go through G at once.
 
-    ``grad``: the chunk's graph is kept for a backward pass (else a no-grad forward). 1 when a
-    single item already exceeds the budget (then the budget cannot be met by chunking: it is a
-    property of G at this batch). No probe for a single item."""
+    ``grad``: the chunk's graph is kept for a backward pass (else a no-grad forward); when not even
+    one item's backward fits, the generator's activation checkpointing is turned on
+    (:func:`use_checkpointing`) and the chunk follows its smaller footprint. 1 when a single item
+    still exceeds the budget (then the budget cannot be met by chunking: it is a property of G at
+    this batch). No probe for a single item."""
     num_items = int(num_items)
     if num_items <= 1:
         return 1
+    if grad:
+        use_checkpointing(model, images_per_item)
     saved, largest = footprint(model.generator)
     per_image = saved * GRAD_SAFETY if grad else largest * EVAL_COPIES
     free = budget_of(model) - in_use(model.generator.device())
@@ -187,5 +244,5 @@ def surrogate(values: dict[str, Tensor], grads: dict[str, Tensor]) -> Tensor:
     return s - s.detach()
 
 
-__all__ = ["parse_size", "default_budget", "budget_of", "in_use", "footprint", "items_per_chunk", "chunk_ranges",
-           "chunked_grad", "surrogate", "GRAD_SAFETY", "EVAL_COPIES"]
+__all__ = ["parse_size", "default_budget", "budget_of", "in_use", "footprint", "use_checkpointing", "items_per_chunk",
+           "chunk_ranges", "chunked_grad", "surrogate", "GRAD_SAFETY", "EVAL_COPIES"]

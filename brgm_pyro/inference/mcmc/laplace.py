@@ -34,6 +34,8 @@ isotropic.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -218,6 +220,17 @@ def laplace_precision(model, y: Tensor, w, max_rows: int = DEFAULT_LAPLACE_PASSE
     return blocks
 
 
+def curvature_passes(model, y: Tensor, max_rows: int = DEFAULT_LAPLACE_PASSES, curvature: str = "gauss_newton") -> int:
+    """Backward passes :func:`laplace_precision` will make for w: per likelihood min(M, D, max_rows)
+    (M: the observation's size for the first, pixel, likelihood; D for the others, whose feature count
+    is larger), or 2 D for ``curvature="hessian"``. Scalar latents add a few."""
+    D = int(y.shape[0]) * math.prod(model.generator.latent_shape)
+    if curvature == "hessian":
+        return 2 * D
+    M = math.prod(model.obs_shape) * int(y.shape[0])
+    return sum(min(M if i == 0 else D, D, int(max_rows)) for i in range(len(model.likelihoods)))
+
+
 def covariance_of(blocks: dict[str, Tensor], jitter: float = 1e-8) -> Tensor:
     """Block-diagonal inverse of precision blocks, sites in sorted-name order: (D, D) float32, symmetric."""
     covs = []
@@ -244,4 +257,4 @@ def laplace_covariance(model, y: Tensor, w, max_rows: int = DEFAULT_LAPLACE_PASS
                                            curvature=curvature), jitter)
 
 
-__all__ = ["DEFAULT_LAPLACE_PASSES", "exact_hessian", "gauss_newton_precision", "laplace_precision", "covariance_of", "hessian_precision", "scalar_precision", "laplace_covariance"]
+__all__ = ["DEFAULT_LAPLACE_PASSES", "curvature_passes", "exact_hessian", "gauss_newton_precision", "laplace_precision", "covariance_of", "hessian_precision", "scalar_precision", "laplace_covariance"]

@@ -46,6 +46,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from brgm_pyro.errors import BRGMError
@@ -361,18 +362,29 @@ class SynthesisNetwork(nn.Module):
             self.num_ws += block.num_conv
             setattr(self, f"b{r}", block)
         self.num_ws += 1  # the last block's ToRGB has its own latent
+        self.checkpoint = False
 
     def forward(self, ws: Tensor, noise_mode: str = "const",
                 half_dtype: Optional[torch.dtype] = None) -> Tensor:
+        """``self.checkpoint`` (with gradients enabled): activation checkpointing per block. Only each
+        block's inputs are kept for backward, and the block is run again during backward, one block at a
+        time: the memory of one image drops from all blocks' activations to the largest block's (plus
+        the blocks' inputs), for about one more forward pass. Gradients are the same (tested); the random
+        noise mode replays its random numbers (``preserve_rng_state``)."""
         base = self.b4.const.dtype  # float32 (float64 after .double(), used by the tests)
         ws = ws.to(base)
         x = img = None
         i = 0
+        ckpt = self.checkpoint and torch.is_grad_enabled()
         for r in self.block_resolutions:
             block = getattr(self, f"b{r}")
             n = block.num_conv + block.num_torgb
             dtype = half_dtype if (half_dtype is not None and block.use_fp16) else base
-            x, img = block(x, img, ws[:, i:i + n], noise_mode, dtype)
+            if ckpt:
+                x, img = torch.utils.checkpoint.checkpoint(block, x, img, ws[:, i:i + n], noise_mode, dtype,
+                                                           use_reentrant=False)
+            else:
+                x, img = block(x, img, ws[:, i:i + n], noise_mode, dtype)
             i += block.num_conv
         return img
 
@@ -475,6 +487,16 @@ class StyleGAN2Generator(Generator):
         if p not in PRECISIONS:
             raise BRGMError(f"unknown precision {p!r}; use one of {', '.join(PRECISIONS)}")
         self._precision = p
+
+    @property
+    def checkpoint(self) -> bool:
+        """Activation checkpointing per synthesis block when gradients are taken (default False; the
+        memory budget turns it on when one image's backward does not fit, :mod:`brgm_pyro.memory`)."""
+        return bool(self.synthesis_network.checkpoint)
+
+    @checkpoint.setter
+    def checkpoint(self, on: bool) -> None:
+        self.synthesis_network.checkpoint = bool(on)
 
     @property
     def class_index(self) -> Optional[int]:
