@@ -354,9 +354,10 @@ def report(written: dict, result, simulate: bool, timings: dict, notes: Sequence
     for line in latent_lines(result):
         print(line)
     if result.extra.get("log_evidence") is not None:  # SMC
-        se = result.extra.get("log_evidence_se")
+        se, se1 = result.extra.get("log_evidence_se"), result.extra.get("log_evidence_se_genealogy")
         print(f"log evidence {result.extra['log_evidence']:.3f}" + ("" if se is None else f" +- {se:.3f} (SE from "
-              f"{len(result.extra['log_evidence_runs'])} runs)"))
+              f"{len(result.extra['log_evidence_runs'])} runs)")
+              + ("" if se1 is None else f"; single-run (genealogy) SE {se1:.3f}"))
     print(f"results written to {where} ({timings['total_s']:.1f} s)")
     return 0
 
