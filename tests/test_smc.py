@@ -264,6 +264,8 @@ def test_cli_reconstruct_smc_writes_the_evidence(tmp_path):
     assert run["inference"]["smc_stages"][0]["beta"][-1] == 1.0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["log_evidence"] == run["inference"]["log_evidence"]
+    for rec in (run["inference"], metrics):  # the single-run (genealogy) SE beside the between-run one
+        assert rec["log_evidence_se_genealogy"] > 0 and len(rec["log_evidence_se_genealogy_runs"]) == 2
     bad = CliRunner().invoke(app, ["reconstruct", "--generator", "builtin:conv16", "-q", str(tmp_path / "x.png"),
                                    "--simulate", "--method", "nuts", "--particles", "8", "--out", str(tmp_path / "b")])
     assert bad.exit_code != 0 and "--particles" in (bad.output + str(bad.stderr))
