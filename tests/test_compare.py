@@ -86,6 +86,7 @@ def test_cli_compare_end_to_end(tmp_path):
     (["--noise", "gaussian,laplace", "--task", "superres:factor=4", "--task", "none"], "same data"),
     (["--noise", "gaussian,laplace", "--task", "superres:zoom=4"], "zoom"),
     (["--noise", "gaussian,laplace", "--particles", "1"], "--particles"),
+    (["--noise", "gaussian,laplace", "--mask", "m.png"], "--mask"),
 ])
 def test_cli_compare_bad_input_is_one_line_before_any_smc(tmp_path, monkeypatch, args, match):
     def boom(*a, **k):

@@ -70,6 +70,8 @@ def build_specs(tasks: list[str], priors: list[str], noises: list[str], mask: Op
                                method=methods, simulate=simulate)
                 spec.check(device)
                 specs[key] = spec
+    if mask is not None and not any("mask" in s.task_options for s in specs.values()):
+        raise BRGMError("--mask is for in-painting variants; no --task variant takes a mask (add --task inpaint)")
     if len(specs) < 2:
         raise BRGMError("brgm compare needs at least two models: give several --prior, --noise or --task values")
     return specs
