@@ -3,7 +3,8 @@
 Reconstructs one observation under several (prior, pixel-noise) choices with ``method="smc"`` and
 prints the log evidence of each with its standard error (spread of ``--runs`` independent SMC
 runs), the differences to the best with their standard errors, and the posterior model
-probabilities under a uniform prior over the models (``brgm_pyro.inference.smc.compare``).
+probabilities under a uniform prior over the models (``brgm_pyro.inference.smc.compare.compare_models``;
+``brgm compare`` does the same for a user's image).
 
 The observation: x8 box super-resolution (``--task superres``) or the in-painting block of
 compare_inference.py (``--task inpaint``) of either test face ``--face`` (``--truth face``) or an
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -33,8 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from brgm_pyro.data.faces import face_image  # noqa: E402
-from brgm_pyro.inference import run_smc  # noqa: E402
-from brgm_pyro.inference.smc.compare import compare_evidence, format_comparison  # noqa: E402
+from brgm_pyro.inference.smc.compare import compare_models, format_comparison  # noqa: E402
 from brgm_pyro.models.brgm import build_model  # noqa: E402
 from brgm_pyro.models.corruptions import Inpainting, SuperResolution  # noqa: E402
 from brgm_pyro.models.generators.loading import load_generator  # noqa: E402
@@ -85,19 +84,20 @@ def main() -> None:
     torch.manual_seed(a.seed)
     G = load_generator(a.generator)
     corr, y, _ = observation(G, a.task, a.truth, a.truth_noise, a.face, a.seed)
-    evidence, seconds = {}, {}
+    models = {}
     for spec in a.models:
         prior, noise = spec.split("/")
-        model = build_model(G, corr, prior=prior, sigma_pixel=SIGMA, noise=noise,
-                            noise_options={"df": DF} if noise == "studentt" else None)
-        t0 = time.perf_counter()
-        res = run_smc(model, y, num_particles=a.particles, num_chains=a.runs, num_samples=8, steps=a.moves,
-                      seed=a.seed, progress=True)
-        seconds[spec] = time.perf_counter() - t0
-        evidence[spec] = (res.extra["log_evidence"], res.extra["log_evidence_se"])
-        print(f"{spec}: log Z {evidence[spec][0]:.2f} (runs {[round(v, 2) for v in res.extra['log_evidence_runs']]}), "
-              f"{seconds[spec]:.0f} s", flush=True)
-    rows = compare_evidence(evidence)
+        models[spec] = build_model(G, corr, prior=prior, sigma_pixel=SIGMA, noise=noise,
+                                   noise_options={"df": DF} if noise == "studentt" else None)
+
+    def line(spec: str, r: dict) -> None:
+        print(f"{spec}: log Z {r['log_evidence']:.2f} (runs {[round(v, 2) for v in r['log_evidence_runs']]}), "
+              f"{r['seconds']:.0f} s", flush=True)
+
+    out = compare_models(models, y, on_model=line, num_particles=a.particles, num_chains=a.runs, num_samples=8,
+                         steps=a.moves, seed=a.seed, progress=True)
+    rows = out["rows"]
+    seconds = {k: r["seconds"] for k, r in out["models"].items()}
     print(format_comparison(rows))
     if a.out is not None:
         a.out.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=4)
     ap.add_argument("--kernel", default="mala")
     ap.add_argument("--cess", type=float, default=0.5)
+    ap.add_argument("--waste-free", type=int, default=None, help="chain length P of waste-free SMC (divides N)")
     ap.add_argument("--max-stages", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -50,7 +51,7 @@ def main() -> None:
     x, corr, where, model, y = make_problem("inpaint", G, seed=a.seed)
     t0 = time.perf_counter()
     res = run_smc(model, y, num_particles=a.particles, num_chains=a.runs, num_samples=a.particles, steps=a.moves,
-                  kernel=a.kernel, cess=a.cess, max_stages=a.max_stages, seed=a.seed, progress=True)
+                  kernel=a.kernel, cess=a.cess, waste_free=a.waste_free, max_stages=a.max_stages, seed=a.seed, progress=True)
     seconds = time.perf_counter() - t0
     S = res.samples[:, 0]
     idata = to_inference_data(res, model, y)
@@ -64,7 +65,8 @@ def main() -> None:
            "coverage90": coverage(S, x[0]), "coverage90_missing": coverage(S, x[0], where),
            "max_r_hat": rep.get("max_r_hat"), "min_ess_bulk": rep.get("min_ess_bulk"),
            "final_acceptance": [s["acceptance"][-1] for s in ex["stages"]],
-           "threads": a.threads, "particles": a.particles, "moves": a.moves, "kernel": a.kernel}
+           "threads": a.threads, "particles": a.particles, "moves": a.moves, "kernel": a.kernel,
+           "waste_free": a.waste_free}
     (a.out / "results.json").write_text(json.dumps(row, indent=1))
     print(json.dumps(row, indent=1))
 

@@ -291,3 +291,27 @@ def test_each_batch_draws_its_own_simulated_noise(tmp_path):
     assert not np.array_equal(obs["a"], obs["b"])
     seeds = [json.loads((out / n / "result.json").read_text())["seed_of_batch"] for n in ("a", "b")]
     assert seeds == [3, batch_seed(3, 1)] and seeds[0] != seeds[1]
+
+
+def test_dataset_run_takes_particles_like_a_single_run(tmp_path):
+    """--particles reaches SMC in every batch (dataset.json records N, each image's stage tables have N
+    particles' ESS), a resume with another N is refused, and --particles with a method that has no
+    population is one line."""
+    src = _faces(tmp_path / "faces")
+    out = tmp_path / "smc"
+
+    def args(n: int, method: str = "smc") -> list[str]:
+        return ["reconstruct", str(src), *ARGS, "--method", method, "--particles", str(n), "--num-samples", "2",
+                "--no-percept", "--out", str(out)] + (["--chains", "2", "--steps", "1"] if method == "smc" else [])
+
+    res = CliRunner().invoke(app, args(6))
+    assert res.exit_code == 0, (res.output, res.stderr)
+    assert json.loads((out / "dataset.json").read_text())["settings"]["particles"] == 6
+    for i in range(N):
+        inf = json.loads((out / f"face_{i}" / "result.json").read_text())["inference_of_batch"]
+        assert len(inf["log_evidence_runs"]) == 2 and inf["log_evidence_se_genealogy"] is not None
+        assert max(max(s["ess"]) for s in inf["smc_stages"]) <= 6.0 + 1e-9  # ESS <= N = 6
+    other = CliRunner().invoke(app, args(8))
+    assert other.exit_code == 2 and "particles" in other.stderr
+    bad = CliRunner().invoke(app, args(6, "map")[:-2] + ["--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "--particles" in bad.stderr and "Traceback" not in bad.stderr

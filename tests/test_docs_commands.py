@@ -143,6 +143,11 @@ def smallest(args: list[str], tmp: Path, n: int) -> list[str]:
             a = _set(a, "--reliance-draws", "4")
         a = _set(a, "--threads", "1")
         a = _set(a, "-q", None)
+    elif cmd == "compare":  # SMC under every model: few particles, runs and moves; a file of the test's own
+        for opt, v in (("--particles", "8"), ("--chains", "2"), ("--steps", "1"), ("--threads", "1"),
+                       ("--out", str(tmp / f"compare_{n}.json"))):
+            a = _set(a, opt, v)
+        a = _set(a, "-q", None)
     elif cmd == "demo":
         a = _set(_set(_set(a, "--quick", None), "--steps", "2"), "--threads", "1")
     elif cmd == "fit-discrepancy":  # never the bundled file: a file of the test's own

@@ -12,6 +12,7 @@ from brgm_pyro.cli import diagnose  # noqa: F401,E402
 from brgm_pyro.cli import train  # noqa: F401,E402
 from brgm_pyro.cli import train_prior  # noqa: F401,E402
 from brgm_pyro.cli import fit_discrepancy  # noqa: F401,E402
+from brgm_pyro.cli import compare  # noqa: F401,E402
 
 
 def main() -> None:

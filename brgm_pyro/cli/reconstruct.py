@@ -101,14 +101,9 @@ def check_method_options(*, method: str, steps, num_samples: int, chains, worker
 
 def particle_options(method: str, particles: Optional[int], workers: int) -> dict:
     """``--particles`` (a population method's N, e.g. SMC's) as the runner's option; one-line errors
-    where the method's traits say it has no population."""
-    moves_particles = method_traits(method, methods_registry()).particles
-    if particles is not None and not moves_particles:
-        raise BRGMError(f"--particles is the population size of SMC; --method {method} has none (drop it)")
-    if moves_particles and workers != 1:
-        raise BRGMError(f"--workers is for MCMC chains; --method {method} moves its particles as one batch (drop it)")
-    if particles is not None and particles < 2:
-        raise BRGMError(f"--particles must be at least 2, got {particles}")
+    where the method's traits say it has no population (:meth:`MethodChoice._check_particles`)."""
+    MethodChoice(method, particles=particles, workers=workers)._check_particles(
+        method_traits(method, methods_registry()))
     return {} if particles is None else {"num_particles": int(particles)}
 
 
@@ -216,10 +211,8 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
     inputs = list(inputs)
     choice = choice or ModelChoice()
     methods = MethodChoice(method, steps=steps, num_samples=num_samples, chains=chains, workers=workers, lr=lr,
-                           guide=guide, mass=mass, max_tree_depth=max_tree_depth)
+                           guide=guide, mass=mass, max_tree_depth=max_tree_depth, particles=particles)
     if len(inputs) == 1 and (Path(inputs[0]).is_dir() or Path(inputs[0]).suffix.lower() == ".csv"):
-        if particles is not None:
-            raise BRGMError("--particles is for single runs; dataset runs do not take SMC options yet")
         if max_memory is not None:
             raise BRGMError("--max-memory is for single runs; dataset runs use the device's default budget")
         return _dataset(inputs, task, given, dict(model=choice, percept=percept, simulate=simulate), reliance_draws,
@@ -354,9 +347,10 @@ def report(written: dict, result, simulate: bool, timings: dict, notes: Sequence
     for line in latent_lines(result):
         print(line)
     if result.extra.get("log_evidence") is not None:  # SMC
-        se = result.extra.get("log_evidence_se")
+        se, se1 = result.extra.get("log_evidence_se"), result.extra.get("log_evidence_se_genealogy")
         print(f"log evidence {result.extra['log_evidence']:.3f}" + ("" if se is None else f" +- {se:.3f} (SE from "
-              f"{len(result.extra['log_evidence_runs'])} runs)"))
+              f"{len(result.extra['log_evidence_runs'])} runs)")
+              + ("" if se1 is None else f"; single-run (genealogy) SE {se1:.3f}"))
     print(f"results written to {where} ({timings['total_s']:.1f} s)")
     return 0
 

@@ -39,7 +39,7 @@ from brgm_pyro.models.density import log_density_terms, plate_layout, scalar_par
 
 STAT_NAMES = {"accept_prob": "acceptance_rate", "step_size": "step_size", "diverging": "diverging",
               "tree_depth": "tree_depth", "n_steps": "n_steps", "log_weight": "log_weight"}
-SMC_STAGE_STATS = ("beta", "log_increment", "ess", "resampled", "acceptance", "step_size")
+SMC_STAGE_STATS = ("beta", "log_increment", "ess", "resampled", "acceptance", "step_size", "log_evidence_var")
 
 
 def _np(x: Tensor) -> np.ndarray:
@@ -197,7 +197,7 @@ def to_inference_data(result, model, y: Tensor):
               "kernel_settings"):
         if k in result.extra:
             attrs[k] = _jsonable(result.extra[k])
-    for k in ("log_evidence", "log_evidence_se"):
+    for k in ("log_evidence", "log_evidence_se", "log_evidence_se_genealogy"):
         if k in result.extra:
             attrs[k] = float("nan") if result.extra[k] is None else float(result.extra[k])
     idata = azcompat.from_dict({"posterior": posterior, "sample_stats": sample_stats, "log_likelihood": log_lik},

@@ -210,14 +210,16 @@ class DatasetRun:
     vgg16: Optional[str] = None
     quiet: bool = True
     guide: Optional[str] = None
+    particles: Optional[int] = None  # SMC's N (--particles)
     spec: Any = None  # the RunSpec every batch builds its model with (recorded through the fields above)
 
     def settings(self) -> dict:
         d = asdict(self)
         for k in ("out", "device", "quiet", "spec"):  # a resume may run elsewhere, on other devices
             d.pop(k)
-        if d["guide"] is None:  # absent, as in runs written before --guide existed (they still resume)
-            d.pop("guide")
+        for k in ("guide", "particles"):  # absent when not given, as in runs written before they existed
+            if d[k] is None:
+                d.pop(k)
         d["task_options"] = {k: ([str(x) for x in v] if isinstance(v, list) else v)
                              for k, v in self.task_options.items()}
         return json.loads(json.dumps(d, default=str))
@@ -405,7 +407,7 @@ def run_dataset_cli(*, source, spec, generator, seed, device, out, quiet, thread
                      num_samples=m.num_samples, seed=seed, device=device, simulate=spec.simulate,
                      percept=spec.use_percept(), lr=m.lr, batch_size=batch_size, model_kwargs=model_kwargs, chains=m.chains,
                      class_index=class_index, vgg16=str(vgg16) if vgg16 else None, quiet=quiet or rank > 0,
-                     guide=m.guide, spec=spec)
+                     guide=m.guide, particles=m.particles, spec=spec)
     t0 = time.perf_counter()
     try:
         res = run_dataset(run)

@@ -75,11 +75,14 @@ def inference_record(result) -> dict:
 
 def evidence_record(result) -> dict:
     """The log evidence of a method that estimates it (SMC): ``log_evidence``, its standard error
-    (from independent runs; None with one run), each run's estimate and the temperature ladders; {} else."""
+    (from independent runs; None with one run), the single-run (genealogy) standard errors beside it,
+    each run's estimate and the temperature ladders; {} else."""
     ex = result.extra
     if "log_evidence" not in ex:
         return {}
-    out = {k: ex[k] for k in ("log_evidence", "log_evidence_se", "log_evidence_runs") if k in ex}
+    keys = ("log_evidence", "log_evidence_se", "log_evidence_se_genealogy", "log_evidence_se_genealogy_runs",
+            "log_evidence_runs")
+    out = {k: ex[k] for k in keys if k in ex}
     if "stages" in ex:
         out["smc_stages"] = [{k: s[k] for k in ("beta", "acceptance", "ess", "resampled")} for s in ex["stages"]]
     return out

@@ -160,6 +160,7 @@ class MethodChoice:
     guide: Optional[str] = None
     mass: Optional[str] = None
     max_tree_depth: Optional[int] = None
+    particles: Optional[int] = None
 
     def check(self, device: str = "cpu", registry=None) -> None:
         """One-line errors for options the method has no use for, or values that make no sense."""
@@ -177,6 +178,7 @@ class MethodChoice:
                             f"posterior is written; use --method map for a point estimate)")
         self._check_chains(t, device)
         self._check_kernel(t)
+        self._check_particles(t)
         if self.guide is not None:
             from brgm_pyro.inference import GUIDES
 
@@ -202,6 +204,16 @@ class MethodChoice:
                 raise BRGMError("--workers > 1 runs chains in CPU processes; on a GPU drop --workers "
                                 "(chains then run one after another on the device)")
 
+    def _check_particles(self, t) -> None:
+        """``--particles``: a population method's N (SMC); refused where the traits say it has none."""
+        m = self.method
+        if self.particles is not None and not t.particles:
+            raise BRGMError(f"--particles is the population size of SMC; --method {m} has none (drop it)")
+        if t.particles and self.workers != 1:
+            raise BRGMError(f"--workers is for MCMC chains; --method {m} moves its particles as one batch (drop it)")
+        if self.particles is not None and self.particles < 2:
+            raise BRGMError(f"--particles must be at least 2, got {self.particles}")
+
     def _check_kernel(self, t) -> None:
         from brgm_pyro.inference.mcmc.runner import MASS_CHOICES
 
@@ -219,10 +231,13 @@ class MethodChoice:
                                 f"got {self.max_tree_depth}")
 
     def runner_options(self) -> dict:
-        """The method's keyword options that were given (num_chains, workers, guide, mass, max_tree_depth)."""
+        """The method's keyword options that were given (num_chains, workers, guide, mass, max_tree_depth,
+        num_particles)."""
         out: dict[str, Any] = {}
         if self.chains is not None:
             out["num_chains"] = self.chains
+        if self.particles is not None:
+            out["num_particles"] = int(self.particles)
         if self.workers != 1:
             out["workers"] = self.workers
         for key in ("guide", "mass", "max_tree_depth"):

@@ -8,7 +8,9 @@ r"""``method="smc"``: adaptive tempered SMC over every latent site, R independen
 The log evidence of run r is log Z_r = sum_t log sum_i W_i exp(delta_t rest_i); the runs' estimates
 are pooled as log mean_r Z_r (the mean of unbiased estimates is unbiased for Z) with the standard
 error from the spread between the R runs (delta method: sd_r(Z_r) / (sqrt(R) mean_r Z_r)); one run
-gives no standard error (None). Runs are ArviZ's chains, so R-hat across runs compares independent
+gives no such standard error (None). Beside it, every run's own estimate from its genealogy (Lee &
+Whiteley 2018, :func:`~brgm_pyro.inference.smc.tempering.genealogy_variance`), pooled over the runs:
+``log_evidence_se_genealogy``. Runs are ArviZ's chains, so R-hat across runs compares independent
 SMC answers.
 """
 
@@ -29,7 +31,7 @@ from brgm_pyro.inference.engine import _duration
 from brgm_pyro.inference.result import InferenceResult
 from brgm_pyro.inference.smc.kernels import KERNELS
 from brgm_pyro.inference.smc.target import SMCTarget
-from brgm_pyro.inference.smc.tempering import SMCState, smc_init, smc_step, systematic_resample
+from brgm_pyro.inference.smc.tempering import RESAMPLERS, SMCState, smc_init, smc_step, systematic_resample
 
 DEFAULT_PARTICLES = 256
 DEFAULT_RUNS = 4
@@ -37,7 +39,7 @@ DEFAULT_MOVES = 10
 
 
 def _check(num_particles: int, num_chains: int, num_samples: int, kernel: str, cess: float, resample_ess: float,
-           waste_free: Optional[int], moves: int) -> None:
+           waste_free: Optional[int], moves: int, resampling: str = "systematic") -> None:
     if num_particles < 2:
         raise BRGMError(f"SMC needs at least 2 particles, got {num_particles}")
     if num_chains < 1 or num_samples < 1:
@@ -51,6 +53,8 @@ def _check(num_particles: int, num_chains: int, num_samples: int, kernel: str, c
                         f"got {waste_free}")
     if moves < 1:
         raise BRGMError(f"SMC needs at least one MCMC move per stage, got {moves}")
+    if resampling not in RESAMPLERS:
+        raise BRGMError(f"SMC resampling must be one of {', '.join(RESAMPLERS)}; got {resampling!r}")
 
 
 def _one_run(target: SMCTarget, *, num: int, seed: int, max_stages: int, progress: bool, desc: str,
@@ -123,8 +127,23 @@ def pool_log_evidence(log_z: list[float]) -> tuple[float, Optional[float]]:
     return est, float(max(delta, a.std(ddof=1) / math.sqrt(a.size)))
 
 
+def genealogy_se(log_z: list[float], rel_var: list[float]) -> tuple[Optional[float], list[Optional[float]]]:
+    """(SE of log mean_r Z_r, each run's SE of log Z_r) from the runs' single-run relative variances
+    V_r (Lee & Whiteley 2018): Var(mean Z) / mean(Z)^2 = sum_r Z_r^2 V_r / (sum_r Z_r)^2, and
+    Var(log Z_hat) ~ log(1 + V) (V < 0, possible for an unbiased estimate, counts as 0). None where
+    a run has no estimate (waste-free, or a run that stopped early)."""
+    runs = [None if not math.isfinite(v) else math.sqrt(math.log1p(max(v, 0.0))) for v in rel_var]
+    if any(r is None for r in runs) or not log_z:
+        return None, runs
+    a = np.asarray(log_z, dtype=float)
+    z = np.exp(a - a.max())
+    pooled = float((z * z * np.maximum(rel_var, 0.0)).sum() / z.sum() ** 2)
+    return math.sqrt(math.log1p(pooled)), runs
+
+
 def _stage_table(infos: list) -> dict[str, list]:
-    keys = ("beta", "log_increment", "ess", "resampled", "acceptance", "step_size", "grad_evals")
+    keys = ("beta", "log_increment", "ess", "resampled", "acceptance", "step_size", "grad_evals",
+            "log_evidence_var", "distinct_eves")
     return {k: [getattr(i, k) for i in infos] for k in keys}
 
 
@@ -135,6 +154,10 @@ def _warnings(log_z: list[float], stages: list[dict], num: int) -> list[str]:
     if len(log_z) > 1 and float(np.std(log_z, ddof=1)) > 1.0:
         out.append(f"smc: the runs' log evidence estimates disagree (sd {np.std(log_z, ddof=1):.3g} nats between "
                    f"{len(log_z)} runs): the standard error is not reliable; use more particles or moves")
+    eves = [r for r, s in enumerate(stages) if s["distinct_eves"] and 0 < s["distinct_eves"][-1] < 10]
+    if eves:
+        out.append(f"smc: in runs {eves} the particles' ancestries have coalesced to fewer than 10 initial "
+                   "particles, so the single-run (genealogy) standard error is not reliable; use more particles")
     low = [r for r, s in enumerate(stages) if s["ess"] and min(s["ess"]) < 0.05 * num]
     if low:
         out.append(f"smc: runs {low} had an ESS below 5 % of the particles at some stage (weight degeneracy); "
@@ -153,7 +176,7 @@ def run_smc(model, y: Tensor, *, steps: Optional[int] = None, num_samples: int =
             progress: bool = True, num_particles: int = DEFAULT_PARTICLES, num_chains: int = DEFAULT_RUNS,
             kernel: str = "mala", cess: float = 0.5, resample_ess: float = 0.5, waste_free: Optional[int] = None,
             num_leapfrog: int = 8, max_stages: int = 2000, chunk: Optional[int] = None,
-            workers: int = 1) -> InferenceResult:
+            workers: int = 1, resampling: str = "systematic") -> InferenceResult:
     """Adaptive tempered SMC from the prior to the posterior, with the log evidence (module docstring).
 
     Args:
@@ -169,16 +192,20 @@ def run_smc(model, y: Tensor, *, steps: Optional[int] = None, num_samples: int =
         waste_free: chain length P for waste-free SMC (N / P chains a stage, every state kept).
         max_stages: stop (and say so in ``stopped``) after this many temperatures.
         workers: accepted for the chains' common interface; only 1 (the particles are one batch already).
+        resampling: ``systematic`` (default) or ``multinomial`` (what the genealogy SE assumes exactly;
+            with systematic resampling it is conservative).
     Returns:
         :class:`InferenceResult` with ``draws`` site -> (R S, ...), ``samples`` their images, and in
-        ``extra``: ``log_evidence``, ``log_evidence_se``, ``log_evidence_runs``, ``stages`` (one table
-        per run: beta, log_increment, ess, resampled, acceptance, step_size, grad_evals),
+        ``extra``: ``log_evidence``, ``log_evidence_se`` (between runs), ``log_evidence_se_genealogy`` and
+        ``log_evidence_se_genealogy_runs`` (single-run estimates), ``log_evidence_runs``, ``stages`` (one
+        table per run: beta, log_increment, ess, resampled, acceptance, step_size, grad_evals,
+        log_evidence_var, distinct_eves),
         ``sample_stats`` (``log_weight`` (R, S)).
     """
     moves = DEFAULT_MOVES if steps is None else int(steps)
     if workers != 1:
         raise BRGMError("SMC evaluates its particles as one batch and its runs one after another: workers must be 1")
-    _check(num_particles, num_chains, num_samples, kernel, cess, resample_ess, waste_free, moves)
+    _check(num_particles, num_chains, num_samples, kernel, cess, resample_ess, waste_free, moves, resampling)
     model.check_observation(y)
     t0 = time.perf_counter()
     target = SMCTarget(model, y, chunk)
@@ -186,7 +213,7 @@ def run_smc(model, y: Tensor, *, steps: Optional[int] = None, num_samples: int =
         print(estimate_line(target, num_particles, moves, kernel, num_leapfrog, waste_free, num_chains),
               file=sys.stderr, flush=True)
     step_kw = dict(cess=cess, resample_ess=resample_ess, kernel=kernel, num_steps=moves, num_leapfrog=num_leapfrog,
-                   waste_free=waste_free)
+                   waste_free=waste_free, resampling=resampling)
     runs, stopped = [], None
     for r in range(num_chains):
         t_run = time.perf_counter()
@@ -199,7 +226,8 @@ def run_smc(model, y: Tensor, *, steps: Optional[int] = None, num_samples: int =
             stopped = f"run {r}: {why}"
             break
     settings = dict(num_particles=num_particles, moves=moves, kernel=kernel, cess=cess, resample_ess=resample_ess,
-                    waste_free=waste_free, num_leapfrog=num_leapfrog if kernel == "hmc" else None, seed=seed)
+                    waste_free=waste_free, num_leapfrog=num_leapfrog if kernel == "hmc" else None, seed=seed,
+                    resampling=resampling)
     return _collect(model, y, target, runs, settings, stopped, t0)
 
 
@@ -213,9 +241,12 @@ def _collect(model, y: Tensor, target: SMCTarget, runs: list, settings: dict, st
     log_z = [r["state"].log_evidence for r in runs]
     est, se = pool_log_evidence(log_z) if stopped is None else (float("nan"), None)
     stages = [_stage_table(r["infos"]) for r in runs]
+    rel_var = [s["log_evidence_var"][-1] if s["beta"] else float("nan") for s in stages]
+    se_gen, se_gen_runs = genealogy_se(log_z, rel_var) if stopped is None else (None, [None] * len(runs))
     grads = sum(sum(s["grad_evals"]) for s in stages) + len(runs) * settings["num_particles"]
     S = next(iter(draws.values())).shape[0] // len(runs)
     extra = {**settings, "num_chains": len(runs), "num_draws": S, "log_evidence": est, "log_evidence_se": se,
+             "log_evidence_se_genealogy": se_gen, "log_evidence_se_genealogy_runs": se_gen_runs,
              "log_evidence_runs": log_z, "warnings": _warnings(log_z, stages, settings["num_particles"]), "stages": stages, "grad_evals": grads,
              "num_stages": [len(s["beta"]) for s in stages],
              "sample_stats": {"log_weight": np.stack([r["log_w"] for r in runs])},
@@ -229,4 +260,4 @@ def _collect(model, y: Tensor, target: SMCTarget, runs: list, settings: dict, st
                            extra=extra, image_site=model.image_site)
 
 
-__all__ = ["run_smc", "estimate_line", "pool_log_evidence", "DEFAULT_PARTICLES", "DEFAULT_RUNS"]
+__all__ = ["run_smc", "estimate_line", "pool_log_evidence", "genealogy_se", "DEFAULT_PARTICLES", "DEFAULT_RUNS"]

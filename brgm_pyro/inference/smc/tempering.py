@@ -13,6 +13,21 @@ and the running log evidence. One step (one *stage*):
    particles' weighted variance (diagonal), step size adapted after every step towards the
    kernel's target acceptance from the population's mean acceptance (Fearnhead & Taylor 2013).
 
+The single-run variance of the evidence (Lee & Whiteley 2018; with adaptive resampling Du &
+Guyader 2021): each particle carries its *Eve index* E_i, the time-0 particle its lineage goes back
+to through the resampling steps (mutations keep the lineage). After the reweighting of a stage,
+with R resampling events so far and normalised weights W_i,
+
+    V = 1 - (N / (N - 1))^(R + 1) * sum_{i, j: E_i != E_j} W_i W_j
+      = 1 - (N / (N - 1))^(R + 1) * (1 - sum_k S_k^2),     S_k = sum_{i: E_i = k} W_i,
+
+is an estimate of the relative variance Var(Z_hat) / Z^2 of that stage's evidence estimate (unbiased
+with multinomial resampling; systematic resampling has less resampling noise, so V is then
+conservative). Var(log Z_hat) ~ log(1 + V). Once every lineage goes back to one Eve, V = 1 whatever
+the real variance: the estimate has degenerated (``distinct_eves`` says how far the ancestries
+have coalesced). Waste-free stages resample N / P of N particles, which the estimator does not
+cover: there it is NaN.
+
 Waste-free (Dau & Chopin 2022): every stage resamples M = N / P particles, runs a chain of
 ``P - 1`` steps from each and keeps every state of every chain: N equally weighted particles,
 M (P - 1) gradients a stage instead of N ``num_steps``.
@@ -30,13 +45,16 @@ from brgm_pyro.inference.smc.kernels import KERNELS, Particles, evaluate, hmc_st
 
 
 class SMCState(NamedTuple):
-    """Population, normalised log weights (N,) float64, beta, log evidence so far, step size."""
+    """Population, normalised log weights (N,) float64, beta, log evidence so far, step size; the
+    Eve indices (N,) long (None after a waste-free stage) and the number of resampling events."""
 
     particles: Particles
     log_w: Tensor
     beta: float
     log_evidence: float
     step_size: float
+    eve: Optional[Tensor] = None
+    num_resampled: int = 0
 
 
 class StageInfo(NamedTuple):
@@ -49,6 +67,8 @@ class StageInfo(NamedTuple):
     acceptance: float
     step_size: float
     grad_evals: int
+    log_evidence_var: float = float("nan")
+    distinct_eves: int = 0
 
 
 def ess(log_w: Tensor) -> float:
@@ -83,6 +103,25 @@ def next_delta(log_w: Tensor, rest: Tensor, beta: float, target: float, tol: flo
     return max(lo, 1e-12 * (1.0 - beta)) if lo > 0 else hi  # never stall at delta = 0
 
 
+def genealogy_variance(log_w: Tensor, eve: Optional[Tensor], num_resampled: int) -> tuple[float, int]:
+    """(V, distinct Eves): Lee & Whiteley's estimate of Var(Z_hat) / Z^2 from normalised log weights
+    (N,) and Eve indices (N,) after ``num_resampled`` resampling events (module docstring); NaN
+    without Eve indices."""
+    if eve is None:
+        return float("nan"), 0
+    N = log_w.shape[0]
+    S = torch.zeros(N, dtype=torch.float64, device=log_w.device).index_add_(0, eve, torch.softmax(log_w.double(), 0))
+    log_c = (num_resampled + 1) * math.log1p(1.0 / (N - 1))
+    V = 1.0 - math.exp(log_c) * (1.0 - float((S * S).sum()))
+    return V, int(torch.unique(eve).numel())
+
+
+def multinomial_resample(log_w: Tensor, num: Optional[int] = None) -> Tensor:
+    """``num`` (default N) ancestor indices drawn independently from the normalised weights."""
+    n = num or log_w.shape[0]
+    return torch.multinomial(torch.softmax(log_w.double(), 0), n, replacement=True)
+
+
 def systematic_resample(log_w: Tensor, num: Optional[int] = None) -> Tensor:
     """``num`` (default N) ancestor indices by systematic resampling of normalised log weights."""
     n = num or log_w.shape[0]
@@ -91,6 +130,9 @@ def systematic_resample(log_w: Tensor, num: Optional[int] = None) -> Tensor:
     u = (torch.rand((), dtype=torch.float64, device=w.device) + torch.arange(n, dtype=torch.float64,
                                                                                  device=w.device)) / n
     return torch.searchsorted(cdf, u * cdf[-1]).clamp(max=log_w.shape[0] - 1)
+
+
+RESAMPLERS = {"systematic": systematic_resample, "multinomial": multinomial_resample}
 
 
 def particle_variance(z: Tensor, log_w: Tensor) -> Tensor:
@@ -108,7 +150,7 @@ def smc_init(target, num: int, kernel: str) -> SMCState:
     D = z.shape[1]
     eps = D ** (-1.0 / 3.0) if kernel == "mala" else D ** (-0.25)  # optimal scaling orders (Roberts & Rosenthal)
     log_w = torch.full((num,), -math.log(num), dtype=torch.float64, device=z.device)
-    return SMCState(p, log_w, 0.0, 0.0, float(eps))
+    return SMCState(p, log_w, 0.0, 0.0, float(eps), torch.arange(num, device=z.device), 0)
 
 
 def _move(target, p: Particles, beta: float, eps: float, var: Tensor, kernel: str, num_leapfrog: int):
@@ -150,11 +192,12 @@ def mutate_waste_free(target, p: Particles, log_w: Tensor, var: Tensor, beta: fl
 
 
 def smc_step(target, state: SMCState, *, cess: float = 0.5, resample_ess: float = 0.5, kernel: str = "mala",
-             num_steps: int = 10, num_leapfrog: int = 8, waste_free: Optional[int] = None
-             ) -> tuple[SMCState, StageInfo]:
+             num_steps: int = 10, num_leapfrog: int = 8, waste_free: Optional[int] = None,
+             resampling: str = "systematic") -> tuple[SMCState, StageInfo]:
     """One stage: next temperature, reweight, resample if needed, mutate. See the module docstring.
 
-    ``waste_free``: chain length P (N must be a multiple of it), or None for the standard moves.
+    ``waste_free``: chain length P (N must be a multiple of it), or None for the standard moves;
+    ``resampling``: ``systematic`` or ``multinomial`` (what the single-run variance assumes).
     """
     p, log_w = state.particles, state.log_w
     rest = torch.nan_to_num(p.rest.double(), nan=-math.inf)  # a NaN likelihood weighs nothing
@@ -164,6 +207,8 @@ def smc_step(target, state: SMCState, *, cess: float = 0.5, resample_ess: float 
     log_inc = torch.logsumexp(a, 0)
     log_w = a - log_inc
     e = ess(log_w)
+    var_z, eves = genealogy_variance(log_w, state.eve, state.num_resampled)
+    eve, n_res = state.eve, state.num_resampled
     N = p.z.shape[0]
     per_move = 1 if kernel == "mala" else num_leapfrog
     # the metric from the weighted particles before resampling: the same distribution, more distinct points
@@ -172,18 +217,20 @@ def smc_step(target, state: SMCState, *, cess: float = 0.5, resample_ess: float 
         p, eps, acc = mutate_waste_free(target, p, log_w, var, beta, state.step_size, kernel=kernel,
                                         chain_length=waste_free, num_leapfrog=num_leapfrog)
         log_w = torch.full_like(log_w, -math.log(N))
-        resampled, grads = True, (N // waste_free) * (waste_free - 1) * per_move
+        resampled, grads, eve = True, (N // waste_free) * (waste_free - 1) * per_move, None
     else:
         resampled = e < resample_ess * N
         if resampled:
-            p = p.take(systematic_resample(log_w))
+            idx = RESAMPLERS[resampling](log_w)
+            p, eve, n_res = p.take(idx), (None if eve is None else eve[idx]), n_res + 1
             log_w = torch.full_like(log_w, -math.log(N))
         p, eps, acc = mutate(target, p, var, beta, state.step_size, kernel=kernel, num_steps=num_steps,
                              num_leapfrog=num_leapfrog)
         grads = N * num_steps * per_move
-    new = SMCState(p, log_w, beta, state.log_evidence + float(log_inc), eps)
-    return new, StageInfo(beta, float(log_inc), e, bool(resampled), acc, eps, grads)
+    new = SMCState(p, log_w, beta, state.log_evidence + float(log_inc), eps, eve, n_res)
+    return new, StageInfo(beta, float(log_inc), e, bool(resampled), acc, eps, grads, var_z, eves)
 
 
 __all__ = ["SMCState", "StageInfo", "smc_init", "smc_step", "next_delta", "systematic_resample", "ess",
+           "multinomial_resample", "genealogy_variance", "RESAMPLERS",
            "particle_variance", "mutate", "mutate_waste_free"]
