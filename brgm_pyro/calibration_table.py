@@ -53,13 +53,13 @@ def load_table(path: Optional[Path]) -> dict:
 def run_combination(settings: dict) -> dict[str, Any]:
     """The table's ``match`` keys for a ``brgm reconstruct`` run, from run.json's ``settings``.
 
-    Keys: task, method, guide (``normal``: the CLI's VI guide; None for other methods), noise,
+    Keys: task, method, guide (``--guide``, default ``normal``, for VI; None for other methods), noise,
     percept, discrepancy (bool: any term on), prior, and the task's ``factor`` and ``kernel`` when it has them.
     """
     choice = settings.get("model_choice") or {}
     disc = choice.get("discrepancy")
-    combo = {"task": settings.get("task"), "method": settings.get("method"),
-             "guide": "normal" if settings.get("method") == "vi" else None,
+    guide = (settings.get("guide") or "normal") if settings.get("method") == "vi" else None
+    combo = {"task": settings.get("task"), "method": settings.get("method"), "guide": guide,
              "noise": choice.get("noise", "gaussian"), "percept": bool(settings.get("percept")),
              "discrepancy": disc not in (None, "off"), "prior": choice.get("prior", "brgm")}
     for key in ("factor", "kernel"):  # super-resolution x8 with a box kernel is not x8 bicubic
