@@ -31,7 +31,8 @@ no missing information) and ``compose`` (a user's composition) are not cells. Tr
 
 Methods: ``--methods vi,vi:lowrank,mala,smc`` (``NAME[:GUIDE]``, any registered method and guide at
 the command's defaults). Methods with chains or particles run one image at a time (as one
-``brgm reconstruct IMAGE`` each), VI on the cell's images as one batch.
+``brgm reconstruct IMAGE`` each), VI on the cell's images as one batch (``--per-image``: one at a
+time as well; the structured guides are priced per batch, issue 28).
 
 Resumable: each cell's JSON is written to ``OUT/cells/`` as it finishes and an existing cell is
 skipped. ``--table FILE`` writes every cell of the run as a row of the generator's calibration table
@@ -248,7 +249,7 @@ def evaluate(G, generator: str, variant: str, truth: str, method: str, guide: Op
     x, truth_name = (model_truths(G, ids) if truth == "model" else
                      (heldout_truths(generator, args.split, ids), "heldout"))
     traits = core.method_traits(method)
-    per_image = traits.chains or traits.particles  # as one `brgm reconstruct IMAGE` each
+    per_image = args.per_image or traits.chains or traits.particles  # as one `brgm reconstruct IMAGE` each
     chunks = [[k] for k in range(len(ids))] if per_image else [list(range(len(ids)))]
     num_samples = args.mcmc_samples if traits.chains else args.draws
     reports, psnrs, t0, spec = [], [], time.perf_counter(), None
@@ -265,7 +266,7 @@ def evaluate(G, generator: str, variant: str, truth: str, method: str, guide: Op
     pooled = pooled_coverage(reports, S)
     key = f"{LEVEL:g}"
     return {"generator": generator, "variant": variant, "task": spec.task, "truth": truth_name,
-            "split": args.split, "ids": ids, "method": method, "guide": guide,
+            "split": args.split, "ids": ids, "method": method, "guide": spec.method.guide,
             "settings": settings_of(spec, obs), "combination": run_combination(settings_of(spec, obs)),
             "draws": S, "reference": exact_sampler_coverage(LEVEL, S),
             "coverage": {reg: v[key]["coverage"] for reg, v in pooled["all_images"].items()},
@@ -381,6 +382,8 @@ def main(argv=None) -> None:
     ap.add_argument("--truths", default="model,heldout", help="model (model+e where the generator stores a "
                     "discrepancy scale), heldout")
     ap.add_argument("--methods", default="vi", help="NAME[:GUIDE], comma-separated (vi, vi:lowrank, mala, smc, ...)")
+    ap.add_argument("--per-image", action="store_true", help="every method one image at a time (as one "
+                    "`brgm reconstruct IMAGE` each; methods with chains or particles always are)")
     ap.add_argument("--draws", type=int, default=128, help="--num-samples of methods without chains")
     ap.add_argument("--mcmc-samples", type=int, default=32, help="--num-samples (per chain) of MCMC methods")
     ap.add_argument("--table", default=None, help="write the cells as rows of this calibration table; 'auto': "
