@@ -82,6 +82,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "deblur": ("deblur", {}), "cs": ("cs", {"measurements": "1/8"}), "deblur_blind": ("deblur_blind", {}),
     "superres_blind": ("superres_blind", {"factor": 8}),
 }
+ABOUT = ("Pooled 90 % interval coverage (all / observed / missing pixels) per combination of what a brgm reconstruct "
+         "run chose (task and its factor/kernel, method, guide, noise, perceptual term, discrepancy term, prior), per "
+         "task variant (mask kind, factor) and truth set (model+e / model: drawn from the model; heldout: held-out "
+         "images), observation noise N(0, 0.05^2) (denoising: its own 0.2). Written by benchmarks/calibration.py "
+         "--table; each row has its command.")
 SHORT = {"builtin:faces64": "faces64", "builtin:fashion32": "fashion32"}
 
 
@@ -272,7 +277,8 @@ def evaluate(G, generator: str, variant: str, truth: str, method: str, guide: Op
             "coverage": {reg: v[key]["coverage"] for reg, v in pooled["all_images"].items()},
             "width": {reg: v[key]["width"] for reg, v in pooled["all_images"].items()},
             "levels": pooled["all_images"], "psnr_mean_db": float(np.mean(psnrs)),
-            "seconds": time.perf_counter() - t0, "per_image_runs": bool(per_image)}
+            "seconds": time.perf_counter() - t0, "per_image_runs": bool(per_image),
+            "per_image": {str(i): {reg: r[reg][key] for reg in r["counted"]} for i, r in zip(ids, reports)}}
 
 
 def cell_name(generator: str, variant: str, truth: str, method: str, guide: Optional[str], split: str,
@@ -307,7 +313,7 @@ def part_coverage(args, out: Path, logf: Path) -> None:
                         log(f"{name}: FAILED {type(e).__name__}: {' '.join(str(e).split())[:300]}", logf)
                         continue
                     cell["command"] = command
-                    path.write_text(json.dumps(cell, indent=1))
+                    path.write_text(json.dumps(cell, indent=1, default=float))
                     c = cell["coverage"]
                     log(f"{name}: 90% " + ", ".join(f"{k} {v:.3f}" for k, v in c.items())
                         + f" (ref {cell['reference']:.3f}), PSNR {cell['psnr_mean_db']:.2f}, {cell['seconds']:.0f} s",
@@ -340,6 +346,8 @@ def write_table_rows(path: Path, cells: list[dict], generator: str) -> int:
     tab = load_table(path) if path.exists() else {"generator": generator, "level": LEVEL, "rows": []}
     tab.setdefault("generator", generator)
     tab.setdefault("level", LEVEL)
+    tab.setdefault("band", "exact-sampler reference +- 0.05 (brgm_pyro.calibration_table.TOLERANCE)")
+    tab.setdefault("about", ABOUT)
     new = [table_row(c) for c in cells]
     same = lambda a, b: all(a.get(k) == b.get(k) for k in ("match", "truth", "images", "variant"))
     tab["rows"] = [r for r in tab["rows"] if not any(same(r, n) for n in new)] + new
