@@ -65,6 +65,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # this checkout's brgm_pyro
 
 from brgm_pyro.calibration import exact_sampler_coverage  # noqa: E402
 from brgm_pyro.calibration_table import LEVEL, load_table, run_combination  # noqa: E402
