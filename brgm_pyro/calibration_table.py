@@ -53,13 +53,13 @@ def load_table(path: Optional[Path]) -> dict:
 def run_combination(settings: dict) -> dict[str, Any]:
     """The table's ``match`` keys for a ``brgm reconstruct`` run, from run.json's ``settings``.
 
-    Keys: task, method, guide (``normal``: the CLI's VI guide; None for other methods), noise,
+    Keys: task, method, guide (``--guide``, default ``normal``, for VI; None for other methods), noise,
     percept, discrepancy (bool: any term on), prior, and the task's ``factor`` and ``kernel`` when it has them.
     """
     choice = settings.get("model_choice") or {}
     disc = choice.get("discrepancy")
-    combo = {"task": settings.get("task"), "method": settings.get("method"),
-             "guide": "normal" if settings.get("method") == "vi" else None,
+    guide = (settings.get("guide") or "normal") if settings.get("method") == "vi" else None
+    combo = {"task": settings.get("task"), "method": settings.get("method"), "guide": guide,
              "noise": choice.get("noise", "gaussian"), "percept": bool(settings.get("percept")),
              "discrepancy": disc not in (None, "off"), "prior": choice.get("prior", "brgm")}
     for key in ("factor", "kernel"):  # super-resolution x8 with a box kernel is not x8 bicubic
@@ -111,9 +111,26 @@ def calibration_warning(table: dict, combo: dict) -> Optional[str]:
         return None
     _, c, r, reg = worst
     where = "" if reg == "all" else f" on {reg} pixels"
+    alt = calibrated_alternatives(table, combo)
+    hint = f"; calibrated there: {', '.join(alt)}" if alt else ""
     return (f"this combination ({name}) is not calibrated: its {100 * LEVEL:g}% intervals covered {c:.2f}{where} "
             f"of {r.get('truth', '?')} truths ({r.get('images', '?')}), where an exact sampler with "
-            f"{r.get('draws')} draws covers {float(r['reference']):.2f} (docs/calibration.md)")
+            f"{r.get('draws')} draws covers {float(r['reference']):.2f}{hint} (docs/calibration.md)")
+
+
+def calibrated_alternatives(table: dict, combo: dict) -> list[str]:
+    """The other methods (and guides) measured on the same combination otherwise (task and its options,
+    noise, terms, prior) whose rows are all inside the band, as command-line options, e.g.
+    ``--method vi --guide lowrank``."""
+    same = {k: v for k, v in combo.items() if k not in ("method", "guide")}
+    found: dict[tuple, list[dict]] = {}
+    for r in table.get("rows", []):
+        m = r.get("match", {})
+        rest = {k: v for k, v in m.items() if k not in ("method", "guide")}
+        if rest == same and (m.get("method"), m.get("guide")) != (combo.get("method"), combo.get("guide")):
+            found.setdefault((m.get("method"), m.get("guide")), []).append(r)
+    return [f"--method {meth}" + (f" --guide {g}" if g else "")
+            for (meth, g), rows in found.items() if _worst(rows) is None]
 
 
 def simulate_warning(report: Optional[dict]) -> Optional[str]:
@@ -153,4 +170,4 @@ def run_warnings(generator, settings: dict, coverage: Optional[dict] = None) -> 
 
 
 __all__ = ["TOLERANCE", "table_path", "load_table", "run_combination", "matching_rows", "describe",
-           "calibration_warning", "simulate_warning", "run_warnings"]
+           "calibration_warning", "calibrated_alternatives", "simulate_warning", "run_warnings"]

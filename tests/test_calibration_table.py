@@ -80,19 +80,73 @@ def test_simulate_warning_against_the_exact_sampler_reference():
     assert ct.simulate_warning(None) is None
 
 
-def test_shipped_faces64_table_reads_and_judges():
+SHIPPED = ("builtin:faces64", "builtin:fashion32")
+
+
+def _shipped_table(spec):
     from brgm_pyro.models.generators.loading import load_generator
 
-    G = load_generator("builtin:faces64")
-    tab = ct.load_table(ct.table_path(G))
-    assert tab["generator"] == "builtin:faces64" and tab["rows"]
+    return ct.load_table(ct.table_path(load_generator(spec)))
+
+
+def _combos(tab):
+    """Each combination of the table's rows once (its ``match``), with its rows."""
+    out = {}
+    for r in tab["rows"]:
+        out.setdefault(json.dumps(r["match"], sort_keys=True), []).append(r)
+    return [(json.loads(k), rows) for k, rows in out.items()]
+
+
+def _outside(row):
+    return any(abs(c - row["reference"]) > ct.TOLERANCE for c in row["coverage"].values())
+
+
+@pytest.mark.parametrize("spec", SHIPPED)
+def test_shipped_table_warns_for_every_cell_outside_the_band_and_only_there(spec):
+    """Every row of the SHIPPED table: a combination with a row outside reference +- 0.05 gets the
+    warning, naming that row's worst figure; a combination whose rows are all inside gets none."""
+    tab = _shipped_table(spec)
+    assert tab.get("generator") == spec and tab["rows"], spec
     for r in tab["rows"]:
         assert r["commands"] and abs(r["reference"] - exact_sampler_coverage(0.9, r["draws"])) < 1e-9
-    # docs/calibration.md: x8 SR with VI, discrepancy on, perceptual off: 0.933 / 0.920 (256 draws)
-    assert ct.calibration_warning(tab, _combo("superres", "vi", percept=False, factor=8, kernel="bicubic")) is None
-    # first-try NUTS leaves the in-painting holes under-covered (0.835 / 0.816 against 0.891)
-    assert "0.82 on missing pixels" in ct.calibration_warning(tab, _combo("inpaint", "nuts", percept=False))
-    assert "never been measured" in ct.calibration_warning(tab, _combo("colorize", "vi", noise="studentt"))
+        assert set(r["coverage"]) <= set(ct.REGIONS) and r["truth"] in ("model+e", "model", "heldout")
+    for combo, rows in _combos(tab):
+        line = ct.calibration_warning(tab, combo)
+        if any(_outside(r) for r in rows):
+            worst = min((abs(c - r["reference"]) - ct.TOLERANCE, c) for r in rows for c in r["coverage"].values()
+                        if abs(c - r["reference"]) > ct.TOLERANCE)
+            assert line is not None and "not calibrated" in line, combo
+            far = max((abs(c - r["reference"]), c) for r in rows for c in r["coverage"].values())
+            assert f"covered {far[1]:.2f}" in line, (line, far, worst)
+        else:
+            assert line is None, (combo, line)
+
+
+@pytest.mark.parametrize("spec", SHIPPED)
+def test_shipped_table_has_rows_for_every_default_run_of_every_task(spec):
+    """The combination ``brgm reconstruct --method vi`` builds for each measured task (its default
+    options, the method's default guide, perceptual and discrepancy terms) finds rows in the shipped
+    table, so its verdict comes from a measurement and not from "never measured"."""
+    from brgm_pyro.pipeline import core
+    from brgm_pyro.pipeline.run import MethodChoice, RunSpec
+    from brgm_pyro.pipeline.tasks import get_task
+
+    tab = _shipped_table(spec)
+    G = core.load_generator(spec)
+    tasks = sorted({r["match"]["task"] for r in tab["rows"]})
+    assert {"superres", "inpaint", "denoise", "deblur", "cs"} <= set(tasks)
+    for task in tasks:
+        opts = {"measurements": 128} if task == "cs" else ({"factor": 8} if task == "superres_blind" else {})
+        rs = RunSpec(task=task, task_options=opts, method=MethodChoice("vi"), simulate=True)
+        rs.check()
+        t = get_task(task)
+        settings = {"task": task, "method": "vi", "percept": rs.use_percept(), "num_samples": 16,
+                    "model_choice": {"noise": "gaussian", "prior": "brgm",
+                                     "discrepancy": core.default_discrepancy("vi", G, "gaussian")},
+                    **{k: v for k, v in t.settings(rs.task_options).items() if k in ("factor", "kernel")}}
+        if rs.method.guide is not None:
+            settings["guide"] = rs.method.guide
+        assert ct.matching_rows(tab, ct.run_combination(settings)), (spec, task, ct.run_combination(settings))
 
 
 def test_run_combination_from_run_settings():
@@ -126,3 +180,34 @@ def test_cli_prints_the_warning_for_an_uncalibrated_run_only(tmp_path, monkeypat
     err = res.stderr
     assert ("never been measured" in err) == warns, err
     assert "not calibrated" not in err
+
+
+def test_warning_names_the_calibrated_alternative_measured_on_the_same_task():
+    tab = {"rows": [_row("colorize", "vi", {"all": 0.53}, truth="model+e"),
+                    {**_row("colorize", "vi", {"all": 0.87}, truth="model+e"),
+                     "match": {**_combo("colorize", "vi"), "guide": "lowrank"}},
+                    _row("colorize", "mala", {"all": 0.70}, truth="model+e")]}
+    line = ct.calibration_warning(tab, _combo("colorize", "vi"))
+    assert "not calibrated" in line and "calibrated there: --method vi --guide lowrank" in line
+    assert "mala" not in line  # measured, but not calibrated either
+    assert ct.calibrated_alternatives(tab, {**_combo("colorize", "vi"), "noise": "studentt"}) == []
+
+
+def test_task_vi_guide_is_the_default_family_and_an_explicit_guide_wins(monkeypatch):
+    from brgm_pyro.pipeline.run import MethodChoice, RunSpec
+    from brgm_pyro.pipeline.tasks import get_task
+
+    t = get_task("denoise")
+    monkeypatch.setattr(type(t), "vi_guide", "lowrank")
+    spec = RunSpec(task="denoise", method=MethodChoice("vi"))
+    spec.check()
+    assert spec.method.guide == "lowrank" and spec.method.runner_options()["guide"] == "lowrank"
+    mine = RunSpec(task="denoise", method=MethodChoice("vi", guide="normal"))
+    mine.check()
+    assert mine.method.guide == "normal"
+    other = RunSpec(task="denoise", method=MethodChoice("mala"))
+    other.check()  # a method without a guide is untouched
+    assert other.method.guide is None
+    settings = {"task": "denoise", "method": "vi", "guide": spec.method.guide, "percept": False,
+                "model_choice": {"noise": "gaussian", "discrepancy": "auto", "prior": "brgm"}}
+    assert ct.run_combination(settings)["guide"] == "lowrank"

@@ -64,6 +64,8 @@ def rows() -> list[tuple[str, str, str]]:
          "`inference.map.DEFAULT_HOLD_CORRUPTION`"),
         ("VI steps / lr / particles", f"{vi.DEFAULT_VI_STEPS} / {vi.DEFAULT_VI_LR} / {_default(vi.run_vi, 'num_particles')}",
          "`inference.vi`"),
+        ("VI guide (`brgm reconstruct --method vi` without `--guide`), per task", _vi_guides(),
+         "`pipeline.tasks.Task.vi_guide` (chosen on validation images: docs/calibration.md)"),
         ("VI hyperprior (alpha, beta) / guide init scale", f"{vi.DEFAULT_HYPERPRIOR} / {vi.DEFAULT_INIT_SCALE}",
          "`inference.vi.DEFAULT_HYPERPRIOR`, `DEFAULT_INIT_SCALE`"),
         ("INLA inner MAP steps", f"{inla.DEFAULT_INLA_STEPS}", "`inference.inla.DEFAULT_INLA_STEPS`"),
@@ -78,6 +80,14 @@ def rows() -> list[tuple[str, str, str]]:
          "`inference.mcmc.laplace.DEFAULT_LAPLACE_PASSES`"),
         ("reliance map: prior draws", f"{DEFAULT_PRIOR_DRAWS}", "`reliance.DEFAULT_PRIOR_DRAWS`"),
     ]
+
+
+def _vi_guides() -> str:
+    """``normal`` for every task, and the tasks whose registration states another family."""
+    from brgm_pyro.pipeline.tasks import tasks
+
+    other = {name: t.vi_guide for name, t in tasks().items() if t.vi_guide not in (None, "normal")}
+    return "normal" + (f"; {', '.join(f'{n}: {g}' for n, g in sorted(other.items()))}" if other else " for every task")
 
 
 def table() -> str:

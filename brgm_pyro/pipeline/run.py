@@ -287,6 +287,8 @@ class RunSpec:
         t.check(self.task_options, self.simulate)
         self.model.check()
         self.method.check(device, registry)
+        if self.method.guide is None and t.vi_guide is not None and method_traits(self.method.method, registry).guide:
+            self.method.guide = t.vi_guide  # the task's default family (Task.vi_guide; run.json records it)
 
     def default_discrepancy(self, G, corruption) -> tuple[str, Optional[str]]:
         """(``auto`` or ``off``, a console note or None): what ``--discrepancy`` means when not given."""

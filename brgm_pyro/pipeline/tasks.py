@@ -83,6 +83,10 @@ class Task:
     options: tuple = ()
     #: MAP options used when the user gives no --lr (inversion optimises harder: docs/defaults.md)
     map_options: Optional[dict] = None
+    #: the variational family of ``--method vi`` on this task when ``--guide`` is not given (None: VI's
+    #: own default, ``normal``): the cheapest guide whose 90 % intervals were calibrated on this task's
+    #: validation images (docs/calibration.md, "Defaults per task"); applied by RunSpec.check
+    vi_guide: Optional[str] = None
 
     def defaults(self) -> dict:
         return {o.name: ([] if o.multiple else o.default) for o in self.options}
