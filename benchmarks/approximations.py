@@ -120,7 +120,7 @@ def evaluate(G, task: str, name: str, paths, mask, args, logf: Path) -> dict:
                                "draws": int(result.samples.shape[0]), "psis": result.extra["psis"]}
     for k, r in out.items():
         msg = " ".join(f"{reg} {r[reg]['0.9']['coverage']:.3f}" for reg in ("all", "observed", "missing") if reg in r)
-        kh = f" k-hat max {r['psis']['khat_max']:.2f}" if "psis" in r else ""
+        kh = f" k-hat max {r['psis']['khat_max']}" if "psis" in r else ""
         log(f"{task} {k}: 90% {msg} (ref {r['reference90']:.3f}) PSNR {r['psnr']:.2f} {secs:.0f}s{kh}", logf)
     return out
 
@@ -132,7 +132,7 @@ def markdown(results: dict) -> str:
         for name, r in rows.items():
             reg = "missing" if "missing" in r else "all"
             f = lambda k: f"{r[k]['0.9']['coverage']:.3f}" if k in r else "-"  # noqa: E731
-            kh = f"{r['psis']['khat_max']:.2f}" if "psis" in r else "-"
+            kh = f"{r['psis']['khat_max']}" if "psis" in r else "-"
             lines.append(f"| {task} | {name} | {f('all')} | {f('observed')} | {f('missing')} | "
                          f"{r[reg]['0.5']['coverage']:.3f} | {r[reg]['0.9']['width']:.3f} | {r['psnr']:.2f} | {kh} | "
                          f"{r['seconds']:.0f} |")

@@ -4,6 +4,8 @@ wrong the guide is."""
 
 import math
 
+import numpy as np
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -124,3 +126,50 @@ def test_run_vi_reports_khat_and_reweights_on_request():
     # the reported mean is the weighted mean of the draws
     wm = (r1.weights.to(r1.samples.dtype)[:, :, None, None, None] * r1.samples).sum(0)
     assert torch.allclose(r1.image, wm, atol=1e-6) and torch.allclose(r1.mean_image(), wm, atol=1e-6)
+
+
+def _cli(tmp_path, *args):
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from brgm_pyro.cli import app
+
+    y, x = np.mgrid[0:16, 0:16] / 16
+    img = np.stack([0.5 + 0.4 * np.sin(6 * x), 0.5 + 0.4 * np.cos(5 * y), 0.5 + 0.3 * np.sin(4 * (x + y))], -1)
+    Image.fromarray((img * 255).astype(np.uint8)).save(tmp_path / "clean.png")
+    return CliRunner().invoke(app, ["reconstruct", "--generator", "builtin:conv16", "-q", "--reliance-draws", "0",
+                                    str(tmp_path / "clean.png"), "--simulate", "--method", "vi", "--steps", "3",
+                                    *map(str, args)])
+
+
+@pytest.mark.parametrize("reweight", [None, "psis"])
+def test_cli_reports_khat_everywhere_and_reweights_on_request(tmp_path, reweight):
+    """k-hat in metrics.json, run.json and posterior.nc for every VI run; a 3-step guide is far from the
+    posterior, so the warning line fires; --reweight psis makes the coverage use the weights."""
+    import json
+
+    from brgm_pyro import azcompat
+    from brgm_pyro.inference.arviz_io import read_inference_data
+
+    out = tmp_path / "res"
+    res = _cli(tmp_path, "--num-samples", "64", "--out", out, *(["--reweight", reweight] if reweight else []))
+    assert res.exit_code == 0, (res.output, res.exception)
+    m = json.loads((out / "metrics.json").read_text())
+    run = json.loads((out / "run.json").read_text())
+    assert m["psis"]["draws"] == 64 and len(m["psis"]["khat"]) == 1
+    assert run["inference"]["psis"]["reweight"] == (reweight or "none")
+    idata = read_inference_data(out / "posterior.nc")
+    g = azcompat.group(idata, "psis")
+    assert g["log_weight"].shape == (1, 64, 1) and abs(float(np.exp(g["log_weight"].values).sum()) - 1) < 1e-6
+    assert float(g["khat"].values[0]) == pytest.approx(m["psis"]["khat"][0], abs=1e-4)
+    assert m["psis"]["khat_max"] > KHAT_WARN and "PSIS k-hat" in res.output
+    assert any("PSIS k-hat" in w for w in run["warnings"])
+    assert int(azcompat.group(idata, "intervals").attrs["weighted"]) == int(reweight == "psis")
+
+
+def test_reweight_is_refused_for_methods_without_a_guide(tmp_path):
+    res = _cli(tmp_path, "--num-samples", "4", "--out", tmp_path / "r", "--reweight", "psis", "--method", "mala")
+    assert res.exit_code != 0 and "--reweight psis reweights the draws of a variational guide" in res.output
+    res = _cli(tmp_path, "--num-samples", "4", "--out", tmp_path / "r2", "--reweight", "is")
+    assert res.exit_code != 0 and "--reweight 'is' is not one of: none, psis" in res.output

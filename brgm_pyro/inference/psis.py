@@ -26,6 +26,7 @@ draw for the whole batch (``joint``: the same weights and k-hat for every image)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -44,6 +45,14 @@ from brgm_pyro.models.density import natural_layout, plate_layout
 KHAT_WARN = 0.7
 #: ways the reported mean and intervals may use the weights (``brgm reconstruct --reweight``)
 REWEIGHT_CHOICES = ("none", "psis")
+
+
+def check_reweight(reweight: str) -> None:
+    """A one-line error unless ``reweight`` is one of :data:`REWEIGHT_CHOICES`."""
+    if reweight not in REWEIGHT_CHOICES:
+        from brgm_pyro.errors import BRGMError
+
+        raise BRGMError(f"reweight must be one of {', '.join(REWEIGHT_CHOICES)}; got {reweight!r}")
 
 
 def _per_image(lp: Tensor, n: int, B: int) -> Optional[Tensor]:
@@ -153,19 +162,30 @@ class PSISResult:
 
     def summary(self) -> dict:
         """For metrics.json / run.json: k-hat and ESS per image, the worst k-hat, the threshold."""
-        return {"khat": [round(float(k), 4) for k in self.khat], "khat_max": round(float(self.khat.max()), 4),
-                "ess": [round(float(e), 2) for e in self.ess], "draws": int(self.log_weights.shape[0]),
+        return {"khat": [_num(k) for k in self.khat], "khat_max": _num(self.khat.max()),
+                "ess": [_num(e) for e in self.ess], "draws": int(self.log_weights.shape[0]),
                 "joint": bool(self.joint), "threshold": KHAT_WARN}
 
     def warning(self) -> Optional[str]:
-        """A console line when any image's k-hat exceeds :data:`KHAT_WARN`, else None."""
-        bad = [b for b, k in enumerate(self.khat.tolist()) if not k <= KHAT_WARN]
+        """The warning (without its ``warning:`` prefix) when any image's k-hat exceeds :data:`KHAT_WARN`
+        or could not be estimated (too few draws for the tail fit), else None."""
+        k = self.khat.tolist()
+        S = int(self.log_weights.shape[0])
+        if not all(math.isfinite(v) for v in k):
+            return (f"PSIS k-hat could not be estimated from {S} draws (its tail fit needs more): the guide's fit "
+                    f"to the posterior is unchecked; use --num-samples 100 or more")
+        bad = [b for b, v in enumerate(k) if v > KHAT_WARN]
         if not bad:
             return None
-        worst = float(self.khat.max())
-        return (f"warning: PSIS k-hat {worst:.2f} > {KHAT_WARN} for {len(bad)} of {len(self.khat)} image(s): the "
-                f"guide misses posterior mass (it is too narrow there), so its intervals are too narrow and even "
-                f"the PSIS-reweighted ones are unreliable; try --method mala or another --guide")
+        return (f"PSIS k-hat {max(k):.2f} > {KHAT_WARN} for {len(bad)} of {len(k)} image(s): the guide misses "
+                f"posterior mass (it is too narrow there), so its intervals are too narrow and even the "
+                f"PSIS-reweighted ones (--reweight psis) are unreliable; try --method mala or another --guide")
+
+
+def _num(x) -> Optional[float]:
+    """A float for JSON (None for inf / NaN: k-hat from too few draws)."""
+    v = float(x)
+    return round(v, 4) if math.isfinite(v) else None
 
 
 def psis(log_ratios: Tensor) -> PSISResult:
@@ -212,5 +232,5 @@ def weighted_quantile(draws: Tensor, weights: Tensor, q: Tensor) -> Tensor:
     return v_lo + t * (v_hi - v_lo)
 
 
-__all__ = ["KHAT_WARN", "REWEIGHT_CHOICES", "PSISResult", "psis", "reweight", "guide_draws", "log_joint_per_image",
+__all__ = ["KHAT_WARN", "REWEIGHT_CHOICES", "check_reweight", "PSISResult", "psis", "reweight", "guide_draws", "log_joint_per_image",
            "weighted_quantile"]
