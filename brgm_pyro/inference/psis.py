@@ -43,6 +43,8 @@ from brgm_pyro.models.density import natural_layout, plate_layout
 
 #: k-hat above which the reweighted moments are unreliable (Vehtari et al. 2024)
 KHAT_WARN = 0.7
+#: fewest draws for which ArviZ fits k-hat (its tail, ceil(min(0.2 S, 3 sqrt(S))), must hold 5 draws)
+MIN_DRAWS = 21
 #: ways the reported mean and intervals may use the weights (``brgm reconstruct --reweight``)
 REWEIGHT_CHOICES = ("none", "psis")
 
@@ -161,24 +163,23 @@ class PSISResult:
         return self.log_weights.exp()
 
     def summary(self) -> dict:
-        """For metrics.json / run.json: k-hat and ESS per image, the worst k-hat, the threshold."""
-        return {"khat": [_num(k) for k in self.khat], "khat_max": _num(self.khat.max()),
+        """For metrics.json / run.json: k-hat and ESS per image, the worst k-hat, the threshold (k-hat
+        None with a ``note`` when there were too few draws for its tail fit)."""
+        S = int(self.log_weights.shape[0])
+        note = {} if S >= MIN_DRAWS else {"note": f"k-hat needs {MIN_DRAWS}+ draws for its tail fit (ArviZ)"}
+        return {**note, "khat": [_num(k) for k in self.khat], "khat_max": _num(self.khat.max()),
                 "ess": [_num(e) for e in self.ess], "draws": int(self.log_weights.shape[0]),
                 "joint": bool(self.joint), "threshold": KHAT_WARN}
 
     def warning(self) -> Optional[str]:
-        """The warning (without its ``warning:`` prefix) when any image's k-hat exceeds :data:`KHAT_WARN`
-        or could not be estimated (too few draws for the tail fit), else None."""
-        k = self.khat.tolist()
-        S = int(self.log_weights.shape[0])
-        if not all(math.isfinite(v) for v in k):
-            return (f"PSIS k-hat could not be estimated from {S} draws (its tail fit needs more): the guide's fit "
-                    f"to the posterior is unchecked; use --num-samples 100 or more")
-        bad = [b for b, v in enumerate(k) if v > KHAT_WARN]
+        """The warning (without its ``warning:`` prefix) when any image's k-hat exceeds :data:`KHAT_WARN`,
+        else None (also when k-hat could not be fitted: fewer than :data:`MIN_DRAWS` draws; see ``summary``)."""
+        k = [v for v in self.khat.tolist() if math.isfinite(v)]
+        bad = [v for v in k if v > KHAT_WARN]
         if not bad:
             return None
-        return (f"PSIS k-hat {max(k):.2f} > {KHAT_WARN} for {len(bad)} of {len(k)} image(s): the guide misses "
-                f"posterior mass (it is too narrow there), so its intervals are too narrow and even the "
+        return (f"PSIS k-hat {max(k):.2f} > {KHAT_WARN} for {len(bad)} of {len(self.khat)} image(s): the guide "
+                f"misses posterior mass (it is too narrow there), so its intervals are too narrow and even the "
                 f"PSIS-reweighted ones (--reweight psis) are unreliable; try --method mala or another --guide")
 
 
