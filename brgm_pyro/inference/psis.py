@@ -178,9 +178,10 @@ class PSISResult:
         bad = [v for v in k if v > KHAT_WARN]
         if not bad:
             return None
-        return (f"PSIS k-hat {max(k):.2f} > {KHAT_WARN} for {len(bad)} of {len(self.khat)} image(s): the guide "
-                f"misses posterior mass (it is too narrow there), so its intervals are too narrow and even the "
-                f"PSIS-reweighted ones (--reweight psis) are unreliable; try --method mala or another --guide")
+        return (f"PSIS k-hat {max(k):.2f} > {KHAT_WARN} for {len(bad)} of {len(self.khat)} image(s): the guide is "
+                f"far from the posterior over w (too narrow in some directions), so importance weights cannot "
+                f"correct it (--reweight psis is unreliable here) and its intervals hold only where the calibration "
+                f"table says they do (docs/calibration.md)")
 
 
 def _num(x) -> Optional[float]:
