@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # this checkout's brgm_pyro, installed or not
 
 from calibration import truths as model_truths  # noqa: E402  (benchmarks/calibration.py)
 
