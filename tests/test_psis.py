@@ -182,3 +182,18 @@ def test_too_few_draws_give_no_khat_and_no_warning():
     assert few.summary()["khat"] == [None, None] and "21+" in few.summary()["note"] and few.warning() is None
     enough = psis(torch.randn(21, 2, generator=g, dtype=torch.float64))
     assert all(k is not None for k in enough.summary()["khat"]) and "note" not in enough.summary()
+
+
+def test_weighted_std_and_interval_maps_follow_the_weights():
+    """std.png and interval90.png of a reweighted run: draws of zero weight do not count."""
+    from brgm_pyro.figures import interval_width_map, std_map
+
+    s = np.zeros((4, 2, 2, 3))
+    s[1], s[2], s[3] = 1.0, 0.2, 0.4  # draws 0 and 1 carry all the weight: values 0 and 1
+    w = np.array([0.5, 0.5, 0.0, 0.0])
+    assert np.allclose(std_map(s, w), 0.5)
+    assert not np.allclose(std_map(s), 0.5)
+    assert np.allclose(interval_width_map(s, 0.9, np.full(4, 0.25)), interval_width_map(s, 0.9))
+    # the weighted 5 / 95 % quantiles move towards the heavy draws 0 and 1: wider than unweighted, inside [0, 1]
+    ww, wu = interval_width_map(s, 0.9, w), interval_width_map(s, 0.9)
+    assert np.all(ww > wu + 0.03) and np.all(ww <= 1.0)
