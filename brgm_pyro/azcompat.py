@@ -136,6 +136,29 @@ def mcse(ds, method: str = "mean"):
     return arviz().mcse(ds, method=method)
 
 
+def psislw(log_ratios, r_eff: float = 1.0):
+    """Pareto-smoothed importance sampling along the last axis (Vehtari et al. 2024).
+
+    ``log_ratios``: (..., S) log importance ratios log p - log q. Returns (log weights (..., S),
+    normalised so that each row's weights sum to 1; k-hat (...), the fitted Pareto shape of the
+    largest ratios). 0.23: ``az.psislw`` takes the ratios; 1.x: ``arviz_stats``' array function takes
+    a log-likelihood and negates it, so the ratios go in negated.
+    """
+    import numpy as np
+    from scipy.special import logsumexp
+
+    lr = np.asarray(log_ratios, dtype=float)
+    if is_v1():
+        from arviz_stats.base import array_stats
+
+        lw, k = array_stats.psislw(-lr, r_eff, axis=-1)
+    else:
+        lw, k = arviz().psislw(lr, reff=r_eff)
+    lw = np.asarray(lw, dtype=float)
+    lw = lw - logsumexp(lw, axis=-1, keepdims=True)
+    return lw, np.asarray(k, dtype=float)
+
+
 def plot_to_png(kind: str, ds, path: Path, title: str, fallback) -> None:
     """``trace`` or ``rank`` plot of a (chain, draw[, image]) Dataset, saved to ``path`` (a
     temporary name the caller renames). ``fallback(ds, plt)`` draws a plain figure when ArviZ cannot
@@ -172,4 +195,4 @@ def plot_to_png(kind: str, ds, path: Path, title: str, fallback) -> None:
 
 
 __all__ = ["from_dict", "group_names", "has_group", "group", "add_group", "update_attrs", "to_netcdf",
-           "from_netcdf", "rhat", "ess", "mcse", "plot_to_png", "is_v1", "major", "TAIL_PROB"]
+           "from_netcdf", "rhat", "ess", "mcse", "psislw", "plot_to_png", "is_v1", "major", "TAIL_PROB"]

@@ -19,12 +19,21 @@ from torch import Tensor
 DEFAULT_LEVELS = (0.5, 0.9, 0.95)
 
 
-def interval_bounds(draws: Tensor, level: float) -> tuple[Tensor, Tensor]:
-    """Per-element central interval of ``draws`` (S, ...): (lower, upper), each (...)."""
+def interval_bounds(draws: Tensor, level: float, weights: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """Per-element central interval of ``draws`` (S, ...): (lower, upper), each (...).
+
+    ``weights``: normalised importance weights of the draws, (S, ...) broadcastable against them
+    (e.g. PSIS weights (S, B, 1, 1, 1) per image), or None for equal weights: the weighted quantiles
+    of :func:`brgm_pyro.inference.psis.weighted_quantile` (equal weights give the same bounds)."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
     d = draws.detach().double()
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=d.dtype, device=d.device)
+    if weights is not None:
+        from brgm_pyro.inference.psis import weighted_quantile
+
+        lo, hi = weighted_quantile(d, weights.detach().double().to(d.device), q)
+        return lo, hi
     lo, hi = torch.quantile(d.reshape(d.shape[0], -1), q, dim=0)
     return lo.reshape(d.shape[1:]), hi.reshape(d.shape[1:])
 
@@ -69,10 +78,10 @@ def exact_sampler_coverage(level: float, num_draws: int) -> float:
 
 
 def coverage_report(draws: Tensor, truth: Tensor, missing: Optional[Tensor] = None,
-                    levels: Sequence[float] = DEFAULT_LEVELS) -> dict:
+                    levels: Sequence[float] = DEFAULT_LEVELS, weights: Optional[Tensor] = None) -> dict:
     """Coverage and mean interval width per level, for all pixels and, given ``missing`` (a bool
     tensor broadcastable to the image, True where the corruption hides the pixel), separately for
-    observed and missing ones. Keys: ``"all"``, ``"observed"``, ``"missing"`` (the last two only
+    observed and missing ones. ``weights``: importance weights of the draws (:func:`interval_bounds`). Keys: ``"all"``, ``"observed"``, ``"missing"`` (the last two only
     with a mask), each ``{"0.9": {"coverage": c, "width": w}, ...}``.
     """
     regions: dict[str, Optional[Tensor]] = {"all": None}
@@ -82,7 +91,7 @@ def coverage_report(draws: Tensor, truth: Tensor, missing: Optional[Tensor] = No
     out: dict[str, dict] = {name: {} for name in regions}
     t = truth.detach().double()
     for lev in levels:
-        lo, hi = interval_bounds(draws, lev)  # once per level, shared by the regions
+        lo, hi = interval_bounds(draws, lev, weights)  # once per level, shared by the regions
         inside = ((t.to(lo.device) >= lo) & (t.to(lo.device) <= hi)).double()
         width = hi - lo
         for name, reg in regions.items():

@@ -50,23 +50,33 @@ def composite(observed: np.ndarray, recon: np.ndarray, mask: np.ndarray) -> np.n
     return np.where(m, observed, recon)
 
 
-def std_map(samples: np.ndarray) -> np.ndarray:
-    """Per-pixel posterior standard deviation, averaged over channels: samples (S, H, W, C) -> (H, W)."""
+def std_map(samples: np.ndarray, weights: Optional[np.ndarray] = None) -> np.ndarray:
+    """Per-pixel posterior standard deviation, averaged over channels: samples (S, H, W, C) -> (H, W).
+    ``weights``: (S,) normalised importance weights of the draws (PSIS), or None (equal)."""
     s = np.asarray(samples, dtype=np.float64)
     if s.shape[0] < 2:
         return np.zeros(s.shape[1:3])
+    if weights is not None:
+        w = np.asarray(weights, dtype=np.float64).reshape(-1, 1, 1, 1)
+        m = (w * s).sum(0)
+        return np.sqrt(np.clip((w * (s - m) ** 2).sum(0), 0, None)).mean(axis=-1)
     return s.std(axis=0, ddof=1).mean(axis=-1)
 
 
-def interval_width_map(samples: np.ndarray, level: float = 0.9) -> np.ndarray:
+def interval_width_map(samples: np.ndarray, level: float = 0.9, weights: Optional[np.ndarray] = None) -> np.ndarray:
     """Per-pixel width of the central ``level`` interval of the draws (:func:`brgm_pyro.calibration.interval_width`),
-    averaged over channels: samples (S, H, W, C) in [0, 1] -> (H, W) in the same units (zeros for one draw)."""
+    averaged over channels: samples (S, H, W, C) in [0, 1] -> (H, W) in the same units (zeros for one draw).
+    ``weights``: (S,) normalised importance weights (weighted quantiles), or None."""
     import torch
 
-    from brgm_pyro.calibration import interval_width
+    from brgm_pyro.calibration import interval_bounds, interval_width
 
     s = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float64))
-    return interval_width(s, level).numpy().mean(axis=-1)
+    if weights is None:
+        return interval_width(s, level).numpy().mean(axis=-1)
+    w = torch.as_tensor(np.asarray(weights, dtype=np.float64)).reshape(-1, 1, 1, 1)
+    lo, hi = interval_bounds(s, level, w)
+    return (hi - lo).numpy().mean(axis=-1)
 
 
 def _show(ax, img, cmap=None, vmin=None, vmax=None):

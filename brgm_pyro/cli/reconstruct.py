@@ -199,7 +199,7 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
                     choice: Optional[ModelChoice] = None, task_options: Optional[dict] = None,
                     batch_size: int = 8, reliance_draws: Optional[int] = None, max_tree_depth: Optional[int] = None,
                     mass: Optional[str] = None, guide: Optional[str] = None, max_memory: Optional[str] = None,
-                    particles: Optional[int] = None, **legacy) -> int:
+                    particles: Optional[int] = None, reweight: Optional[str] = None, **legacy) -> int:
     """The command's body (also called with keyword arguments by tests and scripts).
 
     ``task_options``: the task's options by name (``factor``, ``kernel``, ``mask``, ...); the old
@@ -211,7 +211,8 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
     inputs = list(inputs)
     choice = choice or ModelChoice()
     methods = MethodChoice(method, steps=steps, num_samples=num_samples, chains=chains, workers=workers, lr=lr,
-                           guide=guide, mass=mass, max_tree_depth=max_tree_depth, particles=particles)
+                           guide=guide, mass=mass, max_tree_depth=max_tree_depth, particles=particles,
+                           reweight=reweight)
     if len(inputs) == 1 and (Path(inputs[0]).is_dir() or Path(inputs[0]).suffix.lower() == ".csv"):
         if max_memory is not None:
             raise BRGMError("--max-memory is for single runs; dataset runs use the device's default budget")
@@ -302,6 +303,8 @@ def _settings(spec: RunSpec, inputs, generator, methods: MethodChoice, *, steps_
                 or None, "vgg16": str(vgg16) if vgg16 else None, "reliance_draws": reliance_draws}
     if methods.guide is not None:
         settings["guide"] = methods.guide
+    if methods.reweight is not None:
+        settings["reweight"] = methods.reweight
     settings.pop("mask", None)
     return settings
 
@@ -377,6 +380,9 @@ MASS_HELP = ("HMC/NUTS metric: laplace (default from the MAP: the Laplace "
                                        "Laplace precision of 8 of its warm-up draws; for posteriors whose "
                                        "curvature moves, e.g. in-painting) | diag | dense (Pyro's adaptation); "
                                        "docs/mcmc.md.")
+REWEIGHT_HELP = ("--method vi: none (default) | psis: the mean, std and intervals use the draws' Pareto-smoothed "
+                 "importance weights against the true log joint (PSIS k-hat is reported for every VI run, with a "
+                 "warning above 0.7; docs/calibration.md).")
 DISCREPANCY_HELP = ("What G cannot draw, x = G(w) + e, e ~ N(0, tau^2): auto "
                                               "(the scale brgm fit-discrepancy stored beside the weights; bundled "
                                               "for builtin:faces64), off, or tau in [-1, 1] units. Default: auto "
@@ -412,6 +418,7 @@ def _reconstruct(
                                                  f"per draw (default {CLI_NUTS_MAX_TREE_DEPTH} here, "
                                                  "8 in the library; docs/mcmc.md)."),
     mass: Optional[str] = typer.Option(None, help=MASS_HELP),
+    reweight: Optional[str] = typer.Option(None, help=REWEIGHT_HELP),
     particles: Optional[int] = typer.Option(None, help="SMC: particles per run (default 256); --chains: independent "
                                             "runs (default 4), whose spread is the log evidence's standard error."),
     workers: int = typer.Option(1, help="Run this many MCMC chains at once, in separate CPU processes "
@@ -457,6 +464,7 @@ def _reconstruct(
     choice = ModelChoice(prior=prior, sigma_pixel=sigma_pixel, noise=noise, noise_per_image=noise_per_image,
                          discrepancy=discrepancy, prior_options=tuple(prior_option))
     code = guarded(run_reconstruct, inputs=inputs, task=task, generator=generator, method=method, guide=guide,
+                   reweight=reweight,
                    steps=steps,
                    num_samples=num_samples, chains=chains, seed=seed, workers=workers, device=device, out=out,
                    simulate=simulate, percept=percept, lr=lr, vgg16=vgg16, overwrite=overwrite, quiet=quiet,

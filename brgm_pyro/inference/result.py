@@ -28,6 +28,9 @@ class InferenceResult:
         stopped: None if the run finished; otherwise why it stopped early (NaN, Ctrl-C, ...).
         extra: method-specific data (guide parameters, chain structure, sample stats).
         image_site: the site G renders (the prior's, ``w``); ``.w`` and ``.samples_w`` read it.
+        weights: (S, B) normalised importance weights of the draws per image (each column sums to
+            1; VI with ``reweight="psis"``), or None for equally weighted draws. The mean, std and
+            intervals of a weighted result use them.
     """
 
     method: str
@@ -40,6 +43,7 @@ class InferenceResult:
     stopped: Optional[str] = None
     extra: dict[str, Any] = field(default_factory=dict)
     image_site: str = "w"
+    weights: Optional[Tensor] = None
 
     @property
     def w(self) -> Tensor:
@@ -53,13 +57,26 @@ class InferenceResult:
 
     def mean_image(self) -> Tensor:
         """Posterior mean of the image (B, C, H, W); the reconstruction for point estimates."""
-        return self.samples.mean(0) if self.samples is not None else self.image
+        if self.samples is None:
+            return self.image
+        if self.weights is None:
+            return self.samples.mean(0)
+        return (self._w() * self.samples).sum(0)
+
+    def _w(self) -> Tensor:
+        """The weights broadcast against the samples: (S, B, 1, 1, 1)."""
+        w = self.weights.to(self.samples)
+        return w.reshape(*w.shape, *([1] * (self.samples.ndim - 2)))
 
     def std_image(self) -> Tensor:
         """Per-pixel posterior standard deviation (B, C, H, W); zeros without samples."""
         if self.samples is None or self.samples.shape[0] < 2:
             return torch.zeros_like(self.image)
-        return self.samples.std(0)
+        if self.weights is None:
+            return self.samples.std(0)
+        w = self._w()
+        m = (w * self.samples).sum(0)
+        return ((w * (self.samples - m) ** 2).sum(0)).clamp_min(0).sqrt()
 
     def scalar_summary(self) -> dict[str, dict]:
         """For every latent other than the rendered one: the point estimate and, with draws,

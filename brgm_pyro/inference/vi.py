@@ -34,6 +34,8 @@ from torch import Tensor
 from brgm_pyro.errors import BRGMError
 from brgm_pyro.inference.engine import ELBOTerms, _particles, guide_marginal_std, optimise, save_checkpoint
 from brgm_pyro.inference.guides import images_lowrank_guide
+from brgm_pyro.inference.psis import check_reweight
+from brgm_pyro.inference.psis import reweight as reweight_draws
 from brgm_pyro.inference.result import InferenceResult
 from brgm_pyro.inference.sites import init_loc_fn, initial_values
 from brgm_pyro.models.brgm import BRGMModel
@@ -144,6 +146,7 @@ def run_vi(
     guide_options: Optional[dict] = None,
     checkpoint_path: Optional[str] = None,
     checkpoint_every: int = 100,
+    reweight: str = "none",
 ) -> InferenceResult:
     """Fit a variational posterior q over every latent site and draw ``num_samples`` reconstructions.
 
@@ -158,12 +161,15 @@ def run_vi(
         init_w: (B, L, d) initial means of w (default: the prior's; pass a MAP to warm-start).
         init: initial means of any latent sites by name (e.g. ``map_result.latents``).
         init_scale: initial sigma_v (unconstrained units).
+        reweight: ``"psis"``: mean, std, intervals use the draws' PSIS weights (``weights``); k-hat is in
+            ``extra["psis"]`` either way (2+ draws; :mod:`brgm_pyro.inference.psis`).
     Returns:
         :class:`InferenceResult`: ``latents`` = the guide's medians (``.w`` its loc), ``image`` =
         posterior mean of G(w) over the draws, ``draws``/``samples`` the draws, ``extra['scale']``
         the marginal sigma_v of w reshaped like w when the guide has marginal scales.
     """
     steps = DEFAULT_VI_STEPS if steps is None else int(steps)
+    check_reweight(reweight)
     model.check_observation(y)
     pyro.set_rng_seed(seed)
     loc_fn = init_loc_fn(initial_values(model, y, init, init_w))
@@ -192,14 +198,41 @@ def run_vi(
         with torch.no_grad():
             latents = {k: v.detach().clone() for k, v in q.median(y).items()}
             snap = {k: v.detach().clone() for k, v in snapshot().items()}
-            draws = _draw(model, q, y, num_samples) if num_samples > 0 else None
+            draws, weights_info = _draws_and_weights(model, q, y, num_samples)
             if hasattr(q, "get_posterior") and not isinstance(q, AutoNormal):
                 snap["posterior"] = q.get_posterior()
     samples = render_samples(model, draws, y, seed) if draws is not None else None
-    with torch.no_grad():
-        image = samples.mean(0) if samples is not None else model.render(latents[site])
     extra = {"guide": guide_name, "lr": lr, "num_particles": num_particles, "hyperprior": hyperprior,
-             "seed": seed, **snap}
-    return InferenceResult(method="vi", latents=latents, image=image, draws=draws, samples=samples,
-                           history=out["history"], timing=out["timing"], stopped=out["stopped"], extra=extra,
-                           image_site=site)
+             "seed": seed, "reweight": reweight, **snap}
+    return _vi_result(model, latents, draws, samples, weights_info, reweight, out, extra)
+
+
+def _vi_result(model: BRGMModel, latents: dict, draws, samples, weights_info, reweight: str, out: dict,
+               extra: dict) -> InferenceResult:
+    """run_vi's result: PSIS's summary, log weights and warning in ``extra``, the weights when
+    ``reweight == "psis"``, ``image`` the (weighted) mean of the draws (G at the guide's median without)."""
+    site = model.image_site
+    weights = weights_info.weights.to(samples.dtype) if (weights_info is not None and reweight == "psis") else None
+    if weights_info is not None:
+        extra["psis"] = weights_info.summary()
+        extra["psis_log_weights"] = weights_info.log_weights
+        if weights_info.warning():
+            extra["warnings"] = [weights_info.warning()]
+    with torch.no_grad():
+        image = model.render(latents[site]).detach() if samples is None else samples.mean(0)
+    result = InferenceResult(method="vi", latents=latents, image=image, draws=draws, samples=samples,
+                             history=out["history"], timing=out["timing"], stopped=out["stopped"], extra=extra,
+                             image_site=site, weights=weights)
+    if weights is not None:
+        result.image = result.mean_image().detach()
+    return result
+
+
+def _draws_and_weights(model: BRGMModel, q, y: Tensor, num: int):
+    """(draws, PSIS of them against the model's log joint or None): the guide's ``num`` draws (site ->
+    (num, ...)); PSIS for 2+ draws (:func:`brgm_pyro.inference.psis.reweight`)."""
+    if num < 1:
+        return None, None
+    if num < 2:
+        return _draw(model, q, y, num), None
+    return reweight_draws(model, q, y, num)

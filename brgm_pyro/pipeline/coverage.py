@@ -44,7 +44,7 @@ def missing_pixels(corruption, image_shape: tuple, batch: int):
     return ~m.expand(batch, m.shape[-3], H, W).cpu(), None
 
 
-def image_coverage(samples, truth: np.ndarray, corruption, b: int, levels=LEVELS) -> Optional[dict]:
+def image_coverage(samples, truth: np.ndarray, corruption, b: int, levels=LEVELS, weights=None) -> Optional[dict]:
     """Coverage of clean image ``b`` by its draws; None with fewer than 2 draws.
 
     Args:
@@ -52,6 +52,7 @@ def image_coverage(samples, truth: np.ndarray, corruption, b: int, levels=LEVELS
         truth: (B, H, W, C) clean images in [0, 1].
         corruption: the observation's corruption (its ``mask``, True = observed, gives the regions).
         b: the image.
+        weights: (S, B) normalised importance weights of the draws (PSIS), or None (equal weights).
     Returns:
         :func:`brgm_pyro.calibration.coverage_report`'s ``{region: {"0.9": {"coverage", "width"}, ...}}``
         (regions ``all``, and ``observed``/``missing`` for a mask on the image grid) plus ``counted``:
@@ -69,7 +70,8 @@ def image_coverage(samples, truth: np.ndarray, corruption, b: int, levels=LEVELS
     _, _, C, H, W = draws.shape
     missing, note = missing_pixels(corruption, (C, H, W), int(samples.shape[1]))
     mb = None if missing is None else missing[b:b + 1]
-    out = coverage_report(draws, t, mb, levels)
+    wb = None if weights is None else weights[:, b:b + 1].detach().cpu().double().reshape(-1, 1, 1, 1, 1)
+    out = coverage_report(draws, t, mb, levels, weights=wb)
     n_miss = 0 if mb is None else int(mb.expand(1, C, H, W).sum())
     out["counted"] = {"all": C * H * W, **({"observed": C * H * W - n_miss, "missing": n_miss} if mb is not None
                                            else {})}
@@ -107,19 +109,22 @@ def pooled_coverage(reports: list[dict], num_draws: int) -> dict:
     return out
 
 
-def interval_dataset(samples, level: float = 0.9):
+def interval_dataset(samples, level: float = 0.9, weights=None):
     """posterior.nc's group ``intervals``: ``interval90_width`` (image, channel, row, col), the per-pixel
     width of the central ``level`` interval of the draws ``samples`` (S, B, C, H, W), in the file's
-    [-1, 1] image units (as ``posterior.x``; half that in the PNGs' [0, 1] units)."""
+    [-1, 1] image units (as ``posterior.x``; half that in the PNGs' [0, 1] units). ``weights``: (S, B)
+    importance weights of the draws (weighted quantiles), or None."""
     import xarray as xr
 
-    from brgm_pyro.calibration import interval_width
+    from brgm_pyro.calibration import interval_bounds
 
-    width = interval_width(samples.detach().cpu().double(), level).numpy()
+    wb = None if weights is None else weights.detach().cpu().double().reshape(*weights.shape, 1, 1, 1)
+    lo, hi = interval_bounds(samples.detach().cpu().double(), level, wb)
+    width = (hi - lo).numpy()
     name = f"interval{100 * level:g}_width"
     attrs = {"definition": f"{name} = upper - lower {100 * level:g} % central quantile of the draws of x = G(w) "
                            "(+ e with a discrepancy term) per pixel and channel", "units": "[-1, 1] image units, as posterior.x",
-             "level": float(level), "num_draws": int(samples.shape[0])}
+             "level": float(level), "num_draws": int(samples.shape[0]), "weighted": int(weights is not None)}
     return xr.Dataset({name: (("image", "channel", "row", "col"), width)},
                       coords={"image": np.arange(width.shape[0])}, attrs=attrs)
 
@@ -140,5 +145,25 @@ def coverage_line(report: Optional[dict], level: float = 0.9) -> Optional[str]:
     return line + (" (mask not on the image grid: all pixels only)" if "note" in report else "")
 
 
-__all__ = ["COVERAGE_WHAT", "missing_pixels", "image_coverage", "pooled_coverage", "interval_dataset",
+__all__ = ["COVERAGE_WHAT", "missing_pixels", "image_coverage", "pooled_coverage", "interval_dataset", "psis_dataset",
            "coverage_line"]
+
+
+def psis_dataset(result):
+    """posterior.nc's group ``psis`` for a VI run: ``log_weight`` (chain, draw, image), the smoothed
+    normalised PSIS log weights of the draws (each image's sum to 1 in exp), and ``khat`` (image), the
+    Pareto k-hat of each image's importance ratios log p(w, y) - log q(w) (:mod:`brgm_pyro.inference.psis`;
+    > 0.7: the guide misses posterior mass). Whether the run's mean and intervals used the weights is
+    the attribute ``reweight``."""
+    import xarray as xr
+
+    lw = result.extra["psis_log_weights"].detach().cpu().double().numpy()
+    info = result.extra["psis"]
+    attrs = {"definition": "log_weight: PSIS-smoothed log importance weights log p(w, y) - log q(w), normalised per "
+                           "image; khat: Pareto k-hat per image (> 0.7: unreliable, the guide is too narrow)",
+             "threshold": float(info["threshold"]), "joint": int(bool(info["joint"])),
+             "reweight": str(result.extra.get("reweight", "none"))}
+    return xr.Dataset({"log_weight": (("chain", "draw", "image"), lw[None]),
+                       "khat": (("image",), np.asarray(info["khat"], dtype=np.float64))},
+                      coords={"chain": [0], "draw": np.arange(lw.shape[0]), "image": np.arange(lw.shape[1])}, attrs=attrs)
+

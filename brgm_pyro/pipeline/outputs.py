@@ -73,13 +73,14 @@ def write_image_outputs(out: io.OutputDir, prefix: tuple, obs, b: int, result, r
         for s, im in enumerate(imgs):
             io.save_png(out.path(*prefix, "samples", f"sample_{s:0{digits}d}.png"), im)
         written.append(f"samples/ ({S} PNGs)")
-        std = figures.std_map(np.stack(imgs))
+        wb = None if result.weights is None else result.weights[:, b].detach().cpu().double().numpy()
+        std = figures.std_map(np.stack(imgs), wb)
         img, top = figures.std_png(std)
         io.save_png(out.path(*prefix, "std.png"), img)
         written.append("std.png")
         info["std_png_white_is"] = top
         info["std_mean"] = float(std.mean())
-        width = figures.interval_width_map(np.stack(imgs), 0.9)  # same scaling as std.png: max = white
+        width = figures.interval_width_map(np.stack(imgs), 0.9, wb)  # same scaling as std.png: max = white
         img, top = figures.std_png(width)
         io.save_png(out.path(*prefix, "interval90.png"), img)
         written.append("interval90.png")
@@ -126,7 +127,7 @@ def score_image(obs, b: int, result, vgg16: Optional[str] = None) -> dict:
         out["samples_mean"] = metrics.summarize(per)
     from brgm_pyro.pipeline.coverage import image_coverage
 
-    cov = image_coverage(result.samples, obs.truth, obs.corruption, b)  # None for a MAP (no draws)
+    cov = image_coverage(result.samples, obs.truth, obs.corruption, b, weights=result.weights)  # None for a MAP (no draws)
     if cov is not None:
         out["coverage"] = cov
     return out
@@ -173,7 +174,12 @@ def write_posterior_nc(path: Path, result, model, y, reliance=None, report: Opti
             from brgm_pyro import azcompat
             from brgm_pyro.pipeline.coverage import interval_dataset
 
-            azcompat.add_group(idata, "intervals", interval_dataset(result.samples, 0.9))
+            azcompat.add_group(idata, "intervals", interval_dataset(result.samples, 0.9, result.weights))
+        if "psis_log_weights" in result.extra:
+            from brgm_pyro import azcompat
+            from brgm_pyro.pipeline.coverage import psis_dataset
+
+            azcompat.add_group(idata, "psis", psis_dataset(result))
         write_inference_data(idata, path)
     except Exception as e:  # never lose the images because of the NetCDF export
         return f"posterior.nc not written ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
@@ -244,6 +250,7 @@ def write_results(out, obs, result, model, *, overwrite: bool = False, vgg16: Op
                 io.save_json(od.path("metrics.json"), {
                     "reference": "the clean input, centre-cropped and resized to the generator",
                     "range": METRICS_RANGE, "task": obs.task.name, "method": result.method, **written["scores"],
+                    **({"psis": result.extra["psis"]} if "psis" in result.extra else {}),
                     **{k: v for k, v in evidence_record(result).items() if k != "smc_stages"}})
             run = {"command": "reconstruct", "argv": sys.argv, **(record or {}),
                    "inputs": obs.inputs, "masks": obs.mask_infos,

@@ -70,6 +70,8 @@ def inference_record(result) -> dict:
            "timing": result.timing, "loss_terms": history_summary(result.history),
            "num_samples": None if result.samples is None else int(result.samples.shape[0])}
     rec.update(evidence_record(result))
+    if "psis" in result.extra:  # VI: PSIS k-hat of its draws, and whether the reported moments use the weights
+        rec["psis"] = {**result.extra["psis"], "reweight": result.extra.get("reweight", "none")}
     return rec
 
 

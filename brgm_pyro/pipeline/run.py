@@ -161,6 +161,7 @@ class MethodChoice:
     mass: Optional[str] = None
     max_tree_depth: Optional[int] = None
     particles: Optional[int] = None
+    reweight: Optional[str] = None  # VI: "psis" makes the mean and intervals use the draws' PSIS weights
 
     def check(self, device: str = "cpu", registry=None) -> None:
         """One-line errors for options the method has no use for, or values that make no sense."""
@@ -186,6 +187,13 @@ class MethodChoice:
                 raise BRGMError(f"--guide is the variational family of --method vi; --method {m} has none "
                                 f"(drop --guide)")
             check_choice(self.guide, GUIDES.names(), "--guide")
+        if self.reweight is not None:
+            from brgm_pyro.inference.psis import REWEIGHT_CHOICES
+
+            check_choice(self.reweight, REWEIGHT_CHOICES, "--reweight")
+            if not t.guide and self.reweight != "none":
+                raise BRGMError(f"--reweight {self.reweight} reweights the draws of a variational guide (--method "
+                                f"vi); --method {m} has none (drop --reweight)")
 
     def _check_chains(self, t, device: str) -> None:
         m = self.method
@@ -240,7 +248,7 @@ class MethodChoice:
             out["num_particles"] = int(self.particles)
         if self.workers != 1:
             out["workers"] = self.workers
-        for key in ("guide", "mass", "max_tree_depth"):
+        for key in ("guide", "mass", "max_tree_depth", "reweight"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
