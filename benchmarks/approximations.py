@@ -34,11 +34,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # this checkout's brgm_pyro, installed or not
 
-from calibration import truths as model_truths  # noqa: E402  (benchmarks/calibration.py)
+from calibration import model_truths  # noqa: E402  (benchmarks/calibration.py: the same seeded truths)
 
 from brgm_pyro import calibration, io  # noqa: E402
 from brgm_pyro.metrics import psnr  # noqa: E402
-from brgm_pyro.models.discrepancy import load_discrepancy  # noqa: E402
 from brgm_pyro.pipeline import core  # noqa: E402
 from brgm_pyro.pipeline.run import MethodChoice, RunSpec  # noqa: E402
 
@@ -61,7 +60,7 @@ def write_inputs(G, ids: list[int], out: Path) -> tuple[list[Path], Path]:
     """The model+e truths as PNGs, and the box mask (white = observed)."""
     d = out / "inputs"
     d.mkdir(parents=True, exist_ok=True)
-    x = model_truths(G, "model+e", ids, load_discrepancy(G))
+    x, _ = model_truths(G, ids)  # faces64 has a discrepancy scale: model+e truths
     paths = []
     for i, img in zip(ids, x):
         p = d / f"truth_{i:03d}.png"

@@ -70,11 +70,11 @@ def _per_image(lp: Tensor, n: int, B: int) -> Optional[Tensor]:
 def _sum_trace(trace, names, n: int, B: int) -> tuple[Tensor, bool]:
     """Sum of the log densities of ``names`` in ``trace``: ((n, B), whether it had to be joint)."""
     per, joint = [], False
-    total = torch.zeros(n, dtype=torch.float64)
+    total = torch.zeros(n, dtype=torch.float64, device="cpu")
     for name in names:
         site = trace.nodes[name]
         lp = scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"])
-        lp = torch.as_tensor(lp).detach().double().cpu()
+        lp = torch.as_tensor(lp, device="cpu").detach().double()
         if B > 1:
             p = _per_image(lp, n, B)
             if p is not None:
@@ -84,7 +84,7 @@ def _sum_trace(trace, names, n: int, B: int) -> tuple[Tensor, bool]:
         total = total + (lp.reshape(n, -1).sum(-1) if lp.ndim else lp.expand(n))
     if B == 1:
         return total[:, None], False
-    out = sum(per) if per else torch.zeros(n, B, dtype=torch.float64)
+    out = sum(per) if per else torch.zeros(n, B, dtype=torch.float64, device="cpu")
     if joint:  # a site without the images dim couples them: the batch total for every image
         return (out.sum(1) + total)[:, None].expand(n, B).clone(), True
     return out, False
