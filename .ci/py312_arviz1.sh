@@ -28,4 +28,4 @@ if ! timeout 1800 "$V/bin/python" -m pip install -q -c constraints.txt -e '.[tes
 fi
 "$V/bin/python" -c 'import arviz, sys; print("py312 stage: Python", sys.version.split()[0], "ArviZ", arviz.__version__)'
 OMP_NUM_THREADS=1 "$V/bin/python" -m pytest -q -p no:cacheprovider tests/test_arviz_compat.py tests/test_arviz_io.py \
-  tests/test_diagnose.py tests/test_mcmc_helpers.py
+  tests/test_diagnose.py tests/test_mcmc_helpers.py tests/test_psis.py

@@ -176,11 +176,11 @@ def test_reweight_is_refused_for_methods_without_a_guide(tmp_path):
 
 
 def test_too_few_draws_give_no_khat_and_no_warning():
-    """ArviZ fits k-hat from 21+ draws; below that the summary says so instead of reporting inf."""
+    """ArviZ fits k-hat from 30+ draws; below that the summary says so instead of reporting inf."""
     g = torch.Generator().manual_seed(0)
     few = psis(torch.randn(16, 2, generator=g, dtype=torch.float64))
-    assert few.summary()["khat"] == [None, None] and "21+" in few.summary()["note"] and few.warning() is None
-    enough = psis(torch.randn(21, 2, generator=g, dtype=torch.float64))
+    assert few.summary()["khat"] == [None, None] and "30+" in few.summary()["note"] and few.warning() is None
+    enough = psis(torch.randn(30, 2, generator=g, dtype=torch.float64))
     assert all(k is not None for k in enough.summary()["khat"]) and "note" not in enough.summary()
 
 

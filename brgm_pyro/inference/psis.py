@@ -43,8 +43,9 @@ from brgm_pyro.models.density import natural_layout, plate_layout
 
 #: k-hat above which the reweighted moments are unreliable (Vehtari et al. 2024)
 KHAT_WARN = 0.7
-#: fewest draws for which ArviZ fits k-hat (its tail, ceil(min(0.2 S, 3 sqrt(S))), must hold 5 draws)
-MIN_DRAWS = 21
+#: fewest draws for which ArviZ fits k-hat on every supported version (0.23 takes the tail ceil(min(0.2 S,
+#: 3 sqrt(S))) and needs 5 draws in it, so 21; arviz_stats (1.x) refuses below 25 and returns NaN below 30)
+MIN_DRAWS = 30
 #: ways the reported mean and intervals may use the weights (``brgm reconstruct --reweight``)
 REWEIGHT_CHOICES = ("none", "psis")
 
@@ -193,7 +194,13 @@ def _num(x) -> Optional[float]:
 def psis(log_ratios: Tensor) -> PSISResult:
     """PSIS of log ratios (S, B) (one column per image): :class:`PSISResult`."""
     lr = log_ratios.detach().double().cpu().numpy()
-    lw, k = azcompat.psislw(lr.T)  # ArviZ smooths along the last axis
+    if lr.shape[0] < MIN_DRAWS:  # too few draws for the Pareto tail fit (ArviZ 1.x refuses, 0.23 gives inf):
+        from scipy.special import logsumexp  # plain self-normalised weights, k-hat unknown on every version
+
+        lw = (lr - logsumexp(lr, axis=0, keepdims=True)).T
+        k = np.full(lr.shape[1], np.inf)
+    else:
+        lw, k = azcompat.psislw(lr.T)  # ArviZ smooths along the last axis
     lw_t = torch.from_numpy(np.ascontiguousarray(lw.T))
     ess = 1.0 / lw_t.exp().pow(2).sum(0)
     return PSISResult(log_weights=lw_t, khat=torch.from_numpy(np.atleast_1d(k)).double(), ess=ess)
