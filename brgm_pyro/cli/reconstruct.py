@@ -99,14 +99,6 @@ def check_method_options(*, method: str, steps, num_samples: int, chains, worker
                  guide=guide).check(device, methods_registry())
 
 
-def particle_options(method: str, particles: Optional[int], workers: int) -> dict:
-    """``--particles`` (a population method's N, e.g. SMC's) as the runner's option; one-line errors
-    where the method's traits say it has no population (:meth:`MethodChoice._check_particles`)."""
-    MethodChoice(method, particles=particles, workers=workers)._check_particles(
-        method_traits(method, methods_registry()))
-    return {} if particles is None else {"num_particles": int(particles)}
-
-
 def split_task_options(task: str, given: dict) -> dict:
     """The chosen task's options from the CLI's merged ones; an option of another task is an error."""
     mine = {}
@@ -225,7 +217,6 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
     spec = _single_spec(task, inputs, given, simulate, percept, choice, methods, device)
     runner = methods_registry().get(method)
     steps, kernel_defaults = mcmc_cli_defaults(method, steps, max_tree_depth, mass)
-    smc_options = particle_options(method, particles, workers)
     _check_outputs_options(reliance_draws, vgg16, simulate)
     budget = None if max_memory is None else parse_size(max_memory)  # a bad size: one line, before any work
     outdir = io.OutputDir(out, overwrite=overwrite)  # refuses a bad --out now, before any work
@@ -238,7 +229,7 @@ def run_reconstruct(*, inputs, task, generator, method, steps, num_samples, seed
     model.max_memory = budget  # batches through G follow it (brgm_pyro.memory; None: the device's default)
 
     # 3. inference (Ctrl-C inside stops the optimiser and returns what exists)
-    extra: dict[str, Any] = {**methods.runner_options(), **kernel_defaults, **smc_options}
+    extra: dict[str, Any] = {**methods.runner_options(), **kernel_defaults}  # incl. --particles (MethodChoice)
     if not quiet and method_traits(method, methods_registry()).draws:
         _announce_writing(model, obs, methods, reliance_draws)
     t0 = time.perf_counter()

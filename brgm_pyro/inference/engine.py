@@ -44,9 +44,10 @@ from brgm_pyro.models.density import log_density_terms, trace_terms
 ENTROPY, HYPERPRIOR, LOSS = "entropy", "hyperprior", "loss"
 
 
-def _particles(fn: Callable, num: int) -> Callable:
-    """Run ``fn`` inside a vectorised particle plate (left of the images plate)."""
-    if num == 1:
+def _particles(fn: Callable, num: int, always: bool = False) -> Callable:
+    """Run ``fn`` inside a vectorised particle plate (left of the images plate); for ``num == 1``
+    without it unless ``always`` (callers that need the leading particle dim even for one draw)."""
+    if num == 1 and not always:
         return fn
 
     def wrapped(*args, **kwargs):

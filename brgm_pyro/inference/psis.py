@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
@@ -39,6 +38,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
 from brgm_pyro import azcompat
+from brgm_pyro.inference.engine import _particles
 from brgm_pyro.models.density import natural_layout, plate_layout
 
 #: k-hat above which the reweighted moments are unreliable (Vehtari et al. 2024)
@@ -91,13 +91,6 @@ def _sum_trace(trace, names, n: int, B: int) -> tuple[Tensor, bool]:
     return out, False
 
 
-def _in_plate(fn, n: int):
-    def wrapped(*args, **kwargs):
-        with pyro.plate("particles", n, dim=-2):
-            return fn(*args, **kwargs)
-    return wrapped
-
-
 def guide_draws(model, guide, y: Tensor, num: int, chunk: int = 32) -> tuple[dict[str, Tensor], Tensor, bool]:
     """``num`` draws of every latent site from ``guide`` with their log q.
 
@@ -112,7 +105,7 @@ def guide_draws(model, guide, y: Tensor, num: int, chunk: int = 32) -> tuple[dic
     while done < num:
         n = min(chunk, num - done)
         with torch.no_grad():
-            tr = poutine.trace(_in_plate(guide, n)).get_trace(y)
+            tr = poutine.trace(_particles(guide, n, always=True)).get_trace(y)
         names = [k for k, s in tr.nodes.items()
                  if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)]
         lq, j = _sum_trace(tr, names, n, B)
@@ -136,7 +129,7 @@ def log_joint_per_image(model, y: Tensor, draws: dict[str, Tensor], chunk: int =
         part = plate_layout(model, {k: v[s:s + chunk] for k, v in draws.items()}, 1)
         n = int(part[model.image_site].shape[0])
         with torch.no_grad(), poutine.block(hide_types=["param"]):
-            tr = poutine.trace(_in_plate(poutine.condition(model, data=part), n)).get_trace(y)
+            tr = poutine.trace(_particles(poutine.condition(model, data=part), n, always=True)).get_trace(y)
         names = [k for k in model.site_terms() if k in tr.nodes and tr.nodes[k]["type"] == "sample"]
         lp, j = _sum_trace(tr, names, n, B)
         joint |= j
