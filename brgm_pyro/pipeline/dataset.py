@@ -237,7 +237,8 @@ def _write_item(run: DatasetRun, obs, b: int, result, batch_index: int, item: It
         files = write_image_outputs(od, (), obs, b, result, reliance)
         io.save_json(od.path("result.json"), {
             "name": item.name, "image": item.image, "mask": item.mask, "task": obs.task.name,
-            "batch": batch_index, "seed_of_batch": batch_seed(run.seed, batch_index), "input": obs.inputs[b], "mask_info": obs.mask_infos[b] if obs.mask_infos else None,
+            "batch": batch_index, "seed_of_batch": batch_seed(run.seed, batch_index), "input": obs.inputs[b],
+            "mask_info": obs.mask_infos[b] if obs.mask_infos else None,
             "files": files, "scores": scores, "latents_of_batch": result.scalar_summary(),
             "inference_of_batch": inference_record(result)})
     row = {"name": item.name, "image": item.image, "task": obs.task.name, "batch": batch_index, "rank": rank,
@@ -279,14 +280,15 @@ def run_batch(run: DatasetRun, G, k: int, task: str, items: list[Item], todo: se
             raise BRGMError(f"batch {k}: some manifest rows of task {task} have a mask and some do not; give a mask "
                             f"for every in-painting row, or none")
         opts["mask"] = masks
-    obs = core.observe([it.image for it in items], G, task, simulate=run.simulate,
-                       seed=batch_seed(run.seed, k), names=[it.name for it in items], **opts)
+    seed = batch_seed(run.seed, k)
+    obs = core.observe([it.image for it in items], G, task, simulate=run.simulate, seed=seed,
+                       names=[it.name for it in items], **opts)
     # the model of a single run of these images (RunSpec.build: the same defaults on every path)
     model = run.spec.build(G, obs, note=None if run.quiet else lambda text: print(f"batch {k}: {text}",
                                                                                     file=sys.stderr))
     extra = run.spec.method.runner_options()
     result = core.reconstruct(model, obs, run.method, steps=run.steps, num_samples=run.num_samples,
-                              seed=batch_seed(run.seed, k), progress=not run.quiet, lr=run.lr, **extra)
+                              seed=seed, progress=not run.quiet, lr=run.lr, **extra)
     from brgm_pyro.pipeline.records import interrupted
 
     if interrupted(result):  # Ctrl-C inside inference: nothing of this batch is finished; stop the run
